@@ -50,6 +50,28 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, indent: int = 2
     write_text_atomic(path, json.dumps(obj, indent=indent, sort_keys=True) + "\n")
 
 
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def save_torch_atomic(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` into memory, then write atomically.
+
+    Saving to a file path names the zip archive inside after the (random) temporary file, so
+    the same object would give different bytes each run; saving to a buffer gives identical
+    bytes for identical content, which keeps DVC hashes and provenance stable.
+    """
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
 def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (constant memory)."""
     digest = hashlib.sha256()

