@@ -109,6 +109,23 @@ def _epoch_iterator(start: int, total: int, show: bool) -> Iterator[int]:
         yield from range(start, total)
 
 
+def train_step(model: ReverseDistillation, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               batch_uint8: torch.Tensor, config: TrainConfig,
+               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """One optimisation step on a uint8 batch ``(B, H, W, 3)``; returns the detached losses
+    ``[total, layer1, layer2, layer3, consistency]`` on the device (no host sync)."""
+    device = next(model.bottleneck.parameters()).device
+    x = to_model_input(batch_uint8, device).contiguous(memory_format=memory_format)
+    with autocast(device, config.amp):
+        t_feats, s_feats = model(x)
+    out = distillation_loss(t_feats, s_feats, config.loss, config.consistency_weight)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(out.total).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return torch.cat([out.total.detach().reshape(1), out.per_layer, out.consistency.reshape(1)])
+
+
 def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
           log_path: str | Path | None = None, state_path: str | Path | None = None,
           progress: bool | None = None, max_epochs_this_run: int | None = None) -> TrainResult:
@@ -173,17 +190,8 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
         t0 = time.perf_counter()
         sums = torch.zeros(5, device=device)  # total, 3 layers, consistency (weighted by batch size)
         for idx in iterate_batches(n, config.batch_size, shuffle=True, generator=gen):
-            x = to_model_input(torch.from_numpy(np.ascontiguousarray(images[idx])), device)
-            x = x.contiguous(memory_format=memory_format)
-            with autocast(device, config.amp):
-                t_feats, s_feats = model(x)
-            out = distillation_loss(t_feats, s_feats, config.loss, config.consistency_weight)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(out.total).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            batch = torch.cat([out.total.detach().reshape(1), out.per_layer, out.consistency.reshape(1)])
-            sums += batch * len(idx)
+            batch = torch.from_numpy(np.ascontiguousarray(images[idx]))
+            sums += train_step(model, optimizer, scaler, batch, config, memory_format) * len(idx)
         means = (sums / n).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1}: loss {means[0]}; "

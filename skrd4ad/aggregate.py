@@ -1,0 +1,213 @@
+"""The comparison table and figures over all (class, variant, seed) evaluations of a dataset.
+
+Reads ``<results>/eval/<variant>/seed<seed>/<class>/metrics.json`` and the training logs
+``<results>/train/<variant>/seed<seed>/<class>.tsv``; writes ``<tables>/<dataset>.{md,csv,tex,json}``
+and ``<figures>/<dataset>_{variants,loss,gallery}.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from .io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+#: Table columns: metric key -> label.
+METRICS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO",
+           "aupro_seed": "AUPRO (seed)"}
+VARIANT_LABELS = {"rd4ad": "RD4AD", "skrd4ad": "SK-RD4AD"}
+BASELINE, OURS = "rd4ad", "skrd4ad"
+
+
+def collect(results: Path, classes: list[str], variants: list[str], seeds: list[int]) -> pd.DataFrame:
+    """Long table: one row per (class, variant, seed, metric) with its value."""
+    rows = []
+    for variant in variants:
+        for seed in seeds:
+            for cls in classes:
+                path = results / "eval" / variant / f"seed{seed}" / cls / "metrics.json"
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path} is missing; run the evaluate step for "
+                                            f"{cls}/{variant}/seed {seed} first")
+                metrics = json.loads(path.read_text())
+                for key in METRICS:
+                    if key in metrics:
+                        rows.append({"class": cls, "variant": variant, "seed": seed, "metric": key,
+                                     "value": float(metrics[key])})
+    return pd.DataFrame(rows, columns=["class", "variant", "seed", "metric", "value"])
+
+
+def summarise(long: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Mean and standard deviation over seeds per (class, variant, metric), a ``Mean`` class
+    (mean over classes per seed, then over seeds), and the ``skrd4ad-rd4ad`` difference."""
+    per_seed_mean = (long.groupby(["variant", "seed", "metric"], as_index=False)["value"].mean()
+                     .assign(**{"class": "Mean"}))
+    both = pd.concat([long, per_seed_mean], ignore_index=True)
+    variants = list(dict.fromkeys(long["variant"]))
+    if BASELINE in variants and OURS in variants:
+        wide = both.pivot_table(index=["class", "seed", "metric"], columns="variant", values="value")
+        diff = (wide[OURS] - wide[BASELINE]).dropna().rename("value").reset_index()
+        both = pd.concat([both, diff.assign(variant=f"{OURS}-{BASELINE}")], ignore_index=True)
+    summary = (both.groupby(["class", "variant", "metric"], sort=False)["value"]
+               .agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count")
+               .reset_index())
+    order = {c: i for i, c in enumerate([*classes, "Mean"])}
+    return summary.sort_values(["class", "variant", "metric"], key=lambda s: s.map(order) if s.name == "class"
+                               else s, kind="stable").reset_index(drop=True)
+
+
+def _fmt(mean: float, std: float, n: int, with_std: bool) -> str:
+    text = f"{100 * mean:.2f}"
+    return f"{text} ± {100 * std:.2f}" if with_std and n > 1 else text
+
+
+def table_frame(summary: pd.DataFrame, classes: list[str], variants: list[str]) -> pd.DataFrame:
+    """Display table: rows = classes + Mean, columns = (variant, metric) in percent."""
+    with_std = bool((summary["n"] > 1).any())
+    columns = [v for v in variants] + ([f"{OURS}-{BASELINE}"] if f"{OURS}-{BASELINE}" in set(summary["variant"]) else [])
+    out = pd.DataFrame(index=[*classes, "Mean"])
+    for variant in columns:
+        label = VARIANT_LABELS.get(variant, "Δ SK-RD4AD − RD4AD" if variant == f"{OURS}-{BASELINE}" else variant)
+        for key, name in METRICS.items():
+            sel = summary[(summary["variant"] == variant) & (summary["metric"] == key)].set_index("class")
+            if sel.empty:
+                continue
+            out[f"{label} {name}"] = [
+                _fmt(sel.loc[c, "mean"], sel.loc[c, "std"], int(sel.loc[c, "n"]), with_std) if c in sel.index else "–"
+                for c in out.index]
+    out.index.name = "Class"
+    return out
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    header = ["Class", *frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for cls, row in frame.iterrows():
+        name = f"**{cls}**" if cls == "Mean" else str(cls)
+        lines.append("| " + " | ".join([name, *map(str, row.tolist())]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_latex(frame: pd.DataFrame) -> str:
+    def esc(text: str) -> str:
+        for a, b in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                     ("±", r"$\pm$"), ("Δ", r"$\Delta$"), ("−", "-"), ("–", "--")):
+            text = text.replace(a, b)
+        return text
+
+    cols = "l" + "r" * len(frame.columns)
+    lines = [r"\begin{tabular}{" + cols + "}", r"\hline",
+             " & ".join(esc(c) for c in ["Class", *frame.columns]) + r" \\", r"\hline"]
+    for cls, row in frame.iterrows():
+        if cls == "Mean":
+            lines.append(r"\hline")
+        lines.append(" & ".join(esc(str(v)) for v in [cls, *row.tolist()]) + r" \\")
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_variants(summary: pd.DataFrame, classes: list[str], variants: list[str], path: Path) -> None:
+    """Grouped bars per class, one bar per variant, for pixel AUROC and AUPRO (image AUROC when
+    the dataset has no masks)."""
+    keys = [k for k in ("pixel_auroc", "aupro") if k in set(summary["metric"])] or ["image_auroc"]
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6, 1.2 * len(classes) + 3) * len(keys) / 1.5, 3.8),
+                             squeeze=False)
+    x = np.arange(len(classes) + 1)
+    width = 0.8 / max(1, len(variants))
+    for ax, key in zip(axes[0], keys):
+        for j, variant in enumerate(variants):
+            sel = summary[(summary["variant"] == variant) & (summary["metric"] == key)].set_index("class")
+            means = [sel.loc[c, "mean"] if c in sel.index else np.nan for c in [*classes, "Mean"]]
+            stds = [sel.loc[c, "std"] if c in sel.index else 0.0 for c in [*classes, "Mean"]]
+            ax.bar(x + (j - (len(variants) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
+                   label=VARIANT_LABELS.get(variant, variant))
+        lo = np.nanmin(summary[summary["metric"] == key]["mean"].to_numpy())
+        ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+        ax.set_xticks(x, [*classes, "Mean"], rotation=30, ha="right")
+        ax.set_title(METRICS[key])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(loc="lower left")
+    _save_figure(fig, path)
+
+
+def plot_losses(results: Path, classes: list[str], variants: list[str], seeds: list[int], path: Path) -> None:
+    """Training loss per epoch, one panel per class, one line per (variant, seed)."""
+    cols = min(4, len(classes))
+    rows = int(np.ceil(len(classes) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False)
+    for ax, cls in zip(axes.flat, classes):
+        for variant in variants:
+            for seed in seeds:
+                tsv = results / "train" / variant / f"seed{seed}" / f"{cls}.tsv"
+                if not tsv.is_file():
+                    raise FileNotFoundError(f"{tsv} is missing; run the train step first")
+                frame = pd.read_csv(tsv, sep="\t")
+                ax.plot(frame["epoch"], frame["loss"], label=f"{VARIANT_LABELS.get(variant, variant)} s{seed}")
+        ax.set_title(cls)
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(classes):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7)
+    _save_figure(fig, path)
+
+
+def plot_gallery(results: Path, classes: list[str], variants: list[str], seed: int, path: Path) -> None:
+    """The highest-scoring anomalous image's heatmap figure per class (rows) and variant (columns)."""
+    fig, axes = plt.subplots(len(classes), len(variants), figsize=(5.5 * len(variants), 2.2 * len(classes)),
+                             squeeze=False)
+    for i, cls in enumerate(classes):
+        for j, variant in enumerate(variants):
+            ax = axes[i][j]
+            ax.axis("off")
+            found = sorted((results / "eval" / variant / f"seed{seed}" / cls / "figures").glob("top_anomalous_00_*.png"))
+            if found:
+                ax.imshow(plt.imread(found[0]))
+            else:
+                ax.text(0.5, 0.5, "no anomalous image", ha="center", va="center")
+            ax.set_title(f"{cls} — {VARIANT_LABELS.get(variant, variant)}", fontsize=9)
+    _save_figure(fig, path)
+
+
+def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, figures: str | Path) -> pd.DataFrame:
+    """Build every table and figure for ``params``' dataset from ``results`` (``results/<dataset>``).
+    Returns the summary (class, variant, metric, mean, std, n)."""
+    results, tables, figures = Path(results), Path(tables), Path(figures)
+    dataset = params["data"]["dataset"]
+    classes = list(params["data"]["classes"])
+    variants = list(params["model"]["variants"])
+    seeds = [int(s) for s in params["train"]["seeds"]]
+    long = collect(results, classes, variants, seeds)
+    summary = summarise(long, classes)
+    frame = table_frame(summary, classes, variants)
+    write_text_atomic(tables / f"{dataset}.md", to_markdown(frame))
+    write_text_atomic(tables / f"{dataset}.tex", to_latex(frame))
+    write_text_atomic(tables / f"{dataset}.csv", summary.to_csv(index=False, float_format="%.6g"))
+    means = summary[summary["class"] == "Mean"]
+    write_json_atomic(tables / f"{dataset}.json", {
+        variant: {row.metric: round(float(row.mean), 6) for row in grp.itertuples()}
+        for variant, grp in means.groupby("variant", sort=False)})
+    plot_variants(summary, classes, variants, figures / f"{dataset}_variants.png")
+    plot_losses(results, classes, variants, seeds, figures / f"{dataset}_loss.png")
+    plot_gallery(results, classes, variants, seeds[0], figures / f"{dataset}_gallery.png")
+    log.info("wrote %s and figures for %d classes x %d variants x %d seeds", tables / f"{dataset}.md",
+             len(classes), len(variants), len(seeds))
+    return summary

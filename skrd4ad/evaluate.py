@@ -1,0 +1,146 @@
+"""Evaluation of one checkpoint on one prepared class: metrics, scores, curves, figures.
+
+Writes into ``out_dir``:
+
+- ``metrics.json``: flat numeric keys for ``dvc metrics`` (``image_auroc``, ``pixel_auroc``,
+  ``aupro``, ``aupro_seed``, F1-max, per-defect image AUROC) and a ``provenance`` block
+  (checkpoint sha256, params, dataset digest, package versions, git revision);
+- ``scores.csv``: file, defect_type, label, score per test image;
+- ``roc_image.csv``, ``roc_pixel.csv``, ``pro.csv``: curves (at most ``max_curve_points`` rows;
+  the pixel ones are header-only for image-level-only datasets: absent, not faked);
+- ``figures/``: image | ground truth | overlay for the highest- and lowest-scoring anomalous
+  and the highest-scoring good images.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import EvalConfig
+from .data.prepared import PreparedClass
+from .inference import predict_array
+from .io import sha256_file, write_json_atomic, write_text_atomic
+from .metrics import compute_metrics
+from .provenance import git_revision, package_versions
+from .train import load_checkpoint
+from .viz import save_triptych
+
+log = logging.getLogger(__name__)
+
+CURVE_FILES = {"image_roc": "roc_image.csv", "pixel_roc": "roc_pixel.csv", "pro": "pro.csv"}
+CURVE_COLUMNS = {"image_roc": ["fpr", "tpr"], "pixel_roc": ["fpr", "tpr"], "pro": ["fpr", "pro"]}
+
+
+def compute_maps(model: torch.nn.Module, images: np.ndarray, config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Anomaly maps ``(N, H, W)`` float32 and scores ``(N,)`` for uint8 images ``(N, H, W, 3)``,
+    batched, kept on the model's device."""
+    device = next(model.bottleneck.parameters()).device
+    n, h, w = images.shape[:3]
+    maps = torch.empty((n, h, w), dtype=torch.float32, device=device)
+    scores = torch.empty((n,), dtype=torch.float32, device=device)
+    for sl, m, s in predict_array(model, images, batch_size=config.batch_size, combine=config.combine,
+                                  sigma=config.sigma, score=config.score, topk=config.topk, amp=config.amp):
+        maps[sl] = m
+        scores[sl] = s
+    return maps, scores
+
+
+def _pick_figures(scores: np.ndarray, labels: np.ndarray, k: int) -> list[tuple[str, int]]:
+    """(kind, index) of the k highest- and k lowest-scoring anomalous and k highest good images."""
+    bad = np.flatnonzero(labels == 1)
+    good = np.flatnonzero(labels == 0)
+    bad_sorted = bad[np.argsort(-scores[bad], kind="stable")]
+    good_sorted = good[np.argsort(-scores[good], kind="stable")]
+    picks = [("top_anomalous", int(i)) for i in bad_sorted[:k]]
+    picks += [("lowest_anomalous", int(i)) for i in bad_sorted[::-1][:k] if ("top_anomalous", int(i)) not in picks]
+    picks += [("top_good", int(i)) for i in good_sorted[:k]]
+    return picks
+
+
+def _write_csv(path: Path, frame: pd.DataFrame) -> None:
+    write_text_atomic(path, frame.to_csv(index=False, float_format="%.8g"))
+
+
+def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
+             config: EvalConfig | None = None, *, params: dict[str, Any] | None = None) -> dict[str, float]:
+    """Evaluate ``checkpoint`` on the prepared class ``data_dir``; write the files listed in the
+    module docstring into ``out_dir``; return the scalar metrics."""
+    config = config or EvalConfig()
+    out_dir = Path(out_dir)
+    model, ckpt = load_checkpoint(checkpoint, device=config.device)
+    data = PreparedClass(data_dir)
+    size = int(data.meta["image_size"])
+    if size != int(ckpt["image_size"]):
+        raise ValueError(f"{data_dir} was prepared at {size} px but {checkpoint} was trained at "
+                         f"{ckpt['image_size']} px; prepare the class at the training size")
+    manifest = data.test_manifest.reset_index(drop=True)
+    labels = manifest["label"].to_numpy(dtype=np.int64)
+    defect_types = manifest["defect_type"].astype(str).tolist()
+
+    maps, scores = compute_maps(model, data.test_images, config)
+    masks = None if data.test_masks is None else torch.from_numpy(np.asarray(data.test_masks)).to(maps.device)
+    result = compute_metrics(scores, labels, defect_types, maps if masks is not None else None, masks,
+                             fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
+    scores_np = scores.cpu().numpy()
+
+    provenance = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "train_config": ckpt["config"],
+        "teacher": ckpt["teacher"],
+        "evaluate_config": vars(config),
+        "params": params,
+        "dataset": {"class": data.meta.get("class"), "source_digest": data.meta.get("source_digest"),
+                    "image_size": size, "n_test": int(len(labels)), "n_anomalous": int(labels.sum()),
+                    "image_level_only": bool(data.image_level_only)},
+        "versions": package_versions(),
+        "git": git_revision(),
+    }
+    scalars = {k: float(v) for k, v in result.scalars.items()}
+    write_json_atomic(out_dir / "metrics.json", {**scalars, "provenance": provenance})
+
+    _write_csv(out_dir / "scores.csv", pd.DataFrame({
+        "file": manifest["file"], "defect_type": defect_types, "label": labels, "score": scores_np}))
+    for key, name in CURVE_FILES.items():
+        frame = result.curves.get(key)
+        _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
+
+    _write_figures(out_dir / "figures", data, maps, scores_np, labels, manifest, config.num_figures)
+    log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
+    return scalars
+
+
+def _write_figures(fig_dir: Path, data: PreparedClass, maps: torch.Tensor, scores: np.ndarray,
+                   labels: np.ndarray, manifest: pd.DataFrame, k: int) -> None:
+    """Write the selected heatmap figures into a fresh directory, replaced atomically."""
+    fig_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".figures.", dir=fig_dir.parent))
+    try:
+        vmin, vmax = float(maps.min()), float(maps.max())
+        for rank, (kind, i) in enumerate(_pick_figures(scores, labels, k)):
+            mask = None if data.test_masks is None else np.asarray(data.test_masks[i])
+            stem = Path(str(manifest.loc[i, "file"])).stem
+            title = f"{kind}: {manifest.loc[i, 'defect_type']}/{stem} score {scores[i]:.4f}"
+            save_triptych(tmp / f"{kind}_{rank:02d}_{manifest.loc[i, 'defect_type']}_{stem}.png",
+                          np.asarray(data.test_images[i]), mask, maps[i].cpu().numpy(),
+                          title=title, vmin=vmin, vmax=vmax)
+        if fig_dir.exists():
+            old = fig_dir.with_name(f".{fig_dir.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            fig_dir.rename(old)
+            tmp.rename(fig_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(fig_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+

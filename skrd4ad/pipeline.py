@@ -1,0 +1,146 @@
+"""Glue shared by the Snakemake rules and the DVC stages: one params validator, one mapping
+from params to typed configs, one set of output paths.
+
+Both engines call the same ``workflow/scripts/*.py`` with the same paths; those scripts call
+this module, so the two engines cannot drift apart in what they compute.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import EvalConfig, TrainConfig
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is invalid; the message names the key and the problem."""
+
+
+def _fill_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
+    """Insert schema ``default`` values for absent object properties, recursively."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+
+
+def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate ``params`` in place against the JSON schema, fill defaults, check cross-key rules;
+    returns ``params``.  Raises :class:`ParamsError` naming the offending key."""
+    import jsonschema  # pipeline extra; imported here so the core package does not need it
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    _fill_defaults(params, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for err in errors[:10]:
+            where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+            lines.append(f"  {where}: {err.message}")
+        raise ParamsError("invalid params:\n" + "\n".join(lines))
+    data, train = params["data"], params["train"]
+    if data["dataset"] == "folder" and not data["folder"]:
+        raise ParamsError("data.folder: dataset 'folder' needs data.folder set to an MVTec-layout directory")
+    missing = [c for c in data["classes"] if c not in train["class_overrides"]]
+    if train["class_overrides"] and missing:
+        raise ParamsError(f"train.class_overrides: add an entry for every class in data.classes "
+                          f"(use {{}} for none); missing: {', '.join(missing)}")
+    missing_v = [v for v in params["model"]["variants"] if v not in train["variant_overrides"]]
+    if train["variant_overrides"] and missing_v:
+        raise ParamsError(f"train.variant_overrides: add an entry for every variant in model.variants "
+                          f"(use {{}} for none); missing: {', '.join(missing_v)}")
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """Read and validate a params file (see :func:`validate_params`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root)")
+    params = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    return validate_params(params)
+
+
+def train_config(params: Mapping[str, Any], cls: str, variant: str, seed: int) -> TrainConfig:
+    """The :class:`TrainConfig` of one (class, variant, seed) job, overrides applied
+    (variant overrides first, then class overrides)."""
+    train = dict(params["train"])
+    overrides = {**train.pop("variant_overrides").get(variant, {}),
+                 **train.pop("class_overrides").get(cls, {})}
+    train.pop("seeds")
+    train.update(overrides)
+    teacher = params["teacher"]
+    return TrainConfig(arch=teacher["arch"], variant=variant, teacher_weights=str(teacher_path(teacher["arch"])),
+                       seed=int(seed),
+                       betas=tuple(train.pop("betas")), **train)
+
+
+def eval_config(params: Mapping[str, Any]) -> EvalConfig:
+    """The :class:`EvalConfig` from the ``evaluate`` section."""
+    return EvalConfig(**params["evaluate"])
+
+
+# ----------------------------------------------------------------------------- paths
+# The same paths appear in Snakefile/workflow/rules and dvc.yaml; tests/test_pipeline.py checks
+# that both engines declare exactly these.
+
+def raw_dir(dataset: str) -> Path:
+    return Path("data/raw") / dataset
+
+
+def teacher_path(arch: str) -> Path:
+    return Path("data/teacher") / f"{arch}.pth"
+
+
+def prepared_dir(dataset: str, cls: str) -> Path:
+    return Path("data/prepared") / dataset / cls
+
+
+def checkpoint_path(dataset: str, variant: str, seed: int, cls: str) -> Path:
+    return Path("results") / dataset / "checkpoints" / variant / f"seed{seed}" / f"{cls}.pt"
+
+
+def train_log_path(dataset: str, variant: str, seed: int, cls: str) -> Path:
+    return Path("results") / dataset / "train" / variant / f"seed{seed}" / f"{cls}.tsv"
+
+
+def eval_dir(dataset: str, variant: str, seed: int, cls: str) -> Path:
+    return Path("results") / dataset / "eval" / variant / f"seed{seed}" / cls
+
+
+#: Files the evaluate stage writes into eval_dir(...) (plus the ``figures/`` directory).
+EVAL_FILES = ("metrics.json", "scores.csv", "roc_image.csv", "roc_pixel.csv", "pro.csv")
+EVAL_FIGURES = "figures"
+TABLE_SUFFIXES = (".md", ".csv", ".tex", ".json")
+FIGURE_NAMES = ("variants", "loss", "gallery")
+
+
+def aggregate_outputs(dataset: str) -> list[str]:
+    """Files the aggregate stage writes: the comparison table in four formats and three figures."""
+    tables = [f"results/tables/{dataset}{suffix}" for suffix in TABLE_SUFFIXES]
+    return tables + [f"results/figures/{dataset}_{name}.png" for name in FIGURE_NAMES]
+
+
+def setup_logging(log_file: str | Path | None = None) -> None:
+    """Log INFO lines to ``log_file`` (Snakemake's ``log:``) or stderr (DVC)."""
+    handler: logging.Handler = (logging.FileHandler(log_file, mode="w") if log_file
+                                else logging.StreamHandler(sys.stderr))
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)

@@ -1,0 +1,46 @@
+import os
+import shutil
+
+from skrd4ad import pipeline
+
+# Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
+# Defaults from the schema are filled in, exactly as the DVC stage scripts do.
+pipeline.validate_params(config, workflow.source_path("../schemas/params.schema.yaml"))
+
+DATASET = config["data"]["dataset"]
+CLASSES = config["data"]["classes"]
+VARIANTS = config["model"]["variants"]
+SEEDS = config["train"]["seeds"]
+ARCH = config["teacher"]["arch"]
+TEACHER_SOURCE = config["teacher"]["source"]
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9_.-]+",
+    cls=r"[A-Za-z0-9_.-]+",
+    variant="|".join(VARIANTS),
+    seed=r"\d+",
+
+
+def download_params(wildcards):
+    """The data settings a download depends on (a param, so changing them re-runs it)."""
+    return {k: config["data"][k] for k in ("dataset", "folder", "synthetic")}
+
+
+def train_config(wildcards):
+    """Effective training settings of one job (overrides applied); a param, so changing
+    one class's or one variant's settings re-runs only those jobs."""
+    return pipeline.train_config(config, wildcards.cls, wildcards.variant, int(wildcards.seed)).to_dict()
+
+
+def train_gpus(wildcards):
+    """1 when this job trains on a GPU (device cuda*, or auto with CUDA visible), else 0."""
+    device = config["train"]["device"]
+    if device == "cpu":
+        return 0
+    if device.startswith("cuda"):
+        return 1
+    return 1 if shutil.which("nvidia-smi") and os.environ.get("CUDA_VISIBLE_DEVICES") != "" else 0
+
+
+def all_outputs():
+    return pipeline.aggregate_outputs(DATASET)

@@ -1,0 +1,35 @@
+"""Stage `aggregate`: the comparison table (Markdown, CSV, LaTeX) and figures over all jobs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from skrd4ad import pipeline
+
+
+def run(params: dict[str, Any], results: Path, tables: Path, figures: Path) -> None:
+    from skrd4ad.aggregate import aggregate
+
+    aggregate(params, results, tables, figures)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--results", type=Path, required=True, help="results/<dataset>")
+    parser.add_argument("--tables", type=Path, required=True)
+    parser.add_argument("--figures", type=Path, required=True)
+    args = parser.parse_args(argv)
+    pipeline.setup_logging()
+    run(pipeline.load_params(args.params), args.results, args.tables, args.figures)
+
+
+if "snakemake" in globals():
+    sm = snakemake  # noqa: F821
+    pipeline.setup_logging(sm.log[0])
+    # results/<dataset>/eval/<variant>/seed<seed>/<class>/metrics.json -> results/<dataset>
+    run(sm.config, Path(sm.input.metrics[0]).parents[4], Path(sm.output.md).parent, Path(sm.output.variants).parent)
+elif __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Stage `evaluate`: metrics.json, per-image scores, ROC/PRO curves and heatmap figures."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from skrd4ad import pipeline
+
+
+def run(params: dict[str, Any], model: Path, data: Path, out: Path, threads: int | None = None) -> None:
+    import torch
+
+    from skrd4ad.evaluate import evaluate
+
+    if threads:
+        torch.set_num_threads(threads)
+    evaluate(model, data, out, pipeline.eval_config(params), params=params)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="prepared class directory")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    pipeline.setup_logging()
+    run(pipeline.load_params(args.params), args.model, args.data, args.out)
+
+
+if "snakemake" in globals():
+    sm = snakemake  # noqa: F821
+    pipeline.setup_logging(sm.log[0])
+    run(sm.config, Path(sm.input.model), Path(sm.input.data), Path(sm.output.figures).parent, threads=sm.threads)
+elif __name__ == "__main__":
+    main()

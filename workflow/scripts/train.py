@@ -1,0 +1,44 @@
+"""Stage `train`: one (class, variant, seed) model; resumes after an interruption."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from skrd4ad import pipeline
+
+
+def run(params: dict[str, Any], data: Path, cls: str, variant: str, seed: int, model: Path, log: Path,
+        threads: int | None = None) -> None:
+    import torch
+
+    from skrd4ad.train import train
+
+    if threads:
+        torch.set_num_threads(threads)
+    config = pipeline.train_config(params, cls, variant, seed)
+    train(config, data, model, log_path=log, progress=False)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", type=Path, required=True, help="prepared class directory")
+    parser.add_argument("--class", dest="cls", required=True)
+    parser.add_argument("--variant", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--log", type=Path, required=True)
+    args = parser.parse_args(argv)
+    pipeline.setup_logging()
+    run(pipeline.load_params(args.params), args.data, args.cls, args.variant, args.seed, args.model, args.log)
+
+
+if "snakemake" in globals():
+    sm = snakemake  # noqa: F821
+    pipeline.setup_logging(sm.log[0])
+    run(sm.config, Path(sm.input.data), sm.wildcards.cls, sm.wildcards.variant, int(sm.wildcards.seed),
+        Path(sm.output.model), Path(sm.output.log), threads=sm.threads)
+elif __name__ == "__main__":
+    main()
