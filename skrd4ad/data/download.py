@@ -1,0 +1,262 @@
+"""Resumable, checksum-verified downloads and archive extraction that cannot escape its folder.
+
+:func:`download` streams to ``<dest>.part``, resumes it with an HTTP ``Range`` request, and
+renames it onto ``dest`` only after its sha256 matched. :func:`safe_extract` checks every member
+of a tar/zip archive before writing anything and extracts into a temporary sibling that is
+renamed into place when complete, so an interrupted extraction never looks complete.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+import zipfile
+from pathlib import Path, PurePosixPath
+
+from tqdm import tqdm
+
+from skrd4ad import __version__
+from skrd4ad.io import sha256_file
+
+
+class DownloadError(RuntimeError):
+    """A download failed (network, HTTP status, incomplete transfer) after all retries."""
+
+
+class ChecksumError(DownloadError):
+    """A downloaded file's sha256 differs from the expected one; the file is kept for inspection."""
+
+
+class _PermanentError(DownloadError):
+    """An HTTP client error (4xx) that retrying cannot fix."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would be written outside the destination or is not a plain file/dir/link."""
+
+
+_USER_AGENT = f"skrd4ad/{__version__} (+python-urllib)"
+
+
+def _show_progress(progress: bool) -> bool:
+    return progress and sys.stderr.isatty()
+
+
+def _expected_total(resp: http.client.HTTPResponse, offset: int) -> int | None:
+    """Total file size from ``Content-Range`` (206) or ``Content-Length`` (+offset); None if unknown."""
+    content_range = resp.headers.get("Content-Range")
+    if content_range and "/" in content_range:
+        total = content_range.rsplit("/", 1)[1].strip()
+        if total.isdigit():
+            return int(total)
+    length = resp.headers.get("Content-Length")
+    if length is not None and length.strip().isdigit():
+        return offset + int(length)
+    return None
+
+
+def _fetch_once(url: str, part: Path, *, progress: bool, chunk_size: int, timeout: float) -> None:
+    """One HTTP request that appends to ``part`` (resuming from its size) or rewrites it.
+
+    Raises :class:`DownloadError` when the transfer ends before the announced size; ``part`` keeps
+    what arrived so the next attempt resumes.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
+    if offset > 0:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        resp = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset > 0:
+            # Range not satisfiable: the .part already holds the whole file (checked by the caller).
+            err.close()
+            return
+        error = _PermanentError if 400 <= err.code < 500 else DownloadError
+        raise error(f"GET {url} failed with HTTP {err.code} {err.reason}; check the URL") from err
+    with resp:
+        if offset > 0 and resp.status == 206:
+            content_range = resp.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {offset}-"):
+                raise DownloadError(
+                    f"GET {url}: server answered Range bytes={offset}- with Content-Range {content_range!r}; "
+                    f"delete {part} to download from scratch"
+                )
+            mode = "ab"
+        else:
+            offset, mode = 0, "wb"  # fresh download, or a server that ignored Range: restart
+        total = _expected_total(resp, offset)
+        received = offset
+        with open(part, mode) as fh, tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+            disable=not _show_progress(progress),
+        ) as bar:
+            try:
+                while True:
+                    chunk = resp.read(chunk_size)
+                    if not chunk:
+                        break
+                    fh.write(chunk)
+                    received += len(chunk)
+                    bar.update(len(chunk))
+            except (OSError, http.client.HTTPException) as err:
+                raise DownloadError(f"GET {url}: connection lost after {received} bytes ({err})") from err
+        if total is not None and received < total:
+            raise DownloadError(f"GET {url}: connection closed after {received} of {total} bytes")
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    sha256: str,
+    *,
+    progress: bool = True,
+    chunk_size: int = 1 << 20,
+    retries: int = 3,
+    timeout: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` and verify its sha256 (hex); return ``dest``.
+
+    An existing ``dest`` whose hash matches is returned without any request. Data is streamed to
+    ``<dest>.part``; an existing ``.part`` is resumed with ``Range: bytes=<size>-`` (a server that
+    ignores Range answers 200 and the file is restarted). An interrupted transfer is resumed up to
+    ``retries`` more times. On a hash mismatch the data is moved to ``<dest>.corrupt`` (kept for
+    inspection) and :class:`ChecksumError` names both hashes. A progress bar is shown on a TTY
+    when ``progress`` is true.
+    """
+    dest = Path(dest)
+    expected = sha256.lower()
+    if dest.exists():
+        actual = sha256_file(dest)
+        if actual == expected:
+            return dest
+        raise ChecksumError(
+            f"{dest} exists but its sha256 is {actual}, expected {expected}; "
+            "delete it to download again, or pass the right sha256"
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout)
+            break
+        except DownloadError as err:
+            if attempt == retries or isinstance(err, _PermanentError):
+                raise
+        except (OSError, http.client.HTTPException) as err:  # refused, reset, DNS, timeout
+            if attempt == retries:
+                raise DownloadError(f"GET {url} failed: {err}; re-run to resume from {part}") from err
+    if not part.exists():
+        raise DownloadError(f"GET {url} produced no data; check the URL")
+    actual = sha256_file(part)
+    if actual != expected:
+        corrupt = dest.with_name(dest.name + ".corrupt")
+        os.replace(part, corrupt)
+        raise ChecksumError(
+            f"sha256 mismatch for {url}: expected {expected}, got {actual}; the data is kept as {corrupt} "
+            "for inspection (delete it and re-run to download again)"
+        )
+    os.replace(part, dest)
+    return dest
+
+
+def _member_target(dest: Path, name: str, archive: Path) -> Path:
+    """Absolute path a member named ``name`` would be written to; refuses absolute or escaping names."""
+    if not name or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or "\\" in name:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute or Windows path; refusing to extract")
+    target = Path(os.path.normpath(dest / name))
+    if target != dest and dest not in target.parents:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside {dest}; refusing to extract")
+    return target
+
+
+def _through_link(name: str, links: set[str]) -> str | None:
+    """The first parent of ``name`` that is a link member, else ``None``."""
+    parts = PurePosixPath(os.path.normpath(name)).parts
+    for i in range(1, len(parts)):
+        prefix = "/".join(parts[:i])
+        if prefix in links:
+            return prefix
+    return None
+
+
+def _check_tar(tar: tarfile.TarFile, tmp: Path, archive: Path) -> list[tarfile.TarInfo]:
+    members = tar.getmembers()
+    links: set[str] = set()
+    for m in members:
+        target = _member_target(tmp, m.name, archive)
+        via = _through_link(m.name, links)
+        if via is not None:
+            raise UnsafeArchiveError(f"{archive}: member {m.name!r} is written through link member {via!r}; refusing")
+        if m.issym():
+            if os.path.isabs(m.linkname):
+                raise UnsafeArchiveError(f"{archive}: symlink {m.name!r} -> {m.linkname!r} is absolute; refusing")
+            resolved = Path(os.path.normpath(target.parent / m.linkname))
+            if resolved != tmp and tmp not in resolved.parents:
+                raise UnsafeArchiveError(f"{archive}: symlink {m.name!r} -> {m.linkname!r} points outside; refusing")
+            links.add(os.path.normpath(m.name))
+        elif m.islnk():
+            _member_target(tmp, m.linkname, archive)  # hard-link targets are archive-relative
+            links.add(os.path.normpath(m.name))
+        elif not (m.isfile() or m.isdir()):
+            raise UnsafeArchiveError(
+                f"{archive}: member {m.name!r} is a device, FIFO or other special file; refusing to extract"
+            )
+    return members
+
+
+def _check_zip(zf: zipfile.ZipFile, tmp: Path, archive: Path) -> None:
+    for info in zf.infolist():
+        _member_target(tmp, info.filename, archive)
+        mode = (info.external_attr >> 16) & 0o170000
+        if mode not in (0, 0o100000, 0o040000):  # unknown, regular file, directory
+            raise UnsafeArchiveError(f"{archive}: member {info.filename!r} is a link or special file; refusing")
+
+
+def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Extract a tar (plain/gz/bz2/xz) or zip ``archive`` into the new directory ``dest``; return ``dest``.
+
+    Every member is checked first: absolute paths, ``..`` escaping ``dest``, links pointing outside
+    it, members written through a link, and device/FIFO files raise :class:`UnsafeArchiveError`
+    and nothing is written. Extraction happens in a temporary sibling renamed onto ``dest`` when
+    complete. ``dest`` must not exist (raises ``FileExistsError``).
+    """
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists; remove it to extract {archive} again")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent)).resolve()
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                _check_zip(zf, tmp, archive)
+                zf.extractall(tmp)
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive, mode="r:*") as tar:
+                members = _check_tar(tar, tmp, archive)
+                data_filter = getattr(tarfile, "data_filter", None)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    if data_filter is not None:
+                        tar.extractall(tmp, members=members, filter=data_filter)
+                    else:  # pragma: no cover - Python without extraction filters; checks above still apply
+                        tar.extractall(tmp, members=members)
+        else:
+            raise UnsafeArchiveError(f"{archive} is neither a tar nor a zip archive; check the download")
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
