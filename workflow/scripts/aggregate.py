@@ -1,7 +1,5 @@
 """Stage `aggregate`: the comparison table (Markdown, CSV, LaTeX) and figures over all jobs."""
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 from typing import Any

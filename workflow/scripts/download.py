@@ -5,8 +5,6 @@ checksum-verified) and extracted; folder: the user's MVTec-layout folder copied 
 versions exactly what was used.  Called by Snakemake (``script:``) and DVC (command line).
 """
 
-from __future__ import annotations
-
 import argparse
 import shutil
 from pathlib import Path

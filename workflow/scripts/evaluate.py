@@ -1,7 +1,5 @@
 """Stage `evaluate`: metrics.json, per-image scores, ROC/PRO curves and heatmap figures."""
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 from typing import Any

@@ -5,8 +5,6 @@ reachable); imagenet: torchvision's download; none: a randomly initialised teach
 saved like the others so every later step reads one file (tests only: a random teacher is useless).
 """
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 from typing import Any

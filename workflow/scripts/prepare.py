@@ -1,7 +1,5 @@
 """Stage `prepare`: one class validated, resized once and cached as uint8 arrays + manifest."""
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 from typing import Any

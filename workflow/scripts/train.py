@@ -1,7 +1,5 @@
 """Stage `train`: one (class, variant, seed) model; resumes after an interruption."""
 
-from __future__ import annotations
-
 import argparse
 from pathlib import Path
 from typing import Any
