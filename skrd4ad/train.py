@@ -19,12 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
-from .data.prepared import PreparedClass, iterate_batches, to_model_input
+from .data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
 from .io import save_torch_atomic, write_text_atomic
 from .models.loss import distillation_loss
 from .models.rd4ad import ReverseDistillation, build_model
@@ -190,7 +189,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
         t0 = time.perf_counter()
         sums = torch.zeros(5, device=device)  # total, 3 layers, consistency (weighted by batch size)
         for idx in iterate_batches(n, config.batch_size, shuffle=True, generator=gen):
-            batch = torch.from_numpy(np.ascontiguousarray(images[idx]))
+            batch = batch_from(images, idx, pin_memory=device.type == "cuda")
             sums += train_step(model, optimizer, scaler, batch, config, memory_format) * len(idx)
         means = (sums / n).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
