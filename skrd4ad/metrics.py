@@ -32,6 +32,7 @@ import torch
 from scipy import ndimage
 
 __all__ = [
+    "AuproSeedUndefinedError",
     "MetricsResult",
     "aupro",
     "aupro_seed",
@@ -345,7 +346,9 @@ def _aupro_of(r: _Ranked, limit: float) -> float:
     return _area_to(x, y, limit) / limit
 
 
-def _sampled_curve(r: _Ranked, y_of: Callable[[np.ndarray], np.ndarray], max_points: int) -> tuple[np.ndarray, np.ndarray]:
+def _sampled_curve(
+    r: _Ranked, y_of: Callable[[np.ndarray], np.ndarray], max_points: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Curve (fpr, y_of(tp)) thinned like :func:`downsample_curve`, without a full scan.
 
     The curve rises from (0, 0) to (1, 1) with both coordinates monotone, so its scaled
@@ -491,13 +494,17 @@ def aupro(maps: Any, masks: Any, fpr_limit: float = 0.3) -> float:
 # ------------------------------------------------------------------- seed's AUPRO
 
 
+class AuproSeedUndefinedError(ValueError):
+    """The seed's AUPRO formula crashes or gives NaN on one image (message names it)."""
+
+
 def _seed_one(amap: np.ndarray, mask: np.ndarray, index: int, num_th: int, fpr_limit: float) -> float:
     """Seed ``compute_pro`` on one image: amap (H, W) float, mask (H, W) bool."""
     a = amap.astype(np.float64).reshape(-1)  # the seed's maps were float64
     lab, n_regions = ndimage.label(mask, structure=_STRUCT_2D)
     lo, hi = a.min(), a.max()
     if not hi > lo:
-        raise ValueError(
+        raise AuproSeedUndefinedError(
             f"aupro_seed is undefined for image {index}: its map is constant ({lo!r}), so "
             "the seed's threshold grid np.arange(min, max, (max - min) / n) is empty"
         )
@@ -505,24 +512,25 @@ def _seed_one(amap: np.ndarray, mask: np.ndarray, index: int, num_th: int, fpr_l
     n_th = ths.size
     # Pixel p is positive at threshold j (map > ths[j]) exactly when j < below[p].
     below = np.searchsorted(ths, a, side="left")
-    hist = np.bincount(lab.reshape(-1).astype(np.int64) * (n_th + 1) + below, minlength=(n_regions + 1) * (n_th + 1))
+    cells = lab.reshape(-1).astype(np.int64) * (n_th + 1) + below
+    hist = np.bincount(cells, minlength=(n_regions + 1) * (n_th + 1))
     hist = hist.reshape(n_regions + 1, n_th + 1)
     above = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (R+1, T): count > ths[j]
     area = hist.sum(axis=1)
     if area[0] == 0:
-        raise ValueError(f"aupro_seed is undefined for image {index}: it has no normal pixel")
+        raise AuproSeedUndefinedError(f"aupro_seed is undefined for image {index}: it has no normal pixel")
     pro = (above[1:] / area[1:, None]).mean(axis=0)
     fpr = above[0] / area[0]
     keep = fpr < fpr_limit
     f, p = fpr[keep], pro[keep]
     if f.size < 2:
-        raise ValueError(
+        raise AuproSeedUndefinedError(
             f"aupro_seed is undefined for image {index}: only {f.size} of its {n_th} "
             f"thresholds give FPR < {fpr_limit} (the seed's sklearn.metrics.auc needs 2)"
         )
     f_max = f.max()
     if f_max == 0:
-        raise ValueError(
+        raise AuproSeedUndefinedError(
             f"aupro_seed is undefined for image {index}: every threshold with FPR < "
             f"{fpr_limit} has FPR 0, so the seed's fpr / fpr.max() is 0/0 (it returned NaN)"
         )
@@ -540,7 +548,8 @@ def aupro_seed(maps: Any, masks: Any, num_thresholds: int = 200, fpr_limit: floa
     fraction, FPR over its normal pixels; points with FPR < fpr_limit are kept, FPR is
     divided by its largest kept value, and the trapezoid area is taken. Returns the mean
     over those images. Not the MVTec AD definition; see ``docs/metrics.md``.
-    Raises ValueError (naming the image) where the seed would crash or give NaN.
+    Raises AuproSeedUndefinedError (a ValueError naming the image) where the seed would
+    crash or give NaN.
     """
     if not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 1:
         raise ValueError(f"num_thresholds must be a positive int, got {num_thresholds!r}")
@@ -624,7 +633,7 @@ def _pixel_metrics(m: np.ndarray, g: np.ndarray, fpr_limit: float, max_points: i
     del r  # free the sorted keys before the per-image seed metric
     try:
         out.scalars["aupro_seed"] = _aupro_seed_np(m, g, 200, fpr_limit)
-    except ValueError as err:  # the seed's formula crashes or gives NaN on this data
+    except AuproSeedUndefinedError as err:  # the seed's formula crashes or gives NaN here
         note = f"aupro_seed omitted: {err}"
         warnings.warn(note, RuntimeWarning, stacklevel=3)
         out.notes.append(note)
@@ -650,8 +659,9 @@ def compute_metrics(
     ``fpr_limit``); curves ``image_roc`` (fpr, tpr) and, with maps, ``pixel_roc``
     (fpr, tpr) and ``pro`` (fpr, pro), each with at most ``max_curve_points`` rows.
     Without maps the pixel keys are absent. Where the seed's AUPRO is undefined on this
-    data (an anomalous image with a constant map, or whose kept FPRs are all 0) the key
-    ``aupro_seed`` is absent, a RuntimeWarning is issued and ``notes`` says why.
+    data (:class:`AuproSeedUndefinedError`, e.g. an anomalous image with a constant map)
+    the key ``aupro_seed`` is absent, a RuntimeWarning is issued and ``notes`` says why;
+    every other undefined metric raises ValueError.
     """
     lim = _check_fpr_limit(fpr_limit)
     if max_curve_points < 2:

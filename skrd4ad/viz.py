@@ -131,7 +131,8 @@ def save_triptych(
     ax_ov.set_title("anomaly map")
     for ax in (ax_img, ax_gt, ax_ov):
         ax.set_axis_off()
-    fig.colorbar(ScalarMappable(norm=Normalize(lo, hi if hi > lo else lo + 1.0), cmap=_CMAP), ax=ax_ov, fraction=0.046)
+    norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=_CMAP), ax=ax_ov, fraction=0.046)
     fig.suptitle(title)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

@@ -79,7 +79,9 @@ def sk_f1_max(y: np.ndarray, s: np.ndarray) -> float:
         return float(np.nan_to_num(2 * p * r / (p + r)).max())
 
 
-def random_case(rng: np.random.Generator, n: int, h: int, w: int, levels: int | None) -> tuple[np.ndarray, np.ndarray]:
+def random_case(
+    rng: np.random.Generator, n: int, h: int, w: int, levels: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Maps (quantised to `levels` values when given, to force ties) and blobby masks."""
     masks = np.zeros((n, h, w), dtype=np.uint8)
     for i in range(n):
@@ -232,6 +234,21 @@ def test_pixel_auroc_and_f1_match_sklearn() -> None:
     assert M.pixel_f1_max(maps, masks) == pytest.approx(sk_f1_max(y, s), abs=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mixed_sign_scores_rank_correctly(dtype: type) -> None:
+    # Negative, subnormal, huge and zero values exercise the order-preserving sort keys.
+    rng = np.random.default_rng(12)
+    special = np.array([-3e38, -1.5, -1e-42, -0.0, 0.0, 1e-42, 2.5, 3e38], dtype=dtype)
+    s = np.concatenate([special, (rng.standard_normal(80) * 10).astype(dtype), special[::3]])
+    y = rng.integers(0, 2, s.size)
+    y[:2] = [0, 1]
+    assert M.image_auroc(s, y) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr = M.roc_curve(s, y)
+    sk_fpr, sk_tpr, _ = skm.roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_array_equal(fpr, sk_fpr)
+    np.testing.assert_array_equal(tpr, sk_tpr)
+
+
 def test_signed_zero_and_inf_ties() -> None:
     s = np.array([0.0, -0.0, np.inf, -np.inf, np.inf], dtype=np.float32)
     y = np.array([1, 0, 1, 0, 0])
@@ -379,11 +396,25 @@ def test_compute_metrics_image_level_only() -> None:
     assert set(M.compute_metrics(scores, labels, None).scalars) == {"image_auroc", "image_f1_max"}
 
 
+def test_compute_metrics_omits_undefined_seed_metric() -> None:
+    scores, labels, types, maps, masks = _dataset(2)
+    maps[7] = 0.5  # anomalous image with a constant map: the seed's grid is empty
+    with pytest.warns(RuntimeWarning, match="image 7"):
+        res = M.compute_metrics(scores, labels, types, maps, masks)
+    assert "aupro_seed" not in res.scalars
+    assert len(res.notes) == 1 and "image 7" in res.notes[0] and "constant" in res.notes[0]
+    assert res.scalars["aupro"] == pytest.approx(M.aupro(maps, masks), abs=1e-12)
+    with pytest.raises(M.AuproSeedUndefinedError, match="image 7"):
+        M.aupro_seed(maps, masks)
+    assert M.compute_metrics(scores, labels, types, *_dataset(2)[3:]).notes == []
+
+
 def test_compute_metrics_torch_equals_numpy() -> None:
     scores, labels, types, maps, masks = _dataset(1)
     a = M.compute_metrics(scores, labels, types, maps, masks).scalars
     b = M.compute_metrics(
-        torch.from_numpy(scores), torch.from_numpy(labels), types, torch.from_numpy(maps), torch.from_numpy(masks)
+        torch.from_numpy(scores), torch.from_numpy(labels), types,
+        torch.from_numpy(maps), torch.from_numpy(masks),
     ).scalars
     assert a == b
 
