@@ -5,46 +5,15 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
+from pipeline_fixtures import BIN, ENV, REPO, TINY, check_results, default_params, make_copy, run, write_params
 
 from skrd4ad import pipeline
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-ENV = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-       "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-       "GIT_COMMITTER_EMAIL": "t@t", "OMP_NUM_THREADS": "1"}
-
-TINY = {
-    "data": {"dataset": "synthetic", "classes": ["brick", "grass"],
-             "synthetic": {"seed": 0, "image_size": 64, "n_train": 8, "n_test_good": 3, "n_test_bad": 5}},
-    "prepare": {"image_size": 64},
-    "teacher": {"arch": "mobilenet_v2", "source": "none"},
-    "model": {"variants": ["rd4ad", "skrd4ad"]},
-    "train": {"seeds": [111], "epochs": 1, "batch_size": 4, "checkpoint_every": 1, "device": "cpu",
-              "class_overrides": {"brick": {}, "grass": {}},
-              "variant_overrides": {"rd4ad": {}, "skrd4ad": {}}},
-    "evaluate": {"batch_size": 8, "num_figures": 1, "device": "cpu"},
-}
-
-
-def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(cmd, cwd=cwd, env=ENV, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return proc
-
-
-def default_params() -> dict:
-    return yaml.safe_load((REPO / "params.yaml").read_text())
-
 
 # ----------------------------------------------------------------------------- params
 
@@ -128,43 +97,6 @@ def test_snakemake_rejects_bad_params_before_any_job(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- end to end
-
-def write_params(repo: Path, params: dict) -> None:
-    """params.yaml with every default filled in (DVC tracks keys only if they are in the file)."""
-    full = pipeline.validate_params(copy.deepcopy(params))
-    (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
-
-
-def make_copy(tmp_path: Path, params: dict) -> Path:
-    """A git copy of the tracked repository files with ``params`` as params.yaml."""
-    dest = tmp_path / "repo"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for rel in files:
-        src = REPO / rel
-        if src.is_file() and not rel.startswith(("results/", "dvc.lock")):
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    write_params(dest, params)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "copy"]):
-        run(cmd, dest)
-    return dest
-
-
-def check_results(repo: Path) -> None:
-    table = (repo / "results/tables/synthetic.md").read_text()
-    assert "brick" in table and "grass" in table and "**Mean**" in table and "SK-RD4AD" in table
-    summary = pd.read_csv(repo / "results/tables/synthetic.csv")
-    assert set(summary["variant"]) == {"rd4ad", "skrd4ad", "skrd4ad-rd4ad"}
-    for variant in ("rd4ad", "skrd4ad"):
-        for cls in ("brick", "grass"):
-            metrics = json.loads((repo / f"results/synthetic/eval/{variant}/seed111/{cls}/metrics.json").read_text())
-            for key in ("image_auroc", "pixel_auroc", "aupro", "aupro_seed"):
-                assert 0.0 <= metrics[key] <= 1.0
-            assert metrics["provenance"]["train_config"]["variant"] == variant
-    for name in pipeline.aggregate_outputs("synthetic"):
-        assert (repo / name).stat().st_size > 0, name
-
 
 @pytest.mark.slow
 def test_snakemake_end_to_end_rerun_and_single_class_change(tmp_path: Path) -> None:
