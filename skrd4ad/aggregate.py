@@ -162,7 +162,6 @@ def plot_losses(results: Path, classes: list[str], variants: list[str], seeds: l
                 ax.plot(frame["epoch"], frame["loss"], label=f"{VARIANT_LABELS.get(variant, variant)} s{seed}")
         ax.set_title(cls)
         ax.set_xlabel("epoch")
-        ax.set_yscale("log")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(classes):]:
         ax.axis("off")

@@ -86,7 +86,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     defect_types = manifest["defect_type"].astype(str).tolist()
 
     maps, scores = compute_maps(model, data.test_images, config)
-    masks = None if data.test_masks is None else torch.from_numpy(np.asarray(data.test_masks)).to(maps.device)
+    masks = None if data.test_masks is None else torch.from_numpy(np.array(data.test_masks)).to(maps.device)
     result = compute_metrics(scores, labels, defect_types, maps if masks is not None else None, masks,
                              fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
     scores_np = scores.cpu().numpy()

@@ -22,7 +22,7 @@ def predict_batch(model: ReverseDistillation, images: Tensor | np.ndarray, *, co
 
     Results stay on the model's device (no host sync here)."""
     device = next(model.bottleneck.parameters()).device
-    batch = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    batch = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # writable copy
     x = to_model_input(batch, device)
     with autocast(device, amp):
         t, s = model(x)

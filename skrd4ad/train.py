@@ -27,7 +27,7 @@ from .data.prepared import PreparedClass, batch_from, iterate_batches, to_model_
 from .io import save_torch_atomic, write_text_atomic
 from .models.loss import distillation_loss
 from .models.rd4ad import ReverseDistillation, build_model
-from .models.teacher import build_teacher
+from .models.teacher import build_teacher, load_teacher_state_dict
 from .provenance import git_revision, package_versions
 
 log = logging.getLogger(__name__)
@@ -228,6 +228,9 @@ def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig,
         "image_size": int(data.meta["image_size"]),
         "teacher": _teacher_record(model, config),
         "student": student,
+        # a random teacher cannot be rebuilt from a name: keep its weights (tests only; small)
+        "teacher_state": ({k: v.detach().cpu() for k, v in model.teacher.state_dict().items()}
+                          if config.teacher_weights is None else None),
         "epochs": len(history),
         "final_loss": history[-1]["loss"] if history else None,
         "data": {"class": data.meta.get("class"), "source_digest": data.meta.get("source_digest")},
@@ -253,7 +256,10 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         raise ValueError(f"{path} is not a skrd4ad checkpoint (format {CHECKPOINT_FORMAT})")
     rec = ckpt["teacher"]
     weights = rec["weights"] if teacher_weights is False else teacher_weights
-    teacher = build_teacher(rec["arch"], weights)  # type: ignore[arg-type]
+    if weights is None and ckpt.get("teacher_state") is not None:
+        teacher = load_teacher_state_dict(rec["arch"], ckpt["teacher_state"], weights_id=rec["weights_id"])
+    else:
+        teacher = build_teacher(rec["arch"], weights)  # type: ignore[arg-type]
     if teacher.weights_id != rec["weights_id"]:
         raise ValueError(f"{path}: teacher weights {weights!r} have identity {teacher.weights_id!r} but the "
                          f"model was trained with {rec['weights_id']!r}; pass the original teacher weights")
