@@ -90,6 +90,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     result = compute_metrics(scores, labels, defect_types, maps if masks is not None else None, masks,
                              fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
     scores_np = scores.cpu().numpy()
+    for note in result.notes:
+        log.warning("%s: %s", data_dir, note)
 
     provenance = {
         "checkpoint": str(checkpoint),
@@ -103,6 +105,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                     "image_level_only": bool(data.image_level_only)},
         "versions": package_versions(),
         "git": git_revision(),
+        "notes": list(result.notes),
     }
     scalars = {k: float(v) for k, v in result.scalars.items()}
     write_json_atomic(out_dir / "metrics.json", {**scalars, "provenance": provenance})

@@ -1,6 +1,7 @@
 """Stage `evaluate`: metrics.json, per-image scores, ROC/PRO curves and heatmap figures."""
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,13 @@ def run(params: dict[str, Any], model: Path, data: Path, out: Path, threads: int
 
     from skrd4ad.evaluate import evaluate
 
+    from skrd4ad.gpu_slots import gpu_slot
+
     if threads:
         torch.set_num_threads(threads)
-    evaluate(model, data, out, pipeline.eval_config(params), params=params)
+    config = pipeline.eval_config(params)
+    with gpu_slot() if config.device != "cpu" else contextlib.nullcontext():
+        evaluate(model, data, out, config, params=params)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,6 +1,7 @@
 """Stage `train`: one (class, variant, seed) model; resumes after an interruption."""
 
 import argparse
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,14 @@ def run(params: dict[str, Any], data: Path, cls: str, variant: str, seed: int, m
 
     from skrd4ad.train import train
 
+    from skrd4ad.gpu_slots import gpu_slot
+
     if threads:
         torch.set_num_threads(threads)
     config = pipeline.train_config(params, cls, variant, seed)
-    train(config, data, model, log_path=log, progress=False)
+    # one GPU per concurrent job (Snakemake's --resources gpu=N does not pick devices)
+    with gpu_slot() if config.device != "cpu" else contextlib.nullcontext():
+        train(config, data, model, log_path=log, progress=False)
 
 
 def main(argv: list[str] | None = None) -> None:
