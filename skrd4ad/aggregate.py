@@ -2,7 +2,9 @@
 
 Reads ``<results>/eval/<variant>/seed<seed>/<class>/metrics.json`` and the training logs
 ``<results>/train/<variant>/seed<seed>/<class>.tsv``; writes ``<tables>/<dataset>.{md,csv,tex,json}``
-and ``<figures>/<dataset>_{variants,loss,gallery}.png``.
+and ``<figures>/<dataset>_{variants,loss,gallery,seeds}.png``.  With several seeds the table
+shows mean ± standard deviation over seeds and the SK-RD4AD minus RD4AD difference comes with a
+paired bootstrap 95% confidence interval over (class, seed) pairs.
 """
 
 from __future__ import annotations
@@ -65,6 +67,43 @@ def summarise(long: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
     order = {c: i for i, c in enumerate([*classes, "Mean"])}
     return summary.sort_values(["class", "variant", "metric"], key=lambda s: s.map(order) if s.name == "class"
                                else s, kind="stable").reset_index(drop=True)
+
+
+def paired_bootstrap(long: pd.DataFrame, *, n_boot: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> pd.DataFrame:
+    """SK-RD4AD minus RD4AD per metric: mean difference over (class, seed) pairs and its paired
+    bootstrap confidence interval (pairs resampled with replacement, percentile interval).
+
+    Returns columns metric, mean_diff, ci_low, ci_high, n_pairs (empty without both variants).
+    """
+    columns = ["metric", "mean_diff", "ci_low", "ci_high", "n_pairs"]
+    if not {BASELINE, OURS} <= set(long["variant"]):
+        return pd.DataFrame(columns=columns)
+    wide = long.pivot_table(index=["metric", "class", "seed"], columns="variant", values="value")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for metric, grp in wide.groupby(level="metric", sort=False):
+        d = (grp[OURS] - grp[BASELINE]).dropna().to_numpy()
+        if len(d) == 0:
+            continue
+        means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+        alpha = (1 - level) / 2
+        rows.append({"metric": metric, "mean_diff": float(d.mean()), "ci_low": float(np.quantile(means, alpha)),
+                     "ci_high": float(np.quantile(means, 1 - alpha)), "n_pairs": int(len(d))})
+    order = {k: i for i, k in enumerate(METRICS)}
+    return pd.DataFrame(rows, columns=columns).sort_values("metric", key=lambda m: m.map(order)).reset_index(drop=True)
+
+
+def ci_markdown(ci: pd.DataFrame) -> str:
+    """The difference-of-means table with its bootstrap interval (percentage points)."""
+    if ci.empty:
+        return ""
+    lines = ["", "SK-RD4AD − RD4AD, mean over (class, seed) pairs with a 95% paired bootstrap interval "
+             "(percentage points):", "", "| Metric | Difference | 95% CI | Pairs |", "|---|---|---|---|"]
+    for row in ci.itertuples():
+        lines.append(f"| {METRICS[row.metric]} | {100 * row.mean_diff:+.2f} | "
+                     f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}] | {row.n_pairs} |")
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(mean: float, std: float, n: int, with_std: bool) -> str:
@@ -169,6 +208,35 @@ def plot_losses(results: Path, classes: list[str], variants: list[str], seeds: l
     _save_figure(fig, path)
 
 
+def plot_seeds(long: pd.DataFrame, summary: pd.DataFrame, classes: list[str], variants: list[str],
+               path: Path) -> None:
+    """Per-seed values (dots) beside the mean over seeds (bar edge) per class and variant."""
+    keys = [k for k in ("pixel_auroc", "aupro") if k in set(long["metric"])] or ["image_auroc"]
+    names = [*classes, "Mean"]
+    per_seed_mean = long.groupby(["variant", "seed", "metric"], as_index=False)["value"].mean().assign(**{"class": "Mean"})
+    points = pd.concat([long, per_seed_mean], ignore_index=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6, 1.2 * len(names) + 2) * len(keys) / 1.5, 3.8),
+                             squeeze=False)
+    width = 0.8 / max(1, len(variants))
+    for ax, key in zip(axes[0], keys):
+        for j, variant in enumerate(variants):
+            offset = (j - (len(variants) - 1) / 2) * width
+            label = VARIANT_LABELS.get(variant, variant)
+            sel = summary[(summary["variant"] == variant) & (summary["metric"] == key)].set_index("class")
+            xs = [i + offset for i, c in enumerate(names) if c in sel.index]
+            ax.errorbar(xs, [sel.loc[c, "mean"] for c in names if c in sel.index],
+                        yerr=[sel.loc[c, "std"] for c in names if c in sel.index], fmt="_", ms=14, capsize=3,
+                        color=f"C{j}", label=f"{label} mean ± sd")
+            pts = points[(points["variant"] == variant) & (points["metric"] == key)]
+            ax.scatter([names.index(c) + offset for c in pts["class"]], pts["value"], s=12, color=f"C{j}",
+                       alpha=0.6, label=f"{label} per seed")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_title(METRICS[key])
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    _save_figure(fig, path)
+
+
 def plot_gallery(results: Path, classes: list[str], variants: list[str], seed: int, path: Path) -> None:
     """The highest-scoring anomalous image's heatmap figure per class (rows) and variant (columns)."""
     fig, axes = plt.subplots(len(classes), len(variants), figsize=(5.5 * len(variants), 2.2 * len(classes)),
@@ -197,16 +265,22 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     long = collect(results, classes, variants, seeds)
     summary = summarise(long, classes)
     frame = table_frame(summary, classes, variants)
-    write_text_atomic(tables / f"{dataset}.md", to_markdown(frame))
+    ci = paired_bootstrap(long)
+    write_text_atomic(tables / f"{dataset}.md", to_markdown(frame) + ci_markdown(ci))
     write_text_atomic(tables / f"{dataset}.tex", to_latex(frame))
     write_text_atomic(tables / f"{dataset}.csv", summary.to_csv(index=False, float_format="%.6g"))
     means = summary[summary["class"] == "Mean"]
-    write_json_atomic(tables / f"{dataset}.json", {
+    summary_json: dict[str, Any] = {
         variant: {row.metric: round(float(row.mean), 6) for row in grp.itertuples()}
-        for variant, grp in means.groupby("variant", sort=False)})
+        for variant, grp in means.groupby("variant", sort=False)}
+    for row in ci.itertuples():
+        summary_json.setdefault("diff_ci95", {})[row.metric] = {
+            "low": round(row.ci_low, 6), "high": round(row.ci_high, 6), "pairs": row.n_pairs}
+    write_json_atomic(tables / f"{dataset}.json", summary_json)
     plot_variants(summary, classes, variants, figures / f"{dataset}_variants.png")
     plot_losses(results, classes, variants, seeds, figures / f"{dataset}_loss.png")
     plot_gallery(results, classes, variants, seeds[0], figures / f"{dataset}_gallery.png")
+    plot_seeds(long, summary, classes, variants, figures / f"{dataset}_seeds.png")
     log.info("wrote %s and figures for %d classes x %d variants x %d seeds", tables / f"{dataset}.md",
              len(classes), len(variants), len(seeds))
     return summary

@@ -127,7 +127,7 @@ def eval_dir(dataset: str, variant: str, seed: int, cls: str) -> Path:
 EVAL_FILES = ("metrics.json", "scores.csv", "roc_image.csv", "roc_pixel.csv", "pro.csv")
 EVAL_FIGURES = "figures"
 TABLE_SUFFIXES = (".md", ".csv", ".tex", ".json")
-FIGURE_NAMES = ("variants", "loss", "gallery")
+FIGURE_NAMES = ("variants", "loss", "gallery", "seeds")
 
 
 def aggregate_outputs(dataset: str) -> list[str]:

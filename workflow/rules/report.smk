@@ -16,6 +16,7 @@ rule aggregate:
         variants=report("results/figures/{dataset}_variants.png", category="Figures", caption="../report/variants.rst"),
         loss=report("results/figures/{dataset}_loss.png", category="Figures", caption="../report/loss.rst"),
         gallery=report("results/figures/{dataset}_gallery.png", category="Figures", caption="../report/gallery.rst"),
+        seeds=report("results/figures/{dataset}_seeds.png", category="Figures", caption="../report/seeds.rst"),
     log:
         "logs/aggregate/{dataset}.log",
     message:
