@@ -106,6 +106,9 @@ def test_snakemake_end_to_end_rerun_and_single_class_change(tmp_path: Path) -> N
     check_results(repo)
     again = run([snakemake, "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
+    run([snakemake, "--report", "report.html"], repo)
+    html = (repo / "report.html").read_text(errors="replace")
+    assert "synthetic_variants.png" in html and "synthetic.md" in html
     params = copy.deepcopy(TINY)
     params["train"]["class_overrides"]["grass"] = {"epochs": 2}
     write_params(repo, params)
@@ -128,6 +131,9 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     assert "Running stage" not in dry.stdout
     metrics = run([dvc, "metrics", "show"], repo).stdout
     assert "pixel_auroc" in metrics
+    run([dvc, "plots", "show", "-o", str(tmp_path / "plots")], repo)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "train/rd4ad/seed111/brick.tsv" in html and "pro.csv" in html
 
     # share through a DVC remote (a local directory here; S3/SSH work the same) and restore
     # everything in a fresh clone without re-running anything
