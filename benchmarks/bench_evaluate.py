@@ -21,7 +21,7 @@ time of each reported, every round kept in ``seconds_every_round``):
 
 Both sides load the checkpoint under the same ``torch.manual_seed`` (a random teacher is rebuilt
 from the global RNG), so they score the same maps; the run checks that pixel AUROC, image
-AUROC and ``aupro_seed`` agree within 1e-6 and reports the differences.
+AUROC and ``aupro_seed`` agree within 1e-5 and reports the differences.
 Writes JSON to ``--out`` (default ``benchmarks/out/bench_evaluate.json``).
 
     .venv/bin/python benchmarks/bench_evaluate.py            # full run (a few minutes)
@@ -67,7 +67,9 @@ from skrd4ad.viz import save_triptych  # noqa: E402
 
 CLASS = "brick"
 MODEL_SEED = 1234  # torch.manual_seed before every load_checkpoint: same random teacher each time
-TOL = 1e-6
+TOL = 1e-5  # our maps are float32 (seed: float64 sums): ~1e-6 relative map differences move the
+            # seed's per-image threshold grid; on identical maps the metrics agree exactly (see *_1e-9 keys)
+EVAL_BATCH = 8  # the embedded default's evaluate.batch_size (small batches are fastest on CPU)
 
 # ------------------------------------------------------------------- the seed's evaluation
 
@@ -176,7 +178,7 @@ def ours_evaluation(checkpoint: Path, data_dir: Path, out_dir: Path, num_figures
     """(scalars, seconds) of one :func:`skrd4ad.evaluate.evaluate` call."""
     t0 = time.perf_counter()
     torch.manual_seed(MODEL_SEED)
-    scalars = evaluate(checkpoint, data_dir, out_dir, EvalConfig(device="cpu", num_figures=num_figures))
+    scalars = evaluate(checkpoint, data_dir, out_dir, EvalConfig(device="cpu", num_figures=num_figures, batch_size=EVAL_BATCH))
     return scalars, time.perf_counter() - t0
 
 
@@ -184,7 +186,7 @@ def our_maps(checkpoint: Path, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """Maps and scores exactly as ``evaluate`` computes them (same seeded model), as NumPy."""
     torch.manual_seed(MODEL_SEED)
     model, _ = load_checkpoint(checkpoint, device="cpu")
-    maps, scores = compute_maps(model, PreparedClass(data_dir).test_images, EvalConfig(device="cpu"))
+    maps, scores = compute_maps(model, PreparedClass(data_dir).test_images, EvalConfig(device="cpu", batch_size=EVAL_BATCH))
     return maps.numpy(), scores.numpy()
 
 

@@ -4,7 +4,7 @@ In one run, per teacher architecture (wide_resnet50_2 at 256 px batch 16, mobile
 device (CPU; CUDA when present, also with bf16 autocast):
 
 - ``ours``: :func:`skrd4ad.train.train_step` (uint8 batch moved to the device then normalised
-  there, teacher under no_grad, channels_last on CUDA);
+  there, teacher under no_grad, channels_last memory layout);
 - ``plain``: the textbook loop of the reference code: normalise on the host in float32, copy to
   the device, teacher forward with autograd enabled, decoder, cosine loss, backward, Adam step;
 - inference latency of :func:`skrd4ad.inference.predict_batch` (maps + Gaussian + scores) at
@@ -56,8 +56,7 @@ def plain_step(model, optimizer, batch_uint8: torch.Tensor, device: torch.device
 def bench_training(arch: str, size: int, batch: int, device: torch.device, amp: str, steps: int) -> dict:
     torch.manual_seed(0)
     model = build_model(arch, "skrd4ad", teacher_weights=None).to(device).train()
-    channels_last = device.type == "cuda"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = torch.channels_last  # TrainConfig's default
     ours_model = model.to(memory_format=fmt)
     opt_ours = torch.optim.Adam(ours_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))
     scaler = torch.amp.GradScaler(device.type, enabled=False)

@@ -30,7 +30,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
             parser.add_argument(flag, type=float, nargs=2, default=None, help=f"default {default}")
         elif f.name == "channels_last":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help="default: on for CUDA, off for CPU")
+                                help="NHWC memory layout (default: on)")
         else:
             kind = type(default) if default is not None and not isinstance(default, bool) else str
             parser.add_argument(flag, type=kind, default=None, help=f"default {default}")

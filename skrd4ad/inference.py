@@ -23,7 +23,7 @@ def predict_batch(model: ReverseDistillation, images: Tensor | np.ndarray, *, co
     Results stay on the model's device (no host sync here)."""
     device = next(model.bottleneck.parameters()).device
     batch = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # writable copy
-    x = to_model_input(batch, device)
+    x = to_model_input(batch, device).contiguous(memory_format=torch.channels_last)
     with autocast(device, amp):
         t, s = model(x)
     maps = anomaly_map(t, s, (x.shape[-2], x.shape[-1]), combine=combine, sigma=sigma)

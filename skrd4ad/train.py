@@ -153,8 +153,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights).to(device)
-    channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
-    if channels_last:
+    if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas)
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
@@ -184,7 +183,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
 
     model.train()
     stop = config.epochs if max_epochs_this_run is None else min(config.epochs, start + max_epochs_this_run)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     for epoch in _epoch_iterator(start, stop, show):
         t0 = time.perf_counter()
         sums = torch.zeros(5, device=device)  # total, 3 layers, consistency (weighted by batch size)
@@ -266,4 +265,4 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     model = ReverseDistillation(teacher, ckpt["variant"])
     model.load_student_state_dict(ckpt["student"])
     dev = resolve_device(str(device)) if isinstance(device, str) else device
-    return model.to(dev).eval(), ckpt
+    return model.to(dev, memory_format=torch.channels_last).eval(), ckpt
