@@ -100,22 +100,26 @@ def test_snakemake_rejects_bad_params_before_any_job(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_snakemake_end_to_end_rerun_and_single_class_change(tmp_path: Path) -> None:
-    repo = make_copy(tmp_path, copy.deepcopy(TINY))
+    params = copy.deepcopy(TINY)
+    params["train"]["seeds"] = [111, 222]  # several seeds: mean ± sd and the bootstrap interval
+    repo = make_copy(tmp_path, params)
     snakemake = str(BIN / "snakemake")
     run([snakemake, "--cores", "2"], repo)
     check_results(repo)
+    table = (repo / "results/tables/synthetic.md").read_text()
+    assert " ± " in table and "95% paired bootstrap" in table and "| 4 |" in table  # 2 classes x 2 seeds
+    assert json.loads((repo / "results/tables/synthetic.json").read_text())["diff_ci95"]["pixel_auroc"]["pairs"] == 4
     again = run([snakemake, "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
     run([snakemake, "--report", "report.html"], repo)
     html = (repo / "report.html").read_text(errors="replace")
     assert "synthetic_variants.png" in html and "synthetic.md" in html
-    params = copy.deepcopy(TINY)
     params["train"]["class_overrides"]["grass"] = {"epochs": 2}
     write_params(repo, params)
     plan = run([snakemake, "-n", "--quiet", "rules"], repo).stdout
     rows = [line.split() for line in plan.splitlines()]
     counts = {r[0]: r[1] for r in rows if len(r) == 2 and r[1].isdigit() and r[0] in ("train", "evaluate")}
-    assert counts == {"train": "2", "evaluate": "2"}, plan  # grass x 2 variants only
+    assert counts == {"train": "4", "evaluate": "4"}, plan  # grass x 2 variants x 2 seeds only
     assert "prepare" not in plan and "download" not in plan
 
 
