@@ -32,14 +32,21 @@ def train_config(wildcards):
     return pipeline.train_config(config, wildcards.cls, wildcards.variant, int(wildcards.seed)).to_dict()
 
 
-def train_gpus(wildcards):
-    """1 when this job trains on a GPU (device cuda*, or auto with CUDA visible), else 0."""
-    device = config["train"]["device"]
+def _gpus_for(device):
+    """1 when a job on ``device`` runs on a GPU (cuda*, or auto with a GPU on this host), else 0."""
     if device == "cpu":
         return 0
     if device.startswith("cuda"):
         return 1
     return 1 if shutil.which("nvidia-smi") and os.environ.get("CUDA_VISIBLE_DEVICES") != "" else 0
+
+
+def train_gpus(wildcards):
+    return _gpus_for(config["train"]["device"])
+
+
+def eval_gpus(wildcards):
+    return _gpus_for(config["evaluate"]["device"])
 
 
 def all_outputs():

@@ -40,7 +40,7 @@ rule evaluate:
         config=config["evaluate"],
     threads: 2
     resources:
-        gpu=train_gpus,
+        gpu=eval_gpus,
     conda:
         "../envs/skrd4ad.yaml"
     script:
