@@ -162,3 +162,12 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     write_params(repo, params)
     changed = json.loads(run([dvc, "status", "--json"], repo).stdout)
     assert sorted(changed) == ["train@grass-rd4ad-111", "train@grass-skrd4ad-111"], changed
+    run(["git", "checkout", "params.yaml"], repo)
+
+    # an experiment with one param changed, compared with the committed run
+    exp = run([dvc, "exp", "run", "-S", "train.epochs=2", "--name", "two-epochs"], repo)
+    assert "Running stage 'train@brick-rd4ad-111'" in exp.stdout
+    shown = run([dvc, "exp", "show", "--csv"], repo).stdout
+    assert "two-epochs" in shown and "train.epochs" in shown
+    diff = run([dvc, "metrics", "diff", "--json"], repo).stdout
+    assert "pixel_auroc" in diff
