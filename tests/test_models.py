@@ -150,7 +150,7 @@ def test_unknown_loss_is_rejected() -> None:
 
 # ---------------------------------------------------------------- anomaly maps
 
-@pytest.mark.parametrize("shape", [(64, 64), (20, 37), (8, 8), (5, 3)])
+@pytest.mark.parametrize("shape", [(64, 64), (20, 37), (8, 8), (5, 3), (600, 40)])
 def test_gaussian_blur_equals_scipy(shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(0)
     maps = rng.random((3, *shape), dtype=np.float32) * 5
