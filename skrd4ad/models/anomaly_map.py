@@ -56,8 +56,8 @@ def gaussian_blur(maps: Tensor, sigma: float = 4.0, truncate: float = 4.0) -> Te
     """Separable Gaussian blur of ``(B, H, W)`` maps, equal to ``scipy.ndimage.gaussian_filter``
     applied to each map with the same sigma (``mode='reflect'``).  Runs on ``maps.device``.
 
-    Up to 512 px a side it is two batched matrix products ``K_h @ M @ K_w^T`` (BLAS/tensor
-    cores: ~8x faster than a 1-channel convolution on CPU), above that a separable convolution."""
+    Up to 512 px a side it is two batched matrix products ``K_h @ M @ K_w^T`` (run by BLAS or
+    tensor cores, unlike a one-channel convolution), above that a separable convolution."""
     if sigma <= 0:
         return maps
     b, h, w = maps.shape
