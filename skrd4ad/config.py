@@ -13,11 +13,11 @@ from typing import Any, Literal, TypeVar, get_args
 
 from .models.anomaly_map import COMBINES, SCORE_KINDS
 from .models.loss import LOSS_KINDS
+from .models.rd4ad import VARIANTS
+from .models.teacher import TEACHER_ARCHS
 
 Amp = Literal["none", "bf16", "fp16"]
 AMPS: tuple[str, ...] = get_args(Amp)
-VARIANT_CHOICES = ("rd4ad", "skrd4ad")
-ARCH_CHOICES = ("resnet18", "resnet34", "resnet50", "wide_resnet50_2", "mobilenet_v2")
 
 T = TypeVar("T")
 
@@ -71,8 +71,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = "train"
-        _choice(s, "arch", self.arch, ARCH_CHOICES)
-        _choice(s, "variant", self.variant, VARIANT_CHOICES)
+        _choice(s, "arch", self.arch, TEACHER_ARCHS)
+        _choice(s, "variant", self.variant, VARIANTS)
         _choice(s, "loss", self.loss, LOSS_KINDS)
         _choice(s, "amp", self.amp, AMPS)
         for key in ("epochs", "batch_size", "lr", "checkpoint_every"):

@@ -7,6 +7,7 @@ this module, so the two engines cannot drift apart in what they compute.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import sys
@@ -97,43 +98,33 @@ def eval_config(params: Mapping[str, Any]) -> EvalConfig:
 
 # ----------------------------------------------------------------------------- paths
 # The same paths appear in Snakefile/workflow/rules and dvc.yaml; tests/test_pipeline.py checks
-# that both engines declare exactly these.
-
-def raw_dir(dataset: str) -> Path:
-    return Path("data/raw") / dataset
-
+# that both engines declare exactly the same outputs.
 
 def teacher_path(arch: str) -> Path:
     return Path("data/teacher") / f"{arch}.pth"
 
 
-def prepared_dir(dataset: str, cls: str) -> Path:
-    return Path("data/prepared") / dataset / cls
-
-
-def checkpoint_path(dataset: str, variant: str, seed: int, cls: str) -> Path:
-    return Path("results") / dataset / "checkpoints" / variant / f"seed{seed}" / f"{cls}.pt"
-
-
-def train_log_path(dataset: str, variant: str, seed: int, cls: str) -> Path:
-    return Path("results") / dataset / "train" / variant / f"seed{seed}" / f"{cls}.tsv"
-
-
-def eval_dir(dataset: str, variant: str, seed: int, cls: str) -> Path:
-    return Path("results") / dataset / "eval" / variant / f"seed{seed}" / cls
-
-
-#: Files the evaluate stage writes into eval_dir(...) (plus the ``figures/`` directory).
+#: Files the evaluate stage writes into results/<dataset>/eval/<variant>/seed<s>/<class>/
+#: (plus the ``figures/`` directory).
 EVAL_FILES = ("metrics.json", "scores.csv", "roc_image.csv", "roc_pixel.csv", "pro.csv")
-EVAL_FIGURES = "figures"
 TABLE_SUFFIXES = (".md", ".csv", ".tex", ".json")
 FIGURE_NAMES = ("variants", "loss", "gallery", "seeds")
 
 
 def aggregate_outputs(dataset: str) -> list[str]:
-    """Files the aggregate stage writes: the comparison table in four formats and three figures."""
+    """Files the aggregate stage writes: the comparison table in four formats and the figures."""
     tables = [f"results/tables/{dataset}{suffix}" for suffix in TABLE_SUFFIXES]
     return tables + [f"results/figures/{dataset}_{name}.png" for name in FIGURE_NAMES]
+
+
+def parse_script_args(parser: argparse.ArgumentParser,
+                      argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Command-line side of a stage script (how DVC calls it): add ``--params``, parse, log to
+    stderr, and return the arguments with the validated params."""
+    parser.add_argument("--params", default="params.yaml", help="params file (validated against the schema)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    return args, load_params(args.params)
 
 
 def setup_logging(log_file: str | Path | None = None) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 
 from .config import EvalConfig
 from .data.layout import IMAGE_EXTENSIONS
-from .data.prepare import _to_rgb, resize_image
+from .data.prepare import to_rgb, resize_image
 from .inference import predict_batch
 from .io import write_text_atomic
 from .train import load_checkpoint
@@ -55,7 +55,7 @@ def read_image(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = _to_rgb(img)
+            rgb = to_rgb(img)
     except Exception as err:
         raise ValueError(f"cannot read image {path}: {type(err).__name__}: {err}") from err
     return np.asarray(rgb, dtype=np.uint8), resize_image(rgb, size)

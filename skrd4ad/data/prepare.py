@@ -40,7 +40,7 @@ FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["file", "split", "index", "label", "defect_type", "has_mask", "status", "reason"]
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB: 16/32-bit integer and float grayscale are rescaled, alpha dropped."""
     if img.mode == "RGB":
         return img
@@ -111,7 +111,7 @@ def _decode(sample: Sample, size: int, image_level_only: bool) -> _Decoded:
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, zlib/struct errors...
         return _Decoded(None, None, hashes, f"unreadable image: {type(err).__name__}: {err}")
     width, height = img.size
-    image = resize_image(_to_rgb(img), size)
+    image = resize_image(to_rgb(img), size)
     mask = None
     if mask_data is not None:
         try:

@@ -15,13 +15,11 @@ def run(params: dict[str, Any], results: Path, tables: Path, figures: Path) -> N
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--results", type=Path, required=True, help="results/<dataset>")
     parser.add_argument("--tables", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
-    args = parser.parse_args(argv)
-    pipeline.setup_logging()
-    run(pipeline.load_params(args.params), args.results, args.tables, args.figures)
+    args, params = pipeline.parse_script_args(parser, argv)
+    run(params, args.results, args.tables, args.figures)
 
 
 if "snakemake" in globals():

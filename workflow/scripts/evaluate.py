@@ -24,13 +24,11 @@ def run(params: dict[str, Any], model: Path, data: Path, out: Path, threads: int
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="prepared class directory")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    pipeline.setup_logging()
-    run(pipeline.load_params(args.params), args.model, args.data, args.out)
+    args, params = pipeline.parse_script_args(parser, argv)
+    run(params, args.model, args.data, args.out)
 
 
 if "snakemake" in globals():

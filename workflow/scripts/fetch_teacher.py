@@ -30,11 +30,9 @@ def run(params: dict[str, Any], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    pipeline.setup_logging()
-    run(pipeline.load_params(args.params), args.out)
+    args, params = pipeline.parse_script_args(parser, argv)
+    run(params, args.out)
 
 
 if "snakemake" in globals():

@@ -16,13 +16,11 @@ def run(params: dict[str, Any], raw: Path, cls: str, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--raw", type=Path, required=True, help="MVTec-layout dataset root")
     parser.add_argument("--class", dest="cls", required=True)
     parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
-    pipeline.setup_logging()
-    run(pipeline.load_params(args.params), args.raw, args.cls, args.out)
+    args, params = pipeline.parse_script_args(parser, argv)
+    run(params, args.raw, args.cls, args.out)
 
 
 if "snakemake" in globals():

@@ -26,16 +26,14 @@ def run(params: dict[str, Any], data: Path, cls: str, variant: str, seed: int, m
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", type=Path, required=True, help="prepared class directory")
     parser.add_argument("--class", dest="cls", required=True)
     parser.add_argument("--variant", required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--log", type=Path, required=True)
-    args = parser.parse_args(argv)
-    pipeline.setup_logging()
-    run(pipeline.load_params(args.params), args.data, args.cls, args.variant, args.seed, args.model, args.log)
+    args, params = pipeline.parse_script_args(parser, argv)
+    run(params, args.data, args.cls, args.variant, args.seed, args.model, args.log)
 
 
 if "snakemake" in globals():
