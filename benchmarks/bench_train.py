@@ -3,12 +3,14 @@
 In one run, per teacher architecture (wide_resnet50_2 at 256 px batch 16, mobilenet_v2) and
 device (CPU; CUDA when present, also with bf16 autocast):
 
-- ``ours``: :func:`skrd4ad.train.train_step` (uint8 batch moved to the device then normalised
-  there, teacher under no_grad, channels_last memory layout);
+- ``ours``: :func:`skrd4ad.train.train_step` on the model as :func:`skrd4ad.train.train` sets it
+  up (teacher BatchNorm folded into its convolutions, channels_last memory layout; uint8 batch
+  moved to the device then normalised there, teacher under no_grad);
 - ``plain``: the textbook loop of the reference code: normalise on the host in float32, copy to
   the device, teacher forward with autograd enabled, decoder, cosine loss, backward, Adam step;
 - inference latency of :func:`skrd4ad.inference.predict_batch` (maps + Gaussian + scores) at
-  batch 1 and batch 16.
+  batch 1 and batch 16, on the model as :func:`skrd4ad.evaluate.evaluate` uses it (all
+  BatchNorm folded).
 
 Steps of the two loops are interleaved so machine noise hits both alike; the JSON holds the
 images/s of each and the ratio ``ours_over_plain`` (>= 1 means ours is not slower).
@@ -29,6 +31,7 @@ import torch
 
 from skrd4ad.config import TrainConfig
 from skrd4ad.inference import predict_batch
+from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
 from skrd4ad.models.rd4ad import build_model
 from skrd4ad.train import train_step
@@ -55,7 +58,9 @@ def plain_step(model, optimizer, batch_uint8: torch.Tensor, device: torch.device
 
 def bench_training(arch: str, size: int, batch: int, device: torch.device, amp: str, steps: int) -> dict:
     torch.manual_seed(0)
-    model = build_model(arch, "skrd4ad", teacher_weights=None).to(device).train()
+    model = build_model(arch, "skrd4ad", teacher_weights=None)
+    fold_batchnorm(model.teacher)  # as train() does
+    model = model.to(device).train()
     fmt = torch.channels_last  # TrainConfig's default
     ours_model = model.to(memory_format=fmt)
     opt_ours = torch.optim.Adam(ours_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))
@@ -87,7 +92,8 @@ def bench_training(arch: str, size: int, batch: int, device: torch.device, amp: 
 
 def bench_inference(arch: str, size: int, device: torch.device, amp: str, repeats: int) -> dict:
     torch.manual_seed(0)
-    model = build_model(arch, "skrd4ad", teacher_weights=None).to(device).eval()
+    model = fold_batchnorm(build_model(arch, "skrd4ad", teacher_weights=None).eval())  # as evaluate() does
+    model = model.to(device, memory_format=torch.channels_last)
     out = {"arch": arch, "image_size": size, "device": str(device), "amp": amp}
     for batch in (1, 16):
         data = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)

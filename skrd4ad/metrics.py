@@ -498,6 +498,23 @@ class AuproSeedUndefinedError(ValueError):
     """The seed's AUPRO formula crashes or gives NaN on one image (message names it)."""
 
 
+def _count_below(ths: np.ndarray, a: np.ndarray, lo: float, step: float) -> np.ndarray:
+    """``np.searchsorted(ths, a, side="left")`` for sorted, nearly evenly spaced ``ths``
+    (``np.arange(lo, ..., step)``): an arithmetic guess fixed up by comparisons, ~3x faster."""
+    n = ths.size
+    guess = np.floor((a - lo) / step)
+    np.clip(guess, 0, n, out=guess)
+    idx = guess.astype(np.int64)
+    padded = np.concatenate([[-np.inf], ths, [np.inf]])  # padded[k + 1] = ths[k]
+    while True:  # count too small: ths[idx] < a; count too large: ths[idx - 1] >= a
+        up = padded[idx + 1] < a
+        down = padded[idx] >= a
+        if not (up.any() or down.any()):
+            return idx
+        idx += up
+        idx -= down
+
+
 def _seed_one(amap: np.ndarray, mask: np.ndarray, index: int, num_th: int, fpr_limit: float) -> float:
     """Seed ``compute_pro`` on one image: amap (H, W) float, mask (H, W) bool."""
     a = amap.astype(np.float64).reshape(-1)  # the seed's maps were float64
@@ -508,10 +525,13 @@ def _seed_one(amap: np.ndarray, mask: np.ndarray, index: int, num_th: int, fpr_l
             f"aupro_seed is undefined for image {index}: its map is constant ({lo!r}), so "
             "the seed's threshold grid np.arange(min, max, (max - min) / n) is empty"
         )
-    ths = np.arange(lo, hi, (hi - lo) / num_th)
+    step = (hi - lo) / num_th
+    ths = np.arange(lo, hi, step)
     n_th = ths.size
-    # Pixel p is positive at threshold j (map > ths[j]) exactly when j < below[p].
-    below = np.searchsorted(ths, a, side="left")
+    # Pixel p is positive at threshold j (map > ths[j]) exactly when j < below[p], where
+    # below[p] = #{j: ths[j] < a[p]} (= np.searchsorted(ths, a, "left")): guessed from the even
+    # spacing, then corrected against the actual thresholds, so rounding cannot move it.
+    below = _count_below(ths, a, lo, step)
     cells = lab.reshape(-1).astype(np.int64) * (n_th + 1) + below
     hist = np.bincount(cells, minlength=(n_regions + 1) * (n_th + 1))
     hist = hist.reshape(n_regions + 1, n_th + 1)

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
 from .io import save_torch_atomic, write_text_atomic
 from .models.loss import distillation_loss
+from .models.fold import fold_batchnorm
 from .models.rd4ad import ReverseDistillation, build_model
 from .models.teacher import build_teacher, load_teacher_state_dict
 from .provenance import git_revision, package_versions
@@ -152,7 +153,12 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
 
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights).to(device)
+    model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights)
+    # a random teacher cannot be rebuilt from a name: its (unfolded) weights go into the checkpoint
+    teacher_state = ({k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
+                     if config.teacher_weights is None else None)
+    fold_batchnorm(model.teacher)  # frozen and always in eval mode: ~1.5x faster steps on CPU
+    model = model.to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas)
@@ -206,7 +212,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
 
     finished = len(history) >= config.epochs
     if finished:
-        save_checkpoint(model_path, model, config, data, history)
+        save_checkpoint(model_path, model, config, data, history, teacher_state=teacher_state)
         state_path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             state_path.parent.rmdir()
@@ -215,8 +221,11 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
 
 
 def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig, data: PreparedClass,
-                    history: list[dict[str, float]]) -> None:
-    """Write the final model atomically: student weights + everything needed to reuse it."""
+                    history: list[dict[str, float]], *, teacher_state: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the final model atomically: student weights + everything needed to reuse it.
+
+    ``teacher_state``: the torchvision-layout weights of a random teacher (``teacher_weights``
+    None), taken before its BatchNorm was folded; ignored for named teacher weights."""
     student = {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
                for k, v in model.student_state_dict().items()}
     ckpt = {
@@ -228,8 +237,8 @@ def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig,
         "teacher": _teacher_record(model, config),
         "student": student,
         # a random teacher cannot be rebuilt from a name: keep its weights (tests only; small)
-        "teacher_state": ({k: v.detach().cpu() for k, v in model.teacher.state_dict().items()}
-                          if config.teacher_weights is None else None),
+        "teacher_state": (None if config.teacher_weights is not None else
+                          {k: v.detach().cpu() for k, v in (teacher_state or model.teacher.state_dict()).items()}),
         "epochs": len(history),
         "final_loss": history[-1]["loss"] if history else None,
         "data": {"class": data.meta.get("class"), "source_digest": data.meta.get("source_digest")},

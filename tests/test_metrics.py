@@ -293,6 +293,26 @@ def test_aupro_seed_matches_slow_loop(seed: int) -> None:
     )
 
 
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_threshold_counts_equal_searchsorted(scale: float) -> None:
+    """The seed metric's guessed-and-corrected bucketing equals np.searchsorted exactly,
+    including values on, just above and just below every threshold, and quantised maps."""
+    rng = np.random.default_rng(int(scale * 7) % 1000)
+    for trial in range(40):
+        a = rng.random(2000) * scale + rng.choice([-1e3, 0.0, 7.0])
+        if trial % 2:
+            a = np.round(a, 3)  # many ties
+        lo, hi = a.min(), a.max()
+        if not hi > lo:
+            continue
+        for num_th in (200, 37, 1):
+            step = (hi - lo) / num_th
+            ths = np.arange(lo, hi, step)
+            probe = np.concatenate([a, ths, np.nextafter(ths, np.inf), np.nextafter(ths, -np.inf), [lo, hi]])
+            np.testing.assert_array_equal(M._count_below(ths, probe, lo, step),
+                                          np.searchsorted(ths, probe, side="left"))
+
+
 def test_aupro_seed_differs_from_mvtec() -> None:
     rng = np.random.default_rng(9)
     maps, masks = random_case(rng, n=4, h=12, w=10, levels=None)

@@ -16,6 +16,7 @@ import torch
 from skrd4ad.config import ConfigError, EvalConfig, TrainConfig, from_dict
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.synthetic import generate
+from skrd4ad.models.rd4ad import build_model
 from skrd4ad.train import STATE_FORMAT, default_state_path, load_checkpoint, resolve_device, train
 
 
@@ -66,6 +67,12 @@ def test_checkpoint_contents_and_loading(prepared: Path, tmp_path: Path) -> None
     assert not model.training and model.variant == "skrd4ad"
     for k, v in model.student_state_dict().items():
         assert torch.equal(v, ckpt["student"][k])
+    # the random teacher is stored as drawn, in torchvision layout (BatchNorm not folded)
+    torch.manual_seed(tiny_config().seed)
+    drawn = build_model("mobilenet_v2", "skrd4ad", teacher_weights=None).teacher.state_dict()
+    assert set(ckpt["teacher_state"]) == set(drawn) and any(k.endswith("running_var") for k in drawn)
+    for k, v in drawn.items():
+        assert torch.equal(v, ckpt["teacher_state"][k]), k
 
 
 def test_loss_log_has_one_row_per_epoch(prepared: Path, tmp_path: Path) -> None:

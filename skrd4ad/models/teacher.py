@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from functools import lru_cache
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
@@ -131,6 +132,13 @@ class Teacher(nn.Module):
         return f"arch={self.arch!r}, channels={self.channels}, weights_id={self.weights_id!r}"
 
 
+@lru_cache(maxsize=None)
+def _torchvision_keys(arch: str) -> frozenset[str]:
+    """Every state-dict key of torchvision's full ``arch`` network (built on the meta device)."""
+    with torch.device("meta"):
+        return frozenset(torchvision_backbone(arch).state_dict())
+
+
 def load_teacher_state_dict(
     arch: str, state_dict: Mapping[str, Any], *, weights_id: str = "state_dict"
 ) -> Teacher:
@@ -144,8 +152,7 @@ def load_teacher_state_dict(
     """
     teacher = Teacher(arch, weights_id=weights_id)
     expected = teacher.state_dict()
-    with torch.device("meta"):
-        known = set(torchvision_backbone(arch).state_dict())
+    known = _torchvision_keys(arch)
     unknown = [k for k in state_dict if k not in known]
     if unknown:
         hint = " (strip the 'module.' prefix left by DataParallel)" if unknown[0].startswith(
