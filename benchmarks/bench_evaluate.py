@@ -15,8 +15,9 @@ time of each reported, every round kept in ``seconds_every_round``):
    ``skimage.measure.label`` + ``regionprops``); then ``sklearn.metrics.roc_auc_score`` on the
    pixel and image lists and the mean AUPRO. Test images come from the prepared cache (the
    seed decoded PNGs in a DataLoader; that cost is left out, which favours the seed).
-2. ``ours``: :func:`skrd4ad.evaluate.evaluate` (batched inference, Gaussian in torch, metrics
-   from one sort, all output files, figures included);
+2. ``ours``: :func:`skrd4ad.evaluate.evaluate` (BatchNorm folded into the convolutions, batches
+   of ``--eval-batch``, Gaussian as two matrix products, metrics from one sort while worker
+   threads draw the figures with Pillow, all output files, figures included);
 3. ``ours_no_figures``: the same with ``num_figures=0``.
 
 Both sides load the checkpoint under the same ``torch.manual_seed`` (a random teacher is rebuilt
@@ -26,6 +27,7 @@ Writes JSON to ``--out`` (default ``benchmarks/out/bench_evaluate.json``).
 
     .venv/bin/python benchmarks/bench_evaluate.py            # full run (a few minutes)
     .venv/bin/python benchmarks/bench_evaluate.py --quick    # smoke run (seconds)
+    .venv/bin/python benchmarks/bench_evaluate.py --device cuda --eval-batch 32 --repeats 3  # on a GPU
 
 On a shared machine one-shot times can swing several-fold (batch-1 inference suffers most from
 busy cores): quote ``seed_loop_over_ours`` together with ``loadavg_1_5_15``, or use --repeats.
@@ -62,6 +64,7 @@ from skrd4ad.data.synthetic import generate  # noqa: E402
 from skrd4ad.evaluate import compute_maps, evaluate  # noqa: E402
 from skrd4ad.inference import predict_batch  # noqa: E402
 from skrd4ad.io import write_json_atomic  # noqa: E402
+from skrd4ad.models.fold import fold_batchnorm  # noqa: E402
 from skrd4ad.train import load_checkpoint, train  # noqa: E402
 from skrd4ad.viz import save_triptych  # noqa: E402
 
@@ -69,7 +72,10 @@ CLASS = "brick"
 MODEL_SEED = 1234  # torch.manual_seed before every load_checkpoint: same random teacher each time
 TOL = 1e-5  # our maps are float32 (seed: float64 sums): ~1e-6 relative map differences move the
             # seed's per-image threshold grid; on identical maps the metrics agree exactly (see *_1e-9 keys)
-EVAL_BATCH = 8  # the embedded default's evaluate.batch_size (small batches are fastest on CPU)
+#: ``evaluate.batch_size`` of ours (``--eval-batch``): 4 was the fastest of 1, 2, 4, 6, 8, 16 at
+#: 256 px on the 2-core CPU this was tuned on (activations of larger batches fall out of cache);
+#: use 32 or more on a GPU.
+EVAL_BATCH = 4
 
 # ------------------------------------------------------------------- the seed's evaluation
 
@@ -112,13 +118,13 @@ def seed_anomaly_map(fs_list: list[torch.Tensor], ft_list: list[torch.Tensor], o
     return anomaly_map
 
 
-def seed_evaluation(checkpoint: Path, data_dir: Path, limit: int | None = None) -> dict[str, Any]:
+def seed_evaluation(checkpoint: Path, data_dir: Path, limit: int | None = None, device: str = "cpu") -> dict[str, Any]:
     """The seed's ``evaluation()`` on the prepared class; returns metrics and a time breakdown.
 
     ``limit`` stops after that many images and skips the metrics (warm-up)."""
     t_start = time.perf_counter()
     torch.manual_seed(MODEL_SEED)
-    model, _ = load_checkpoint(checkpoint, device="cpu")
+    model, _ = load_checkpoint(checkpoint, device=device)
     data = PreparedClass(data_dir)
     images, masks = data.test_images, data.test_masks
     labels = data.test_manifest.reset_index(drop=True)["label"].to_numpy()
@@ -134,7 +140,7 @@ def seed_evaluation(checkpoint: Path, data_dir: Path, limit: int | None = None) 
     with torch.no_grad():
         for i in range(n):
             t0 = time.perf_counter()
-            img = to_model_input(torch.from_numpy(np.array(images[i : i + 1])), "cpu")
+            img = to_model_input(torch.from_numpy(np.array(images[i : i + 1])), device)
             inputs, outputs = model(img)  # teacher, then decoder(bottleneck(teacher features))
             anomaly_map = seed_anomaly_map(inputs, outputs, img.shape[-1])
             t1 = time.perf_counter()
@@ -174,29 +180,36 @@ def seed_evaluation(checkpoint: Path, data_dir: Path, limit: int | None = None) 
 # ------------------------------------------------------------------------------ ours
 
 
-def ours_evaluation(checkpoint: Path, data_dir: Path, out_dir: Path, num_figures: int) -> tuple[dict[str, float], float]:
+def ours_evaluation(checkpoint: Path, data_dir: Path, out_dir: Path, num_figures: int, device: str,
+                    batch: int) -> tuple[dict[str, float], float]:
     """(scalars, seconds) of one :func:`skrd4ad.evaluate.evaluate` call."""
     t0 = time.perf_counter()
     torch.manual_seed(MODEL_SEED)
-    scalars = evaluate(checkpoint, data_dir, out_dir, EvalConfig(device="cpu", num_figures=num_figures, batch_size=EVAL_BATCH))
+    scalars = evaluate(checkpoint, data_dir, out_dir, EvalConfig(device=device, num_figures=num_figures, batch_size=batch))
     return scalars, time.perf_counter() - t0
 
 
-def our_maps(checkpoint: Path, data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Maps and scores exactly as ``evaluate`` computes them (same seeded model), as NumPy."""
+def our_maps(checkpoint: Path, data_dir: Path, device: str, batch: int) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Maps and scores exactly as ``evaluate`` computes them (same model, BatchNorm folded), as
+    NumPy, and the seconds of loading (with folding) and of computing the maps."""
+    t0 = time.perf_counter()
     torch.manual_seed(MODEL_SEED)
-    model, _ = load_checkpoint(checkpoint, device="cpu")
-    maps, scores = compute_maps(model, PreparedClass(data_dir).test_images, EvalConfig(device="cpu", batch_size=EVAL_BATCH))
-    return maps.numpy(), scores.numpy()
+    model, _ = load_checkpoint(checkpoint, device=device)
+    fold_batchnorm(model)
+    t1 = time.perf_counter()
+    maps, scores = compute_maps(model, PreparedClass(data_dir).test_images, EvalConfig(device=device, batch_size=batch))
+    maps_np, scores_np = maps.cpu().numpy(), scores.cpu().numpy()
+    return maps_np, scores_np, {"load_and_fold": t1 - t0, "compute_maps": time.perf_counter() - t1}
 
 
-def warm_up(checkpoint: Path, data_dir: Path, tmp: Path) -> None:
+def warm_up(checkpoint: Path, data_dir: Path, tmp: Path, device: str) -> None:
     """Touch every code path once: seed loop on 2 images, batched inference, one figure."""
-    seed_evaluation(checkpoint, data_dir, limit=2)
+    seed_evaluation(checkpoint, data_dir, limit=2, device=device)
     torch.manual_seed(MODEL_SEED)
-    model, _ = load_checkpoint(checkpoint, device="cpu")
+    model, _ = load_checkpoint(checkpoint, device=device)
     data = PreparedClass(data_dir)
     maps, _ = predict_batch(model, np.asarray(data.test_images[:2]))
+    maps = maps.cpu()
     save_triptych(tmp / "warmup.png", np.asarray(data.test_images[0]), np.asarray(data.test_masks[0]),
                   maps[0].numpy(), title="warm-up")
 
@@ -215,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--repeats", type=int, default=1,
                     help="interleaved rounds of the three timings; the best of each is reported")
     ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] for both sides (training for the setup stays on the CPU)")
+    ap.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="our evaluate.batch_size (see EVAL_BATCH)")
     args = ap.parse_args(argv)
     if args.quick:
         args.image_size, args.n_train, args.n_test_good, args.n_test_bad = 64, 4, 4, 8
@@ -249,28 +264,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del data
 
         load: dict[str, Any] = {"before_warm_up": os.getloadavg()}
-        warm_up(checkpoint, prepared, tmp)
+        warm_up(checkpoint, prepared, tmp, args.device)
         times: dict[str, list[float]] = {"seed_loop": [], "ours": [], "ours_no_figures": []}
         seed: dict[str, Any] = {}
         for r in range(args.repeats):  # rounds interleave the three, so machine noise hits all alike
             load[f"round_{r}_before_seed_loop"] = os.getloadavg()
-            run = seed_evaluation(checkpoint, prepared)
+            run = seed_evaluation(checkpoint, prepared, device=args.device)
             times["seed_loop"].append(run["seconds"]["total"])
             if run["seconds"]["total"] <= min(times["seed_loop"]):
                 seed = run
             load[f"round_{r}_before_ours"] = os.getloadavg()
-            ours, t = ours_evaluation(checkpoint, prepared, tmp / "eval", num_figures=EvalConfig().num_figures)
+            ours, t = ours_evaluation(checkpoint, prepared, tmp / "eval", EvalConfig().num_figures, args.device, args.eval_batch)
             times["ours"].append(t)
             load[f"round_{r}_before_ours_no_figures"] = os.getloadavg()
-            ours_nf, t = ours_evaluation(checkpoint, prepared, tmp / "eval_nf", num_figures=0)
+            ours_nf, t = ours_evaluation(checkpoint, prepared, tmp / "eval_nf", 0, args.device, args.eval_batch)
             times["ours_no_figures"].append(t)
         load["after"] = os.getloadavg()
         n_figures = len(list((tmp / "eval" / "figures").glob("*.png")))
 
         # Untimed diagnostics: where a seed-vs-ours difference comes from.
-        t0 = time.perf_counter()
-        maps, scores = our_maps(checkpoint, prepared)
-        t_maps = time.perf_counter() - t0
+        maps, scores, t_ours_parts = our_maps(checkpoint, prepared, args.device, args.eval_batch)
         data = PreparedClass(prepared)
         gt = np.asarray(data.test_masks).astype(bool)
         labels = data.test_manifest.reset_index(drop=True)["label"].to_numpy()
@@ -307,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ours_minus_seed_metrics_on_our_maps": {"pixel_auroc": abs(ours["pixel_auroc"] - sk_px),
                                                 "image_auroc": abs(ours["image_auroc"] - sk_sp),
                                                 "aupro_seed": abs(ours["aupro_seed"] - seed_pro_on_ours)},
-        "ours_compute_maps_seconds": t_maps,
+        "ours_parts_seconds": t_ours_parts,
     }
     res["loadavg_1_5_15"] = load
     res["checks"] = {f"{k}_equal_{TOL:g}": bool(d <= TOL) for k, d in diffs.items()}

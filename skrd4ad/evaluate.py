@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from .data.prepared import PreparedClass
 from .inference import predict_array
 from .io import sha256_file, write_json_atomic, write_text_atomic
 from .metrics import compute_metrics
+from .models.fold import fold_batchnorm
 from .provenance import git_revision, package_versions
 from .train import load_checkpoint
 from .viz import save_triptych
@@ -76,6 +78,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     config = config or EvalConfig()
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint(checkpoint, device=config.device)
+    fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions
     data = PreparedClass(data_dir)
     size = int(data.meta["image_size"])
     if size != int(ckpt["image_size"]):
@@ -86,10 +89,27 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     defect_types = manifest["defect_type"].astype(str).tolist()
 
     maps, scores = compute_maps(model, data.test_images, config)
-    masks = None if data.test_masks is None else torch.from_numpy(np.array(data.test_masks)).to(maps.device)
-    result = compute_metrics(scores, labels, defect_types, maps if masks is not None else None, masks,
-                             fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
     scores_np = scores.cpu().numpy()
+    masks = None if data.test_masks is None else torch.from_numpy(np.array(data.test_masks)).to(maps.device)
+
+    # Figures are drawn by worker threads while this thread computes the metrics (Pillow's PNG
+    # encoder and NumPy's sorts release the GIL); they replace ``figures/`` only once both succeed.
+    fig_dir = out_dir / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig_tmp = Path(tempfile.mkdtemp(prefix=".figures.", dir=out_dir))
+    pool = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())), thread_name_prefix="figures")
+    try:
+        pending = _submit_figures(pool, fig_tmp, data, maps, scores_np, labels, manifest, config.num_figures)
+        result = compute_metrics(scores, labels, defect_types, maps if masks is not None else None, masks,
+                                 fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
+        for future in pending:
+            future.result()
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        shutil.rmtree(fig_tmp, ignore_errors=True)
+        raise
+    pool.shutdown(wait=True)
+    _replace_dir(fig_tmp, fig_dir)
     for note in result.notes:
         log.warning("%s: %s", data_dir, note)
 
@@ -107,43 +127,45 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "git": git_revision(),
         "notes": list(result.notes),
     }
-    scalars = {k: float(v) for k, v in result.scalars.items()}
-    write_json_atomic(out_dir / "metrics.json", {**scalars, "provenance": provenance})
-
     _write_csv(out_dir / "scores.csv", pd.DataFrame({
         "file": manifest["file"], "defect_type": defect_types, "label": labels, "score": scores_np}))
     for key, name in CURVE_FILES.items():
         frame = result.curves.get(key)
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
-
-    _write_figures(out_dir / "figures", data, maps, scores_np, labels, manifest, config.num_figures)
+    scalars = {k: float(v) for k, v in result.scalars.items()}
+    write_json_atomic(out_dir / "metrics.json", {**scalars, "provenance": provenance})  # last: the step's result
     log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
     return scalars
 
 
-def _write_figures(fig_dir: Path, data: PreparedClass, maps: torch.Tensor, scores: np.ndarray,
-                   labels: np.ndarray, manifest: pd.DataFrame, k: int) -> None:
-    """Write the selected heatmap figures into a fresh directory, replaced atomically."""
-    fig_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".figures.", dir=fig_dir.parent))
-    try:
-        vmin, vmax = float(maps.min()), float(maps.max())
-        for rank, (kind, i) in enumerate(_pick_figures(scores, labels, k)):
-            mask = None if data.test_masks is None else np.asarray(data.test_masks[i])
-            stem = Path(str(manifest.loc[i, "file"])).stem
-            title = f"{kind}: {manifest.loc[i, 'defect_type']}/{stem} score {scores[i]:.4f}"
-            save_triptych(tmp / f"{kind}_{rank:02d}_{manifest.loc[i, 'defect_type']}_{stem}.png",
-                          np.asarray(data.test_images[i]), mask, maps[i].cpu().numpy(),
-                          title=title, vmin=vmin, vmax=vmax)
-        if fig_dir.exists():
-            old = fig_dir.with_name(f".{fig_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            fig_dir.rename(old)
-            tmp.rename(fig_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(fig_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _submit_figures(pool: ThreadPoolExecutor, fig_dir: Path, data: PreparedClass, maps: torch.Tensor,
+                    scores: np.ndarray, labels: np.ndarray, manifest: pd.DataFrame, k: int) -> list[Future[None]]:
+    """Queue one :func:`save_triptych` per selected image (see :func:`_pick_figures`) on ``pool``,
+    all on the colour scale of the whole test set; the maps are copied to the host once."""
+    picks = _pick_figures(scores, labels, k)
+    if not picks:
+        return []
+    vmin, vmax = (float(v) for v in torch.aminmax(maps))
+    index = torch.as_tensor([i for _, i in picks], device=maps.device)
+    chosen = maps.index_select(0, index).float().cpu().numpy()
+    pending = []
+    for rank, ((kind, i), amap) in enumerate(zip(picks, chosen)):
+        mask = None if data.test_masks is None else np.asarray(data.test_masks[i])
+        defect = manifest.loc[i, "defect_type"]
+        stem = Path(str(manifest.loc[i, "file"])).stem
+        pending.append(pool.submit(
+            save_triptych, fig_dir / f"{kind}_{rank:02d}_{defect}_{stem}.png", np.asarray(data.test_images[i]),
+            mask, amap, title=f"{kind}: {defect}/{stem} score {scores[i]:.4f}", vmin=vmin, vmax=vmax))
+    return pending
 
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished directory ``new`` at ``target``, replacing what was there."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        target.rename(old)
+        new.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        new.rename(target)

@@ -21,6 +21,7 @@ from .data.layout import IMAGE_EXTENSIONS
 from .data.prepare import to_rgb, resize_image
 from .inference import predict_batch
 from .io import write_text_atomic
+from .models.fold import fold_batchnorm
 from .train import load_checkpoint
 from .viz import save_overlay_png
 
@@ -69,6 +70,7 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
     config = config or EvalConfig()
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint(checkpoint, device=config.device)
+    fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions
     size = int(ckpt["image_size"])
     images = collect_images(inputs)
     maps: list[torch.Tensor] = []

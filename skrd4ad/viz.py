@@ -1,24 +1,21 @@
 """Heatmap figures: an anomaly map blended on its image, and "image | ground truth | overlay".
 
-Uses matplotlib's object API with the Agg canvas (no pyplot, no display, no global
-state), and writes every file atomically through :func:`skrd4ad.io.atomic_path`.
+Figures are composed with Pillow from the pixels themselves (matplotlib supplies only the
+colour map), and every file is written atomically through :func:`skrd4ad.io.atomic_path`.
 """
 
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
-from matplotlib.figure import Figure
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from skrd4ad.io import atomic_path
 
-__all__ = ["overlay", "save_overlay_png", "save_triptych"]
+__all__ = ["overlay", "render_triptych", "save_overlay_png", "save_triptych"]
 
 _CMAP = "jet"
 
@@ -94,6 +91,106 @@ def save_overlay_png(
         Image.fromarray(out).save(tmp, format="PNG")
 
 
+#: Panels smaller than this (pixels, longer side) are enlarged by an integer factor (nearest).
+PANEL_MIN_SIDE = 192
+_PAD = 8
+_BAR_WIDTH = 14
+_BACKGROUND = (255, 255, 255)
+_INK = (0, 0, 0)
+#: zlib level of figure PNGs: level 1 encodes ~1.5x faster than Pillow's default 6 for ~5% more bytes.
+_PNG_COMPRESS_LEVEL = 1
+
+
+@lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _text_width(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str) -> int:
+    return int(np.ceil(font.getlength(text)))
+
+
+def _fit(font: ImageFont.FreeTypeFont | ImageFont.ImageFont, text: str, width: int) -> str:
+    """``text`` shortened with an ellipsis until it fits in ``width`` pixels."""
+    if _text_width(font, text) <= width:
+        return text
+    while text and _text_width(font, text + "…") > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _enlarge(panel: np.ndarray, factor: int) -> np.ndarray:
+    return panel if factor == 1 else panel.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def render_triptych(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    amap: np.ndarray,
+    *,
+    title: str,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    alpha: float = 0.5,
+) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]]]:
+    """The :func:`save_triptych` figure as a uint8 ``(H, W, 3)`` array, and the box
+    ``(top, left, height, width)`` of each panel (``"image"``, ``"ground truth"``,
+    ``"anomaly map"``, ``"colour bar"``) in it.
+
+    Panels are the pixels themselves, enlarged by an integer factor (nearest neighbour) only
+    when the image's longer side is below :data:`PANEL_MIN_SIDE`; the colour bar runs from
+    ``vmin`` (bottom) to ``vmax`` (top) with five labelled ticks.  Drawn with Pillow: a few
+    milliseconds per figure, about 20x faster than the same layout in matplotlib.
+    """
+    img = _check_image(image)
+    a = _check_map(amap, img.shape[:2])
+    lo, hi = _range(a, vmin, vmax)
+    if mask is None:
+        gt = np.zeros_like(img)
+    else:
+        m = _check_map(mask, img.shape[:2], name="mask")
+        gt = np.repeat(((m != 0) * 255).astype(np.uint8)[..., None], 3, axis=2)
+    factor = max(1, -(-PANEL_MIN_SIDE // max(img.shape[:2])))  # ceil division
+    panels = [_enlarge(p, factor) for p in (img, gt, overlay(img, a, vmin=lo, vmax=hi, alpha=alpha))]
+    ph, pw = panels[0].shape[:2]
+
+    title_font, label_font = _font(14), _font(12)
+    ticks = np.linspace(hi, lo, 5) if hi > lo else np.array([hi])
+    tick_texts = [f"{t:.4g}" for t in ticks]
+    tick_width = max(_text_width(label_font, t) for t in tick_texts)
+    title_h, label_h = 22, 18
+    width = _PAD + 3 * (pw + _PAD) + _BAR_WIDTH + 4 + tick_width + _PAD
+    height = _PAD + title_h + label_h + ph + _PAD
+    top = _PAD + title_h + label_h
+    canvas = np.full((height, width, 3), _BACKGROUND, dtype=np.uint8)
+    boxes: dict[str, tuple[int, int, int, int]] = {}
+    for k, (name, panel) in enumerate(zip(("image", "ground truth", "anomaly map"), panels)):
+        left = _PAD + k * (pw + _PAD)
+        canvas[top:top + ph, left:left + pw] = panel
+        boxes[name] = (top, left, ph, pw)
+    bar_left = _PAD + 3 * (pw + _PAD)
+    levels = np.linspace(1.0, 0.0, ph)  # top row = vmax
+    bar = (colormaps[_CMAP](levels)[:, :3] * 255.0).round().astype(np.uint8)
+    canvas[top:top + ph, bar_left:bar_left + _BAR_WIDTH] = bar[:, None, :]
+    boxes["colour bar"] = (top, bar_left, ph, _BAR_WIDTH)
+
+    pil = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil)
+    draw.text((width // 2, _PAD + title_h // 2), _fit(title_font, title, width - 2 * _PAD),
+              fill=_INK, font=title_font, anchor="mm")
+    for name, (_, left, _, w) in boxes.items():
+        if name != "colour bar":
+            draw.text((left + w // 2, top - label_h // 2), name, fill=_INK, font=label_font, anchor="mm")
+    if mask is None:
+        _, left, _, w = boxes["ground truth"]
+        draw.text((left + w // 2, top + ph // 2), "no mask", fill=(255, 255, 255), font=label_font, anchor="mm")
+    for k, text in enumerate(tick_texts):
+        y = top + (round(k * (ph - 1) / (len(ticks) - 1)) if len(ticks) > 1 else 0)
+        draw.line([(bar_left + _BAR_WIDTH, y), (bar_left + _BAR_WIDTH + 3, y)], fill=_INK)
+        draw.text((bar_left + _BAR_WIDTH + 4, y), text, fill=_INK, font=label_font, anchor="lm")
+    return np.asarray(pil), boxes
+
+
 def save_triptych(
     path: str | os.PathLike[str],
     image: np.ndarray,
@@ -110,29 +207,8 @@ def save_triptych(
     Args: image uint8 (H, W, 3); mask (H, W) nonzero = anomalous, or None (the panel then
     says "no mask"); amap float (H, W); title: figure title; vmin/vmax/alpha as in
     :func:`overlay` (pass the same vmin/vmax for every image of a run to compare them).
+    Layout: :func:`render_triptych`.
     """
-    img = _check_image(image)
-    a = _check_map(amap, img.shape[:2])
-    lo, hi = _range(a, vmin, vmax)
-    blended = overlay(img, a, vmin=lo, vmax=hi, alpha=alpha)
-    fig = Figure(figsize=(10.5, 3.6), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_img, ax_gt, ax_ov = fig.subplots(1, 3)
-    ax_img.imshow(img)
-    ax_img.set_title("image")
-    if mask is None:
-        ax_gt.imshow(np.zeros(img.shape[:2]), cmap="gray", vmin=0, vmax=1)
-        ax_gt.text(0.5, 0.5, "no mask", color="white", ha="center", va="center", transform=ax_gt.transAxes)
-    else:
-        m = _check_map(mask, img.shape[:2], name="mask")
-        ax_gt.imshow(m != 0, cmap="gray", vmin=0, vmax=1)
-    ax_gt.set_title("ground truth")
-    ax_ov.imshow(blended)
-    ax_ov.set_title("anomaly map")
-    for ax in (ax_img, ax_gt, ax_ov):
-        ax.set_axis_off()
-    norm = Normalize(lo, hi if hi > lo else lo + 1.0)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=_CMAP), ax=ax_ov, fraction=0.046)
-    fig.suptitle(title)
+    canvas, _ = render_triptych(image, mask, amap, title=title, vmin=vmin, vmax=vmax, alpha=alpha)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        Image.fromarray(canvas).save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)

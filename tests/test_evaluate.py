@@ -21,6 +21,7 @@ from skrd4ad.evaluate import compute_maps, evaluate
 from skrd4ad.io import sha256_file
 from skrd4ad.predict import predict
 from skrd4ad.train import load_checkpoint, train
+from skrd4ad.viz import save_triptych
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,27 @@ def test_evaluate_writes_consistent_outputs(trained: dict[str, Path], tmp_path: 
     assert sum(f.startswith("top_anomalous") for f in figures) == 2
     assert sum(f.startswith("top_good") for f in figures) == 2
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
+def test_failed_figure_keeps_the_previous_outputs(trained: dict[str, Path], tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "eval"
+    evaluate(trained["model"], trained["prepared"], out, EvalConfig(num_figures=1))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+
+    def failing(path: Path, *args, **kwargs) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(f"disk full while writing {path}")
+        save_triptych(path, *args, **kwargs)
+
+    monkeypatch.setattr("skrd4ad.evaluate.save_triptych", failing)
+    with pytest.raises(OSError, match="disk full"):
+        evaluate(trained["model"], trained["prepared"], out, EvalConfig(num_figures=2))
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after == before  # old figures and metrics untouched, nothing half-written
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
 
 
 def test_batched_maps_equal_one_by_one(trained: dict[str, Path]) -> None:

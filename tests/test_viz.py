@@ -87,6 +87,48 @@ def test_save_triptych_writes_a_png(tmp_path: Path, with_mask: bool) -> None:
     assert _leftovers(tmp_path) == []
 
 
+def test_triptych_panels_are_the_pixels_themselves(tmp_path: Path) -> None:
+    image, amap, mask = _scene(h=24, w=32)  # below PANEL_MIN_SIDE: enlarged by an integer factor
+    image = np.random.default_rng(0).integers(0, 256, image.shape, dtype=np.uint8)
+    canvas, boxes = viz.render_triptych(image, mask, amap, title="t", vmin=-1.0, vmax=2.0, alpha=0.5)
+    factor = -(-viz.PANEL_MIN_SIDE // 32)  # 6
+    expected = {
+        "image": image,
+        "ground truth": np.repeat((mask != 0).astype(np.uint8)[..., None] * 255, 3, axis=2),
+        "anomaly map": viz.overlay(image, amap, vmin=-1.0, vmax=2.0, alpha=0.5),
+    }
+    for name, panel in expected.items():
+        top, left, h, w = boxes[name]
+        assert (h, w) == (24 * factor, 32 * factor)
+        np.testing.assert_array_equal(canvas[top:top + h, left:left + w],
+                                      panel.repeat(factor, axis=0).repeat(factor, axis=1), err_msg=name)
+    tops = [boxes[n][1] for n in ("image", "ground truth", "anomaly map", "colour bar")]
+    assert tops == sorted(tops)  # left to right, colour bar last
+    top, left, h, w = boxes["colour bar"]
+    bar = canvas[top:top + h, left:left + w].astype(float)
+    np.testing.assert_allclose(bar[0, 0], _jet255(1.0), atol=1)  # vmax at the top
+    np.testing.assert_allclose(bar[-1, 0], _jet255(0.0), atol=1)  # vmin at the bottom
+    assert (bar == bar[:, :1]).all()  # constant across each row
+    # the PNG holds exactly the rendered canvas
+    viz.save_triptych(tmp_path / "f.png", image, mask, amap, title="t", vmin=-1.0, vmax=2.0)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "f.png").convert("RGB")), canvas)
+
+
+def test_triptych_keeps_large_images_at_their_size_and_marks_missing_masks() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (256, 200, 3), dtype=np.uint8)
+    amap = rng.random((256, 200))
+    canvas, boxes = viz.render_triptych(image, None, amap, title="x" * 500)  # long title is shortened
+    top, left, h, w = boxes["image"]
+    assert (h, w) == (256, 200)
+    np.testing.assert_array_equal(canvas[top:top + h, left:left + w], image)
+    top, left, h, w = boxes["ground truth"]
+    gt = canvas[top:top + h, left:left + w]
+    assert (gt[:10] == 0).all() and gt.max() == 255  # black panel with the white "no mask" text
+    title_band = canvas[: boxes["image"][0] - 18]  # above the panel labels
+    assert (title_band < 128).any() and (title_band[:, -8:] == 255).all()  # text drawn, not past the margin
+
+
 def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
     image, amap, mask = _scene()
     path = tmp_path / "fig.png"
