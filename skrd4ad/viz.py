@@ -95,6 +95,7 @@ def save_overlay_png(
 PANEL_MIN_SIDE = 192
 _PAD = 8
 _BAR_WIDTH = 14
+_TICK_GAP = 8  # tick mark (3 px) + space, so the mark is not read as a minus sign
 _BACKGROUND = (255, 255, 255)
 _INK = (0, 0, 0)
 #: zlib level of figure PNGs: level 1 encodes ~1.5x faster than Pillow's default 6 for ~5% more bytes.
@@ -156,10 +157,11 @@ def render_triptych(
 
     title_font, label_font = _font(14), _font(12)
     ticks = np.linspace(hi, lo, 5) if hi > lo else np.array([hi])
+    ticks[np.abs(ticks) < 1e-6 * (hi - lo)] = 0.0  # print 0, not -3.05e-05, for a rounded zero
     tick_texts = [f"{t:.4g}" for t in ticks]
     tick_width = max(_text_width(label_font, t) for t in tick_texts)
     title_h, label_h = 22, 18
-    width = _PAD + 3 * (pw + _PAD) + _BAR_WIDTH + 4 + tick_width + _PAD
+    width = _PAD + 3 * (pw + _PAD) + _BAR_WIDTH + _TICK_GAP + tick_width + _PAD
     height = _PAD + title_h + label_h + ph + _PAD
     top = _PAD + title_h + label_h
     canvas = np.full((height, width, 3), _BACKGROUND, dtype=np.uint8)
@@ -187,7 +189,7 @@ def render_triptych(
     for k, text in enumerate(tick_texts):
         y = top + (round(k * (ph - 1) / (len(ticks) - 1)) if len(ticks) > 1 else 0)
         draw.line([(bar_left + _BAR_WIDTH, y), (bar_left + _BAR_WIDTH + 3, y)], fill=_INK)
-        draw.text((bar_left + _BAR_WIDTH + 4, y), text, fill=_INK, font=label_font, anchor="lm")
+        draw.text((bar_left + _BAR_WIDTH + _TICK_GAP, y), text, fill=_INK, font=label_font, anchor="lm")
     return np.asarray(pil), boxes
 
 
