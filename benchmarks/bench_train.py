@@ -1,11 +1,14 @@
 """Training throughput and inference latency of RD4AD / SK-RD4AD, ours vs a plain eager loop.
 
-In one run, per teacher architecture (wide_resnet50_2 at 256 px batch 16, mobilenet_v2) and
+In one run, per teacher architecture (wide_resnet50_2 at 256 px batch 16, mobilenet_v2 at 256
+and at the embedded default's 192 px) and
 device (CPU; CUDA when present, also with bf16 autocast):
 
 - ``ours``: :func:`skrd4ad.train.train_step` on the model as :func:`skrd4ad.train.train` sets it
   up (teacher BatchNorm folded into its convolutions, channels_last memory layout; uint8 batch
   moved to the device then normalised there, teacher under no_grad);
+- ``unfolded``: the same ``train_step`` with the teacher's BatchNorm left as separate layers
+  (what the fold alone buys: ``fold_speedup``);
 - ``plain``: the textbook loop of the reference code: normalise on the host in float32, copy to
   the device, teacher forward with autograd enabled, decoder, cosine loss, backward, Adam step;
 - inference latency of :func:`skrd4ad.inference.predict_batch` (maps + Gaussian + scores) at
@@ -13,7 +16,8 @@ device (CPU; CUDA when present, also with bf16 autocast):
   BatchNorm folded).
 
 Steps of the two loops are interleaved so machine noise hits both alike; the JSON holds the
-images/s of each and the ratio ``ours_over_plain`` (>= 1 means ours is not slower).
+images/s of each, the ratio ``ours_over_plain`` (>= 1 means ours is not slower) and
+``fold_speedup`` (unfolded / ours step time).
 
     python benchmarks/bench_train.py --out benchmarks/out/train.json [--quick]
 """
@@ -66,19 +70,24 @@ def bench_training(arch: str, size: int, batch: int, device: torch.device, amp: 
     opt_ours = torch.optim.Adam(ours_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     config = TrainConfig(arch=arch, teacher_weights=None, amp=amp, device=str(device))
+    torch.manual_seed(0)
+    unfolded_model = build_model(arch, "skrd4ad", teacher_weights=None).to(device, memory_format=fmt).train()
+    opt_unfolded = torch.optim.Adam(unfolded_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))
     torch.manual_seed(1)
     plain_model = build_model(arch, "skrd4ad", teacher_weights=None).to(device).train()
     opt_plain = torch.optim.Adam(plain_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))
     data = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
     if device.type == "cuda":
         data = data.pin_memory()
-    times = {"ours": [], "plain": []}
+    times: dict[str, list[float]] = {"ours": [], "unfolded": [], "plain": []}
     for i in range(steps + 1):  # first round is warm-up
-        for name in ("ours", "plain") if i % 2 == 0 else ("plain", "ours"):
+        for name in ("ours", "unfolded", "plain") if i % 2 == 0 else ("plain", "unfolded", "ours"):
             _sync(device)
             t0 = time.perf_counter()
             if name == "ours":
                 train_step(ours_model, opt_ours, scaler, data, config, fmt)
+            elif name == "unfolded":
+                train_step(unfolded_model, opt_unfolded, scaler, data, config, fmt)
             else:
                 plain_step(plain_model, opt_plain, data, device)
             _sync(device)
@@ -87,7 +96,9 @@ def bench_training(arch: str, size: int, batch: int, device: torch.device, amp: 
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"arch": arch, "image_size": size, "batch_size": batch, "device": str(device), "amp": amp,
             "steps": steps, "ours_images_per_s": batch / med["ours"], "plain_images_per_s": batch / med["plain"],
-            "ours_over_plain": med["plain"] / med["ours"], "step_seconds": times}
+            "unfolded_images_per_s": batch / med["unfolded"],
+            "ours_over_plain": med["plain"] / med["ours"], "fold_speedup": med["unfolded"] / med["ours"],
+            "step_seconds": times}
 
 
 def bench_inference(arch: str, size: int, device: torch.device, amp: str, repeats: int) -> dict:
@@ -124,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     for device in devices:
         for amp in ("none", "bf16") if device.type == "cuda" else ("none",):
             for arch, size in (("wide_resnet50_2", 128 if args.quick and device.type == "cpu" else 256),
-                               ("mobilenet_v2", 256)):
+                               ("mobilenet_v2", 256), ("mobilenet_v2", 192)):  # 192: the embedded default
                 results["training"].append(bench_training(arch, size, 16, device, amp,
                                                           steps if device.type == "cpu" else 10 * steps))
                 results["inference"].append(bench_inference(arch, size, device, amp,
