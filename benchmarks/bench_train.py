@@ -13,7 +13,7 @@ device (CPU; CUDA when present, also with bf16 autocast):
   the device, teacher forward with autograd enabled, decoder, cosine loss, backward, Adam step;
 - inference latency of :func:`skrd4ad.inference.predict_batch` (maps + Gaussian + scores) at
   batch 1 and batch 16, on the model as :func:`skrd4ad.evaluate.evaluate` uses it (all
-  BatchNorm folded).
+  BatchNorm folded) and, interleaved, on the same model unfolded (``batch*_fold_speedup``).
 
 Steps of the two loops are interleaved so machine noise hits both alike; the JSON holds the
 images/s of each, the ratio ``ours_over_plain`` (>= 1 means ours is not slower) and
@@ -25,6 +25,7 @@ images/s of each, the ratio ``ours_over_plain`` (>= 1 means ours is not slower) 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import statistics
@@ -103,20 +104,25 @@ def bench_training(arch: str, size: int, batch: int, device: torch.device, amp: 
 
 def bench_inference(arch: str, size: int, device: torch.device, amp: str, repeats: int) -> dict:
     torch.manual_seed(0)
-    model = fold_batchnorm(build_model(arch, "skrd4ad", teacher_weights=None).eval())  # as evaluate() does
-    model = model.to(device, memory_format=torch.channels_last)
+    unfolded = build_model(arch, "skrd4ad", teacher_weights=None).eval().to(device, memory_format=torch.channels_last)
+    model = copy.deepcopy(unfolded)
+    fold_batchnorm(model)  # as evaluate() does
     out = {"arch": arch, "image_size": size, "device": str(device), "amp": amp}
     for batch in (1, 16):
         data = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
-        predict_batch(model, data, amp=amp)
-        samples = []
-        for _ in range(repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            predict_batch(model, data, amp=amp)
-            _sync(device)
-            samples.append(time.perf_counter() - t0)
-        out[f"batch{batch}_ms_per_image"] = 1000 * statistics.median(samples) / batch
+        samples: dict[str, list[float]] = {"folded": [], "unfolded": []}
+        for m in (model, unfolded):
+            predict_batch(m, data, amp=amp)
+        for _ in range(repeats):  # interleaved
+            for name, m in (("folded", model), ("unfolded", unfolded)):
+                _sync(device)
+                t0 = time.perf_counter()
+                predict_batch(m, data, amp=amp)
+                _sync(device)
+                samples[name].append(time.perf_counter() - t0)
+        out[f"batch{batch}_ms_per_image"] = 1000 * statistics.median(samples["folded"]) / batch
+        out[f"batch{batch}_ms_per_image_unfolded"] = 1000 * statistics.median(samples["unfolded"]) / batch
+        out[f"batch{batch}_fold_speedup"] = statistics.median(samples["unfolded"]) / statistics.median(samples["folded"])
     return out
 
 
