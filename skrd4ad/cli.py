@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import EvalConfig, TrainConfig
+from .config import EvalConfig, TrainConfig, from_dict
 from .models.teacher import TEACHER_ARCHS
 
 log = logging.getLogger("skrd4ad")
@@ -40,9 +40,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
 def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
               if getattr(args, f.name, None) is not None}
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
-    return cls(**values)
+    return from_dict(cls, values, "train" if cls is TrainConfig else "evaluate")
 
 
 def _cmd_fetch_teacher(args: argparse.Namespace) -> int:

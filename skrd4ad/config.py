@@ -11,10 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, get_args
 
-from .models.anomaly_map import COMBINES, SCORE_KINDS
-from .models.loss import LOSS_KINDS
-from .models.rd4ad import VARIANTS
-from .models.teacher import TEACHER_ARCHS
+from .models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
 
 Amp = Literal["none", "bf16", "fp16"]
 AMPS: tuple[str, ...] = get_args(Amp)

@@ -28,7 +28,7 @@ import torch
 from .config import EvalConfig
 from .data.prepared import PreparedClass
 from .inference import predict_array
-from .io import sha256_file, write_json_atomic, write_text_atomic
+from .io import replace_dir, sha256_file, write_json_atomic, write_text_atomic
 from .metrics import compute_metrics
 from .models.fold import fold_batchnorm
 from .provenance import git_revision, package_versions
@@ -80,17 +80,17 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     model, ckpt = load_checkpoint(checkpoint, device=config.device)
     fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions
     data = PreparedClass(data_dir)
-    size = int(data.meta["image_size"])
+    size = data.image_size
     if size != int(ckpt["image_size"]):
         raise ValueError(f"{data_dir} was prepared at {size} px but {checkpoint} was trained at "
                          f"{ckpt['image_size']} px; prepare the class at the training size")
-    manifest = data.test_manifest.reset_index(drop=True)
-    labels = manifest["label"].to_numpy(dtype=np.int64)
+    manifest = data.test_manifest
+    labels = data.test_labels
     defect_types = manifest["defect_type"].astype(str).tolist()
 
     maps, scores = compute_maps(model, data.test_images, config)
     scores_np = scores.cpu().numpy()
-    masks = None if data.test_masks is None else torch.from_numpy(np.array(data.test_masks)).to(maps.device)
+    masks = data.test_masks  # memory-mapped; the metrics read it on the host
 
     # Figures are drawn by worker threads while this thread computes the metrics (Pillow's PNG
     # encoder and NumPy's sorts release the GIL); they replace ``figures/`` only once both succeed.
@@ -100,7 +100,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     pool = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())), thread_name_prefix="figures")
     try:
         pending = _submit_figures(pool, fig_tmp, data, maps, scores_np, labels, manifest, config.num_figures)
-        result = compute_metrics(scores, labels, defect_types, maps if masks is not None else None, masks,
+        result = compute_metrics(scores_np, labels, defect_types, maps if masks is not None else None, masks,
                                  fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
         for future in pending:
             future.result()
@@ -109,7 +109,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         shutil.rmtree(fig_tmp, ignore_errors=True)
         raise
     pool.shutdown(wait=True)
-    _replace_dir(fig_tmp, fig_dir)
+    replace_dir(fig_tmp, fig_dir)
     for note in result.notes:
         log.warning("%s: %s", data_dir, note)
 
@@ -120,7 +120,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "teacher": ckpt["teacher"],
         "evaluate_config": vars(config),
         "params": params,
-        "dataset": {"class": data.meta.get("class"), "source_digest": data.meta.get("source_digest"),
+        "dataset": {"class": data.class_name, "source_digest": data.meta.get("source_digest"),
                     "image_size": size, "n_test": int(len(labels)), "n_anomalous": int(labels.sum()),
                     "image_level_only": bool(data.image_level_only)},
         "versions": package_versions(),
@@ -157,15 +157,3 @@ def _submit_figures(pool: ThreadPoolExecutor, fig_dir: Path, data: PreparedClass
             save_triptych, fig_dir / f"{kind}_{rank:02d}_{defect}_{stem}.png", np.asarray(data.test_images[i]),
             mask, amap, title=f"{kind}: {defect}/{stem} score {scores[i]:.4f}", vmin=vmin, vmax=vmax))
     return pending
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the finished directory ``new`` at ``target``, replacing what was there."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(target)

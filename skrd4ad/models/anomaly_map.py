@@ -7,16 +7,13 @@ the input size, summed (or multiplied) over layers, then Gaussian smoothing equa
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-Combine = Literal["sum", "mul"]
-COMBINES: tuple[str, ...] = get_args(Combine)
-ScoreKind = Literal["max", "topk_mean"]
-SCORE_KINDS: tuple[str, ...] = get_args(ScoreKind)
+from .choices import COMBINES, SCORE_KINDS, Combine, ScoreKind  # noqa: F401 (re-exported)
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 4.0, *, device=None,
@@ -35,10 +32,11 @@ def _reflect_index(n: int, radius: int, device) -> Tensor:
     return torch.where(i >= n, 2 * n - 1 - i, i)
 
 
+@lru_cache(maxsize=8)  # one per (size, sigma, device) in practice: built and copied to the device once
 def blur_matrix(n: int, sigma: float, truncate: float = 4.0, *, device=None,
                 dtype: torch.dtype = torch.float32) -> Tensor:
     """``(n, n)`` matrix ``K`` with ``K @ v`` = scipy's 1-D Gaussian filter of ``v`` ('reflect'
-    borders folded into the matrix)."""
+    borders folded into the matrix).  Cached: callers must not modify the returned tensor."""
     k = gaussian_kernel1d(sigma, truncate, dtype=torch.float64)
     r = (k.numel() - 1) // 2
     src = _reflect_index(n, r, "cpu")  # padded position p reads source index src[p]

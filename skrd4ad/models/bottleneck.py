@@ -34,7 +34,6 @@ class OCBE(nn.Module):
         c1, c2, c3 = channels
         if (2 * c3) % block.expansion:
             raise ValueError(f"2*c3={2 * c3} is not divisible by the block expansion {block.expansion}")
-        self.channels = channels
         self.out_channels = 2 * c3
         self.bn_layer = make_layer(block, 3 * c3, 2 * c3 // block.expansion, num_blocks,
                                    stride=2, base_width=base_width)

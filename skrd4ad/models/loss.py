@@ -15,14 +15,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-LossKind = Literal["cosine", "mse", "mse_cosine"]
-LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+from .choices import LOSS_KINDS, LossKind  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 from torch import Tensor, nn
 
 from .blocks import BasicBlock, Bottleneck, DecoderBasicBlock, DecoderBottleneck, _Block
 from .bottleneck import OCBE
+from .choices import VARIANTS, Variant  # noqa: F401 (re-exported)
 from .decoder import Decoder
 from .teacher import Teacher, build_teacher
-
-Variant = Literal["rd4ad", "skrd4ad"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import re
 from functools import lru_cache
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, cast, get_args
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import torch
@@ -30,8 +30,7 @@ from torch import Tensor, nn
 
 from skrd4ad.io import sha256_file
 
-TeacherArch = Literal["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "mobilenet_v2"]
-TEACHER_ARCHS: tuple[str, ...] = get_args(TeacherArch)
+from .choices import TEACHER_ARCHS, TeacherArch  # noqa: F401 (re-exported)
 
 #: Output channels of the three feature maps (strides 4, 8, 16) per architecture.
 TEACHER_CHANNELS: dict[str, tuple[int, int, int]] = {
