@@ -396,3 +396,19 @@ def test_import_two_folders_missing_mask(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="a1.png has no mask"):
         import_two_folders(src, tmp_path / "ds", "parts", mask_dir="masks")
     assert not (tmp_path / "ds").exists() or not any((tmp_path / "ds").iterdir())
+
+
+@pytest.mark.parametrize("rule", ["nonzero", "half_max"])
+def test_converted_masks_ignore_the_alpha_channel(tmp_path: Path, rule: str) -> None:
+    """An opaque RGBA mask with one white pixel stays one pixel (alpha is not a colour)."""
+    from skrd4ad.data.sources import _binarise_mask_file
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 3] = 255
+    rgba[1, 2, :3] = 255
+    Image.fromarray(rgba, mode="RGBA").save(tmp_path / "m.png")
+    _binarise_mask_file(tmp_path / "m.png", tmp_path / "out" / "m.png", rule=rule)
+    out = np.asarray(Image.open(tmp_path / "out" / "m.png"))
+    expected = np.zeros((4, 4), dtype=np.uint8)
+    expected[1, 2] = 255
+    np.testing.assert_array_equal(out, expected)

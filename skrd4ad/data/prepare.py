@@ -54,7 +54,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _mask_array(img: Image.Image) -> np.ndarray:
+def mask_values(img: Image.Image) -> np.ndarray:
     """Mask values as a 2-D array: colour masks reduce to the max over colour channels (alpha ignored)."""
     if img.mode in ("RGBA", "LA", "PA"):
         img = img.convert("RGB" if img.mode == "RGBA" else "L")
@@ -123,7 +123,7 @@ def _decode(sample: Sample, size: int, image_level_only: bool) -> _Decoded:
                 f"mask {sample.mask_path} is {mask_img.size[0]}x{mask_img.size[1]} but its image {sample.path} is "
                 f"{width}x{height}; fix or replace the mask"
             )
-        mask = resize_mask(binarise_mask(_mask_array(mask_img)), size)
+        mask = resize_mask(binarise_mask(mask_values(mask_img)), size)
     return _Decoded(image, mask, hashes, None)
 
 

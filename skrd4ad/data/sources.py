@@ -23,6 +23,7 @@ from PIL import Image
 
 from skrd4ad.data.download import download, safe_extract
 from skrd4ad.data.layout import GOOD, DatasetError, find_mask, list_classes, list_images
+from skrd4ad.data.prepare import binarise_mask, mask_values
 from skrd4ad.io import atomic_path, write_json_atomic
 
 FETCH_MARKER = ".skrd4ad_fetch.json"
@@ -96,16 +97,10 @@ def _binarise_mask_file(src: Path, dst: Path, *, rule: Literal["nonzero", "half_
     """
     try:
         with Image.open(src) as img:
-            arr = np.asarray(img)
+            values = mask_values(img)  # colour channels reduced, alpha ignored (as prepare does)
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"cannot read mask {src}: {err}; replace or remove the file") from err
-    if arr.ndim == 3:
-        arr = arr.max(axis=2)
-    if rule == "nonzero":
-        binary = arr != 0
-    else:
-        peak = arr.max() if arr.size else 0
-        binary = arr >= 0.5 * peak if peak > 0 else np.zeros(arr.shape, dtype=bool)
+    binary = values != 0 if rule == "nonzero" else binarise_mask(values).astype(bool)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         Image.fromarray((binary * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")
