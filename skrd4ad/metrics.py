@@ -317,8 +317,27 @@ def _auroc_of(r: _Ranked) -> float:
 
 def _f1_of(r: _Ranked) -> float:
     """max F1 = 2 TP / (TP + FP + P); it peaks at a threshold that adds positives."""
+    return _f1_and_threshold(r)[0]
+
+
+def _f1_and_threshold(r: _Ranked) -> tuple[float, float]:
+    """(max F1, its threshold): the score value from which samples count as anomalous
+    (``score >= threshold``); the highest such value when several thresholds tie."""
     _, tp, _, fp = r.events()
-    return float(np.max(2.0 * tp / (tp + fp + r.n_pos)))
+    f1 = 2.0 * tp / (tp + fp + r.n_pos)
+    best = int(np.argmax(f1))
+    key = r.pos_keys[np.flatnonzero(np.append(r.pos_keys[1:] != r.pos_keys[:-1], True))[best]]
+    return float(f1[best]), _key_value(key)
+
+
+def _key_value(key: np.integer) -> float:
+    """The float whose :func:`_desc_key` is ``key`` (its inverse for one key)."""
+    wide = key.dtype == np.uint64
+    ftype, utype, top = (np.float64, np.uint64, 63) if wide else (np.float32, np.uint32, 31)
+    u = np.array([key], dtype=utype)
+    if not (u[0] >> utype(top)):  # sign bit 0 after the flip: a non-negative value
+        u ^= np.iinfo(utype).max >> 1
+    return float(u.view(ftype)[0])
 
 
 def _area_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
@@ -520,6 +539,11 @@ def _seed_one(amap: np.ndarray, mask: np.ndarray, index: int, num_th: int, fpr_l
     a = amap.astype(np.float64).reshape(-1)  # the seed's maps were float64
     lab, n_regions = ndimage.label(mask, structure=_STRUCT_2D)
     lo, hi = a.min(), a.max()
+    if not (np.isfinite(lo) and np.isfinite(hi) and np.isfinite(hi - lo)):
+        raise AuproSeedUndefinedError(
+            f"aupro_seed is undefined for image {index}: its map spans [{float(lo)}, {float(hi)}], so the seed's "
+            "threshold grid np.arange(min, max, (max - min) / n) cannot be built; make the map finite"
+        )
     if not hi > lo:
         raise AuproSeedUndefinedError(
             f"aupro_seed is undefined for image {index}: its map is constant ({lo!r}), so "
@@ -569,7 +593,7 @@ def aupro_seed(maps: Any, masks: Any, num_thresholds: int = 200, fpr_limit: floa
     divided by its largest kept value, and the trapezoid area is taken. Returns the mean
     over those images. Not the MVTec AD definition; see ``docs/metrics.md``.
     Raises AuproSeedUndefinedError (a ValueError naming the image) where the seed would
-    crash or give NaN.
+    crash or give NaN (e.g. a constant map, or one holding +-inf).
     """
     if not isinstance(num_thresholds, (int, np.integer)) or num_thresholds < 1:
         raise ValueError(f"num_thresholds must be a positive int, got {num_thresholds!r}")
@@ -639,9 +663,11 @@ def _pixel_metrics(m: np.ndarray, g: np.ndarray, fpr_limit: float, max_points: i
     r = _rank(m, g, regions=True)
     _require_regions(r, "pixel metrics")
     out = MetricsResult()
+    f1, threshold = _f1_and_threshold(r)
     out.scalars = {
         "pixel_auroc": _auroc_of(r),
-        "pixel_f1_max": _f1_of(r),
+        "pixel_f1_max": f1,
+        "pixel_f1_threshold": threshold,
         "aupro": _aupro_of(r, fpr_limit),
     }
     fx, fy = _sampled_curve(r, lambda tp: tp / r.n_pos, max_points)
@@ -674,8 +700,9 @@ def compute_metrics(
 
     Args: scores float (N,), labels 0/1 (N,), defect_types str (N,) or None; maps float
     (N,H,W) and masks (N,H,W) together or both None (image-level-only dataset).
-    Returns scalars ``image_auroc``, ``image_f1_max``, ``image_auroc_<defect>`` and, with
-    maps, ``pixel_auroc``, ``pixel_f1_max``, ``aupro``, ``aupro_seed`` (both AUPROs use
+    Returns scalars ``image_auroc``, ``image_f1_max``, ``image_f1_threshold``, ``image_auroc_<defect>``
+    and, with maps, ``pixel_auroc``, ``pixel_f1_max``, ``pixel_f1_threshold``, ``aupro``, ``aupro_seed``
+    (the thresholds: the score / map value from which F1 is maximal, chosen on this test set; both AUPROs use
     ``fpr_limit``); curves ``image_roc`` (fpr, tpr) and, with maps, ``pixel_roc``
     (fpr, tpr) and ``pro`` (fpr, pro), each with at most ``max_curve_points`` rows.
     Without maps the pixel keys are absent. Where the seed's AUPRO is undefined on this
@@ -691,7 +718,10 @@ def compute_metrics(
     s, y = _image_inputs(scores, labels)
     res = MetricsResult()
     res.scalars["image_auroc"] = image_auroc(s, y)
-    res.scalars["image_f1_max"] = f1_max(s, y)
+    r = _rank(s, y, regions=False)
+    if r.n_pos == 0:
+        raise ValueError(f"image_f1_max is undefined: there is no anomalous (label 1) sample among {r.n}")
+    res.scalars["image_f1_max"], res.scalars["image_f1_threshold"] = _f1_and_threshold(r)
     if defect_types is not None:
         for d, v in per_defect_auroc(s, y, defect_types).items():
             res.scalars[f"image_auroc_{d}"] = v

@@ -385,7 +385,7 @@ def test_compute_metrics_matches_single_functions() -> None:
     sc = res.scalars
     assert set(sc) == {
         "image_auroc", "image_f1_max", "image_auroc_crack", "image_auroc_hole",
-        "image_auroc_cut", "pixel_auroc", "pixel_f1_max", "aupro", "aupro_seed",
+        "image_auroc_cut", "pixel_auroc", "pixel_f1_max", "aupro", "aupro_seed", "image_f1_threshold", "pixel_f1_threshold",
     }
     assert sc["image_auroc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-12)
     assert sc["image_f1_max"] == pytest.approx(sk_f1_max(labels, scores), abs=1e-12)
@@ -411,9 +411,9 @@ def test_compute_metrics_matches_single_functions() -> None:
 def test_compute_metrics_image_level_only() -> None:
     scores, labels, types, _, _ = _dataset()
     res = M.compute_metrics(scores, labels, types)
-    assert not {"pixel_auroc", "pixel_f1_max", "aupro", "aupro_seed"} & set(res.scalars)
+    assert not {"pixel_auroc", "pixel_f1_max", "aupro", "aupro_seed", "pixel_f1_threshold"} & set(res.scalars)
     assert set(res.curves) == {"image_roc"}
-    assert set(M.compute_metrics(scores, labels, None).scalars) == {"image_auroc", "image_f1_max"}
+    assert set(M.compute_metrics(scores, labels, None).scalars) == {"image_auroc", "image_f1_max", "image_f1_threshold"}
 
 
 def test_compute_metrics_omits_undefined_seed_metric() -> None:
@@ -481,3 +481,32 @@ def test_compute_metrics_omits_undefined_seed_aupro() -> None:
     assert res.scalars["pixel_auroc"] == pytest.approx(
         skm.roc_auc_score(masks.ravel(), maps.ravel()), abs=1e-12
     )
+
+
+@pytest.mark.filterwarnings("ignore:aupro_seed omitted")
+@pytest.mark.parametrize("trial", range(40))
+def test_f1_thresholds_match_sklearn_precision_recall_curve(trial: int) -> None:
+    """The F1-max threshold is sklearn's threshold of the best F1 (the highest one on ties),
+    for images and for pixels, negative and tied scores included."""
+    rng = np.random.default_rng(trial)
+    n = int(rng.integers(4, 30))
+    scores = rng.integers(-5, 5, n).astype(np.float32) * np.float32(rng.choice([0.5, -0.25, 1e-3]))
+    labels = rng.integers(0, 2, n)
+    labels[:2] = [1, 0]
+
+    def expected(s: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+        p, r, t = skm.precision_recall_curve(y, s)
+        f = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-300), 0.0)[:-1]
+        return float(f.max()), float(t[np.isclose(f, f.max(), rtol=0, atol=1e-12)].max())
+
+    res = M.compute_metrics(scores, labels, None)
+    f1, threshold = expected(scores, labels)
+    assert res.scalars["image_f1_max"] == pytest.approx(f1, abs=1e-12)
+    assert res.scalars["image_f1_threshold"] == threshold
+    maps = rng.integers(0, 6, (2, 6, 6)).astype(np.float32) * np.float32(0.1)
+    masks = np.zeros((2, 6, 6), dtype=bool)
+    masks[1, 1:4, 2:5] = True
+    res = M.compute_metrics([0.0, 1.0], [0, 1], None, maps, masks)
+    f1, threshold = expected(maps.reshape(-1), masks.reshape(-1).astype(int))
+    assert res.scalars["pixel_f1_max"] == pytest.approx(f1, abs=1e-12)
+    assert res.scalars["pixel_f1_threshold"] == threshold
