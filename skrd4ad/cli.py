@@ -1,7 +1,8 @@
 """Command line: ``skrd4ad <command> --help``.
 
 Commands: ``fetch-teacher``, ``synthetic``, ``download``, ``prepare``, ``train``, ``evaluate``,
-``predict``.  Each is a thin wrapper over the Python API of the same name.
+``predict``, ``compare``.  Each is a thin wrapper over the Python API of the same name
+(``compare``: two results directories, git revisions or ``dvc exp`` names, metric by metric).
 """
 
 from __future__ import annotations
@@ -69,11 +70,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from .data.prepare import prepare_class
+    from .models.rd4ad import check_image_size
 
+    check_image_size(args.image_size, "--image-size")  # before any work: the model needs a multiple of 32
     for cls in args.classes:
         out = Path(args.out) / cls if len(args.classes) > 1 else Path(args.out)
         print(prepare_class(args.root, cls, out, image_size=args.image_size,
-                            image_level_only=args.image_level_only, allow_skip=args.allow_skip))
+                            image_level_only=args.image_level_only, allow_skip=args.allow_skip,
+                            allow_empty_masks=args.allow_empty_masks))
     return 0
 
 
@@ -91,7 +95,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     config = _dataclass_from_args(EvalConfig, args)
-    metrics = evaluate(args.checkpoint, args.data, args.out, config)
+    metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data)
     for k in sorted(metrics):
         print(f"{k}\t{metrics[k]}")
     return 0
@@ -103,6 +107,30 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     config = _dataclass_from_args(EvalConfig, args)
     csv_path = predict(args.checkpoint, args.inputs, args.out, config, overlays=not args.no_overlays)
     print(csv_path)
+    return 0
+
+
+def _split(values: Sequence[str] | None) -> list[str] | None:
+    """Repeated and/or comma-separated option values, flattened (None: no filter)."""
+    return [v for item in values for v in item.split(",") if v] if values else None
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from .compare import compare, format_markdown, format_text, to_json
+
+    try:
+        result = compare(args.a, args.b, repo=args.repo, names=_split(args.name), variants=_split(args.variant),
+                         metrics=_split(args.metric), level=args.level, seed=args.seed)
+    except (ValueError, OSError) as exc:  # exit 1 (not main's 2): a comparison that cannot be made
+        log.debug("traceback", exc_info=True)
+        print(f"skrd4ad compare: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(to_json(result), indent=2))
+    else:
+        print(format_markdown(result) if args.md else format_text(result), end="")
     return 0
 
 
@@ -141,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--image-level-only", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--allow-skip", action="store_true", help="skip unreadable files (listed in the manifest)")
+    p.add_argument("--allow-empty-masks", action="store_true",
+                   help="keep anomalous test images whose mask is all zero (recorded in meta.json)")
     p.set_defaults(func=_cmd_prepare)
 
     p = sub.add_parser("train", help="train RD4AD / SK-RD4AD on a prepared class (resumable)")
@@ -155,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="prepared class directory")
     p.add_argument("--out", type=Path, required=True, help="output directory")
+    p.add_argument("--allow-other-data", action="store_true",
+                   help="evaluate on a class / data other than the checkpoint was trained on")
     _add_dataclass_options(p, EvalConfig)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -165,6 +197,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures"))
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs")
+    p.add_argument("a", help="results directory, git revision or dvc exp name")
+    p.add_argument("b", help="results directory, git revision or dvc exp name")
+    p.add_argument("--repo", type=Path, default=Path("."), help="git repository for revisions / exp names")
+    p.add_argument("--name", action="append", help="dataset name(s), glob, repeatable or comma-separated")
+    p.add_argument("--variant", action="append", help="variant(s), glob, repeatable or comma-separated")
+    p.add_argument("--metric", action="append", help="metric(s), glob (e.g. 'image_auroc*'), repeatable")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the interval")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+    fmt.add_argument("--md", action="store_true", help="Markdown table")
+    p.set_defaults(func=_cmd_compare)
     return parser
 
 
