@@ -66,7 +66,8 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
             config: EvalConfig | None = None, *, overlays: bool = True) -> Path:
     """Score every image in ``inputs``; write ``out_dir/scores.csv`` (file, name, score) and, with
     ``overlays``, ``out_dir/overlays/<name>.png`` at each image's original resolution, all on one
-    colour scale (the minimum and maximum over all maps).  Returns the CSV path."""
+    colour scale (the minimum and maximum over all maps).  Returns the CSV path.  Non-finite
+    maps or scores (a diverged checkpoint) raise ValueError naming the checkpoint; nothing is written."""
     config = config or EvalConfig()
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint(checkpoint, device=config.device)
@@ -84,6 +85,11 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
         scores.append(s.cpu())
     all_maps = torch.cat(maps)
     all_scores = torch.cat(scores).numpy()
+    bad = ~(np.isfinite(all_scores) & torch.isfinite(all_maps).flatten(1).all(1).numpy())
+    if bad.any():
+        raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {int(bad.sum())} of "
+                         f"{len(images)} images (first: {images[int(np.argmax(bad))][0]}): its weights are probably "
+                         "NaN/inf (a diverged training run) or amp overflowed; retrain it, or predict with amp none")
     frame = pd.DataFrame({"file": [str(p) for p, _ in images], "name": [n for _, n in images],
                           "score": all_scores})
     csv_path = out_dir / "scores.csv"

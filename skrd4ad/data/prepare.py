@@ -7,10 +7,13 @@ Output folder (written to a temporary sibling, then renamed: it appears complete
     test_masks.npy   uint8 (M, S, S) 0/1  ground truth (absent for image-level-only classes)
     manifest.csv     file,split,index,label,defect_type,has_mask,status,reason (one row per input image)
     meta.json        class, image_size, counts, image_level_only, source root and digest, version
+                     (+ allow_empty_masks and the kept empty_masks, only when that opt-out is used)
 
 Images are converted to RGB (grayscale, 16-bit, RGBA/LA (alpha dropped), palette, CMYK...),
 resized with PIL's antialiased bilinear filter; masks are resized with nearest neighbour and
-binarised at half their maximum value. Read with :class:`skrd4ad.data.prepared.PreparedClass`.
+binarised at half their maximum value. An all-zero mask of an anomalous test image is an error
+(its defect pixels would count as normal) unless ``allow_empty_masks``. Read with
+:class:`skrd4ad.data.prepared.PreparedClass`.
 """
 
 from __future__ import annotations
@@ -90,6 +93,7 @@ class _Decoded:
     mask: np.ndarray | None
     hashes: list[tuple[Path, str]]
     error: str | None
+    empty_mask: bool = False  # the mask file is all zero (before resizing)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -123,8 +127,9 @@ def _decode(sample: Sample, size: int, image_level_only: bool) -> _Decoded:
                 f"mask {sample.mask_path} is {mask_img.size[0]}x{mask_img.size[1]} but its image {sample.path} is "
                 f"{width}x{height}; fix or replace the mask"
             )
-        mask = resize_mask(binarise_mask(mask_values(mask_img)), size)
-    return _Decoded(image, mask, hashes, None)
+        binary = binarise_mask(mask_values(mask_img))
+        return _Decoded(image, resize_mask(binary, size), hashes, None, empty_mask=not binary.any())
+    return _Decoded(image, None, hashes, None)
 
 
 def source_digest(entries: Iterable[tuple[str, str]]) -> str:
@@ -166,6 +171,7 @@ def prepare_class(
     image_size: int,
     image_level_only: bool | None = None,
     allow_skip: bool = False,
+    allow_empty_masks: bool = False,
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
@@ -174,8 +180,13 @@ def prepare_class(
     ``image_size``: side S of the square output; ``image_level_only``: see
     :func:`~skrd4ad.data.layout.scan_class`; ``allow_skip``: skip unreadable/truncated images and
     list them in the manifest as ``skipped`` with the reason (otherwise :class:`DatasetError`
-    names the file); ``workers``: decoding threads (default: CPU count). An existing ``out_dir``
-    is replaced only when the new cache is complete; on any error nothing is left behind.
+    names the file); ``allow_empty_masks``: keep anomalous test images whose mask is all zero
+    (their defect pixels then count as normal; recorded in meta.json and as the manifest reason),
+    otherwise :class:`DatasetError` names the mask; ``workers``: decoding threads (default: CPU
+    count). ``image_size`` is not checked against the model here (tiny caches serve the data
+    tests); the CLI and the model require a multiple of 32, see
+    :func:`skrd4ad.models.rd4ad.check_image_size`. An existing ``out_dir`` is replaced only when
+    the new cache is complete; on any error nothing is left behind.
     """
     root, out_dir = Path(root), Path(out_dir)
     if image_size < 1:
@@ -190,6 +201,7 @@ def prepare_class(
     hashes: list[tuple[str, str]] = []
     counts: dict[str, Counter[str]] = {"train": Counter(), "test": Counter()}
     n_ok = {"train": 0, "test": 0}
+    empty_masks: list[str] = []
     s = image_size
     try:
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, tqdm(
@@ -219,6 +231,16 @@ def prepare_class(
                         row.update(status="skipped", reason=dec.error, has_mask=False)
                     else:
                         assert dec.image is not None
+                        if dec.empty_mask:
+                            if not allow_empty_masks:
+                                raise DatasetError(
+                                    f"mask {sample.mask_path} of anomalous test image {sample.path} is all zero, so "
+                                    "its defect pixels would count as normal; fix the mask, move the image to "
+                                    "test/good if it is normal, or pass allow_empty_masks=True (--allow-empty-masks) "
+                                    "to keep it"
+                                )
+                            row["reason"] = "empty mask kept (allow_empty_masks)"
+                            empty_masks.append(_relative(sample.mask_path, root))  # type: ignore[arg-type]
                         images[k] = dec.image
                         if masks is not None and dec.mask is not None:
                             masks[k] = dec.mask
@@ -254,6 +276,8 @@ def prepare_class(
             "resize": "PIL bilinear with antialiasing; masks nearest, binarised at half their max",
             "skrd4ad_version": __version__,
         }
+        if allow_empty_masks:  # only then: default caches stay byte-identical to earlier versions
+            meta.update(allow_empty_masks=True, empty_masks=sorted(empty_masks))
         write_json_atomic(staging / "meta.json", meta)
         replace_dir(staging, out_dir)
     except BaseException:

@@ -42,6 +42,21 @@ ARCH_SPECS: dict[str, ArchSpec] = {
 }
 
 
+#: Input sides must be multiples of this: the teacher and the bottleneck halve the resolution 5 times.
+SIZE_MULTIPLE = 32
+
+
+def check_image_size(size: int, what: str = "image_size") -> int:
+    """Return ``size`` if the model accepts it (a positive multiple of 32), else raise ValueError
+    naming ``what`` and the nearest valid sizes."""
+    if size < SIZE_MULTIPLE or size % SIZE_MULTIPLE:
+        lower = max(size // SIZE_MULTIPLE * SIZE_MULTIPLE, 0)
+        nearest = " or ".join(str(v) for v in (lower, lower + SIZE_MULTIPLE) if v >= SIZE_MULTIPLE)
+        raise ValueError(f"{what}={size} must be a positive multiple of {SIZE_MULTIPLE} (the model halves "
+                         f"the resolution 5 times); use {nearest}")
+    return size
+
+
 def check_variant(variant: str) -> Variant:
     """Return ``variant`` if valid, else raise naming the valid choices."""
     if variant not in VARIANTS:
@@ -92,6 +107,10 @@ class ReverseDistillation(nn.Module):
         self.decoder.load_state_dict(de)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        h, w = (int(v) for v in x.shape[-2:])
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < SIZE_MULTIPLE:
+            bad = w if h % SIZE_MULTIPLE == 0 and h >= SIZE_MULTIPLE else h
+            check_image_size(bad, f"input of {h}x{w} px: side")
         with torch.no_grad():
             t = self.teacher(x)
         s = self.decoder(self.bottleneck(t), (t[1], t[2]) if self.skip else None)

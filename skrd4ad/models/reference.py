@@ -17,6 +17,7 @@ Shapes are checked key by key; a mismatch names the key and both shapes.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -53,9 +54,13 @@ def load_reference_state_dict(model: ReverseDistillation,
                               state: Mapping[str, object] | str | Path) -> list[str]:
     """Load reference RD4AD weights (path or loaded object) into ``model`` in place.
 
-    Accepts ``{'bn': ..., 'decoder': ...}`` or a bare decoder state dict (then only the decoder
-    is loaded).  Returns the reference keys that were dropped (see the module's key map).
+    Accepts ``{'bn': ..., 'decoder': ...}`` or a bare decoder state dict (the seed's ``--seg 1``
+    saves only the decoder): then only the decoder is loaded, the bottleneck keeps its current
+    (random) weights and a UserWarning naming the file says so (a warning, not an error: such
+    files are what the seed writes).  Returns the reference keys that were dropped (see the
+    module's key map).
     """
+    source = f"reference checkpoint {state}" if isinstance(state, (str, Path)) else "reference state dict"
     if isinstance(state, (str, Path)):
         state = torch.load(state, map_location="cpu", weights_only=True)
     if not isinstance(state, Mapping):
@@ -74,5 +79,10 @@ def load_reference_state_dict(model: ReverseDistillation,
             _load_checked(model.bottleneck, bn_sd, "reference 'bn'")
     else:
         decoder_sd = _strip_module(state)  # type: ignore[arg-type]
+        bn_sd_raw = None
     _load_checked(model.decoder, decoder_sd, "reference 'decoder'")
+    if bn_sd_raw is None:
+        warnings.warn(f"{source} holds no 'bn' (bottleneck) weights, only the decoder: the bottleneck keeps its "
+                      "current (random) weights, so outputs will not match the reference; load a file saved as "
+                      "{'bn': bn.state_dict(), 'decoder': decoder.state_dict()}", UserWarning, stacklevel=2)
     return dropped
