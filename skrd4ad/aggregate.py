@@ -1,16 +1,19 @@
 """The comparison table and figures over all (class, variant, seed) evaluations of a dataset.
 
-Reads ``<results>/eval/<variant>/seed<seed>/<class>/metrics.json`` and the training logs
-``<results>/train/<variant>/seed<seed>/<class>.tsv``; writes ``<tables>/<dataset>.{md,csv,tex,json}``
-and ``<figures>/<dataset>_{variants,loss,gallery,seeds}.png``.  With several seeds the table
-shows mean ± standard deviation over seeds and the SK-RD4AD minus RD4AD difference comes with a
-paired bootstrap 95% confidence interval over (class, seed) pairs.
+Reads ``<results>/eval/<variant>/seed<seed>/<class>/{metrics.json,roc_image.csv,pro.csv}`` and the
+training logs ``<results>/train/<variant>/seed<seed>/<class>.tsv`` (``<results>`` = ``results/<name>``);
+writes ``<tables>/<name>.{md,csv,tex,json}``, ``<figures>/<name>_{variants,loss,gallery,seeds}.png``
+and the comparison plot data ``<results>/plots/<kind>/<class>.csv``.  With several seeds the table
+shows mean ± standard deviation over seeds; the SK-RD4AD minus RD4AD difference is given with the
+number of (class, seed) pairs, how many favour each variant and, from six pairs on, a paired
+bootstrap 95% confidence interval.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .io import atomic_path, write_json_atomic, write_text_atomic  # noqa: E402
+from .io import atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
+from .pipeline import PLOT_KINDS  # noqa: E402
+from .stats import MIN_PAIRS, paired_difference  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -71,39 +76,93 @@ def summarise(long: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 
 def paired_bootstrap(long: pd.DataFrame, *, n_boot: int = 10000, seed: int = 0,
                      level: float = 0.95) -> pd.DataFrame:
-    """SK-RD4AD minus RD4AD per metric: mean difference over (class, seed) pairs and its paired
-    bootstrap confidence interval (pairs resampled with replacement, percentile interval).
+    """SK-RD4AD minus RD4AD per metric over the (class, seed) pairs both variants have:
+    mean difference, sign counts and, from :data:`~skrd4ad.stats.MIN_PAIRS` pairs on, the
+    paired bootstrap interval (:func:`skrd4ad.stats.paired_difference`; NaN below that).
 
-    Returns columns metric, mean_diff, ci_low, ci_high, n_pairs (empty without both variants).
+    Returns columns metric, mean_diff, ci_low, ci_high, n_pairs, n_better, n_worse, verdict
+    (empty without both variants).
     """
-    columns = ["metric", "mean_diff", "ci_low", "ci_high", "n_pairs"]
+    columns = ["metric", "mean_diff", "ci_low", "ci_high", "n_pairs", "n_better", "n_worse", "verdict"]
     if not {BASELINE, OURS} <= set(long["variant"]):
         return pd.DataFrame(columns=columns)
     wide = long.pivot_table(index=["metric", "class", "seed"], columns="variant", values="value")
-    rng = np.random.default_rng(seed)
     rows = []
     for metric, grp in wide.groupby(level="metric", sort=False):
-        d = (grp[OURS] - grp[BASELINE]).dropna().to_numpy()
-        if len(d) == 0:
+        pairs = grp[[BASELINE, OURS]].dropna()
+        if pairs.empty:
             continue
-        means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
-        alpha = (1 - level) / 2
-        rows.append({"metric": metric, "mean_diff": float(d.mean()), "ci_low": float(np.quantile(means, alpha)),
-                     "ci_high": float(np.quantile(means, 1 - alpha)), "n_pairs": int(len(d))})
+        d = paired_difference(pairs[BASELINE].to_numpy(), pairs[OURS].to_numpy(), level=level,
+                              n_resamples=n_boot, seed=seed)
+        rows.append({"metric": metric, "mean_diff": d.mean,
+                     "ci_low": np.nan if d.ci_low is None else d.ci_low,
+                     "ci_high": np.nan if d.ci_high is None else d.ci_high,
+                     "n_pairs": d.n_pairs, "n_better": d.n_positive, "n_worse": d.n_negative,
+                     "verdict": d.verdict(VARIANT_LABELS[BASELINE], VARIANT_LABELS[OURS])})
     order = {k: i for i, k in enumerate(METRICS)}
     return pd.DataFrame(rows, columns=columns).sort_values("metric", key=lambda m: m.map(order)).reset_index(drop=True)
 
 
 def ci_markdown(ci: pd.DataFrame) -> str:
-    """The difference-of-means table with its bootstrap interval (percentage points)."""
+    """The difference-of-means table: sign counts always, the bootstrap interval only from
+    :data:`~skrd4ad.stats.MIN_PAIRS` pairs on (percentage points)."""
     if ci.empty:
         return ""
-    lines = ["", "SK-RD4AD − RD4AD, mean over (class, seed) pairs with a 95% paired bootstrap interval "
-             "(percentage points):", "", "| Metric | Difference | 95% CI | Pairs |", "|---|---|---|---|"]
+    lines = ["", f"SK-RD4AD − RD4AD over (class, seed) pairs, percentage points; 95% paired bootstrap "
+             f"interval from {MIN_PAIRS} pairs on (`skrd4ad compare` does the same between two experiments):",
+             "", "| Metric | Difference | 95% CI | Pairs | SK-RD4AD better / worse | Verdict |",
+             "|---|---|---|---|---|---|"]
     for row in ci.itertuples():
-        lines.append(f"| {METRICS[row.metric]} | {100 * row.mean_diff:+.2f} | "
-                     f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}] | {row.n_pairs} |")
+        interval = ("–" if np.isnan(row.ci_low) else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]")
+        lines.append(f"| {METRICS[row.metric]} | {100 * row.mean_diff:+.2f} | {interval} | {row.n_pairs} | "
+                     f"{row.n_better} / {row.n_worse} | {row.verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def summary_json(summary: pd.DataFrame, ci: pd.DataFrame) -> dict[str, Any]:
+    """The DVC metrics of the aggregate stage: per-variant means over classes and seeds, and the
+    SK−RD differences with their interval and counts, so that ``dvc metrics diff`` of two
+    experiments answers the comparison at the top level.  Numbers only (no interval: no key)."""
+    out: dict[str, Any] = {}
+    means = summary[summary["class"] == "Mean"]
+    for variant, grp in means.groupby("variant", sort=False):
+        out[variant] = {row.metric: round(float(row.mean), 6) for row in grp.itertuples()}
+    diff = f"{OURS}-{BASELINE}"
+    for row in ci.itertuples():
+        if not np.isnan(row.ci_low):
+            out.setdefault(f"{diff}_ci95_low", {})[row.metric] = round(float(row.ci_low), 6)
+            out.setdefault(f"{diff}_ci95_high", {})[row.metric] = round(float(row.ci_high), 6)
+        out.setdefault("n_pairs", {})[row.metric] = int(row.n_pairs)
+        out.setdefault(f"pairs_{OURS}_better", {})[row.metric] = int(row.n_better)
+    return out
+
+
+def write_plot_data(results: Path, classes: list[str], variants: list[str], seeds: list[int], out: Path) -> None:
+    """The comparison plots of ``dvc plots`` (dvc.yaml's top-level ``plots:``): per class one CSV
+    per kind (:data:`~skrd4ad.pipeline.PLOT_KINDS`) with the x column and one column per variant,
+    the mean over seeds (curves interpolated onto a common FPR grid of 201 points)."""
+    grid = np.linspace(0.0, 1.0, 201)
+    for cls in classes:
+        for kind, x in PLOT_KINDS.items():
+            columns: dict[str, Any] = {}
+            for variant in variants:
+                per_seed = []
+                for seed in seeds:
+                    if kind == "loss":
+                        log = pd.read_csv(results / "train" / variant / f"seed{seed}" / f"{cls}.tsv", sep="\t")
+                        per_seed.append(log.set_index("epoch")["loss"])
+                        continue
+                    curve = pd.read_csv(results / "eval" / variant / f"seed{seed}" / cls / f"{kind}.csv")
+                    if curve.empty:  # image-level-only dataset: no PRO curve
+                        continue
+                    y = curve.columns[1]
+                    top = curve.groupby("fpr")[y].max()  # the upper point of each vertical step
+                    per_seed.append(pd.Series(np.interp(grid, top.index.to_numpy(), top.to_numpy()), index=grid))
+                if per_seed:
+                    columns[variant] = pd.concat(per_seed, axis=1).mean(axis=1)
+            if columns:
+                frame = pd.DataFrame(columns).rename_axis(x).reset_index()
+                write_text_atomic(out / kind / f"{cls}.csv", frame.to_csv(index=False, float_format="%.6g"))
 
 
 def _fmt(mean: float, std: float, n: int, with_std: bool) -> str:
@@ -258,7 +317,7 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     """Build every table and figure for ``params``' dataset from ``results`` (``results/<dataset>``).
     Returns the summary (class, variant, metric, mean, std, n)."""
     results, tables, figures = Path(results), Path(tables), Path(figures)
-    dataset = params["data"]["dataset"]
+    dataset = params["data"]["name"]
     classes = list(params["data"]["classes"])
     variants = list(params["model"]["variants"])
     seeds = [int(s) for s in params["train"]["seeds"]]
@@ -269,14 +328,13 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     write_text_atomic(tables / f"{dataset}.md", to_markdown(frame) + ci_markdown(ci))
     write_text_atomic(tables / f"{dataset}.tex", to_latex(frame))
     write_text_atomic(tables / f"{dataset}.csv", summary.to_csv(index=False, float_format="%.6g"))
-    means = summary[summary["class"] == "Mean"]
-    summary_json: dict[str, Any] = {
-        variant: {row.metric: round(float(row.mean), 6) for row in grp.itertuples()}
-        for variant, grp in means.groupby("variant", sort=False)}
-    for row in ci.itertuples():
-        summary_json.setdefault("diff_ci95", {})[row.metric] = {
-            "low": round(row.ci_low, 6), "high": round(row.ci_high, 6), "pairs": row.n_pairs}
-    write_json_atomic(tables / f"{dataset}.json", summary_json)
+    write_json_atomic(tables / f"{dataset}.json", summary_json(summary, ci))
+    plots = results / "plots"
+    plots_tmp = plots.with_name(f".{plots.name}.tmp")
+    shutil.rmtree(plots_tmp, ignore_errors=True)
+    write_plot_data(results, classes, variants, seeds, plots_tmp)
+    plots_tmp.mkdir(parents=True, exist_ok=True)
+    replace_dir(plots_tmp, plots)
     plot_variants(summary, classes, variants, figures / f"{dataset}_variants.png")
     plot_losses(results, classes, variants, seeds, figures / f"{dataset}_loss.png")
     plot_gallery(results, classes, variants, seeds[0], figures / f"{dataset}_gallery.png")

@@ -2,9 +2,10 @@
 
 Writes into ``out_dir``:
 
-- ``metrics.json``: flat numeric keys for ``dvc metrics`` (``image_auroc``, ``pixel_auroc``,
-  ``aupro``, ``aupro_seed``, F1-max, per-defect image AUROC) and a ``provenance`` block
-  (checkpoint sha256, params, dataset digest, package versions, git revision);
+- ``metrics.json``: numbers only, flat keys for ``dvc metrics`` (``image_auroc``, ``pixel_auroc``,
+  ``aupro``, ``aupro_seed``, F1-max and its threshold chosen on this test set, per-defect image AUROC);
+- ``provenance.json``: what produced them (checkpoint sha256, params, dataset digest, package
+  versions, git revision, notes on omitted metrics); not a DVC metric, so diffs stay readable;
 - ``scores.csv``: file, defect_type, label, score per test image;
 - ``roc_image.csv``, ``roc_pixel.csv``, ``pro.csv``: curves (at most ``max_curve_points`` rows;
   the pixel ones are header-only for image-level-only datasets: absent, not faked);
@@ -71,10 +72,40 @@ def _write_csv(path: Path, frame: pd.DataFrame) -> None:
     write_text_atomic(path, frame.to_csv(index=False, float_format="%.8g"))
 
 
+def _check_same_data(checkpoint: str | Path, ckpt: dict[str, Any], data_dir: str | Path, data: PreparedClass,
+                     allow_other_data: bool) -> list[str]:
+    """Refuse data other than the checkpoint's training data (class or source digest differ)
+    unless ``allow_other_data``; return the notes for the provenance (empty when they match).
+
+    The digest of an image-level-only cache leaves out the masks, so there a digest mismatch
+    alone (same class) is only a note."""
+    trained = ckpt.get("data") or {}
+    t_cls, t_dig = trained.get("class"), trained.get("source_digest")
+    d_cls, d_dig = data.class_name, data.meta.get("source_digest")
+    other_class = t_cls is not None and t_cls != d_cls
+    other_digest = None not in (t_dig, d_dig) and t_dig != d_dig
+    if not (other_class or other_digest):
+        return []
+    what = (f"{checkpoint} was trained on class {t_cls!r} (source digest {str(t_dig)[:12]}) but {data_dir} "
+            f"holds class {d_cls!r} (source digest {str(d_dig)[:12]})")
+    if not allow_other_data and (other_class or not data.image_level_only):
+        raise ValueError(f"{what}; evaluate on the prepared data of the training class, or pass "
+                         "allow_other_data=True (--allow-other-data) to evaluate anyway")
+    note = f"other data: {what}"
+    log.warning("%s", note)
+    return [note]
+
+
 def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
-             config: EvalConfig | None = None, *, params: dict[str, Any] | None = None) -> dict[str, float]:
+             config: EvalConfig | None = None, *, params: dict[str, Any] | None = None,
+             allow_other_data: bool = False) -> dict[str, float]:
     """Evaluate ``checkpoint`` on the prepared class ``data_dir``; write the files listed in the
-    module docstring into ``out_dir``; return the scalar metrics."""
+    module docstring into ``out_dir``; return the scalar metrics.
+
+    Data whose class or source digest differ from those recorded in the checkpoint is refused
+    (ValueError) unless ``allow_other_data``; then, as for an image-level-only cache of the
+    training class, it is a warning and a provenance note. Non-finite maps or scores (a diverged
+    checkpoint) raise ValueError naming the checkpoint."""
     config = config or EvalConfig()
     out_dir = Path(out_dir)
     model, ckpt = load_checkpoint(checkpoint, device=config.device)
@@ -84,11 +115,17 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     if size != int(ckpt["image_size"]):
         raise ValueError(f"{data_dir} was prepared at {size} px but {checkpoint} was trained at "
                          f"{ckpt['image_size']} px; prepare the class at the training size")
+    data_notes = _check_same_data(checkpoint, ckpt, data_dir, data, allow_other_data)
     manifest = data.test_manifest
     labels = data.test_labels
     defect_types = manifest["defect_type"].astype(str).tolist()
 
     maps, scores = compute_maps(model, data.test_images, config)
+    if not (bool(torch.isfinite(scores).all()) and bool(torch.isfinite(maps).all())):
+        n_bad = int((~torch.isfinite(maps).flatten(1).all(1) | ~torch.isfinite(scores)).sum())
+        raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {n_bad} of "
+                         f"{len(scores)} test images of {data_dir}: its weights are probably NaN/inf (a diverged "
+                         "training run) or amp overflowed; retrain it, or evaluate with amp none")
     scores_np = scores.cpu().numpy()
     masks = data.test_masks  # memory-mapped; the metrics read it on the host
 
@@ -125,7 +162,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                     "image_level_only": bool(data.image_level_only)},
         "versions": package_versions(),
         "git": git_revision(),
-        "notes": list(result.notes),
+        "notes": [*data_notes, *result.notes],
     }
     _write_csv(out_dir / "scores.csv", pd.DataFrame({
         "file": manifest["file"], "defect_type": defect_types, "label": labels, "score": scores_np}))
@@ -133,7 +170,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         frame = result.curves.get(key)
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
     scalars = {k: float(v) for k, v in result.scalars.items()}
-    write_json_atomic(out_dir / "metrics.json", {**scalars, "provenance": provenance})  # last: the step's result
+    write_json_atomic(out_dir / "provenance.json", provenance)
+    write_json_atomic(out_dir / "metrics.json", scalars)  # last: the step's result
     log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
     return scalars
 

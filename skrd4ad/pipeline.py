@@ -22,6 +22,13 @@ from .config import EvalConfig, TrainConfig, from_dict
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
 
 
+#: Values of ``data.dataset``; each is also the default ``data.name`` of its outputs.
+DATASET_KINDS = ("synthetic", "mvtec", "visa", "folder")
+#: ``data.folder`` of the built-in datasets: the package code that makes or fetches them (a
+#: DVC dependency of download, as a folder dataset's own folder is).
+PACKAGE_DATA_SOURCE = "skrd4ad/data"
+
+
 class ParamsError(ValueError):
     """params.yaml is invalid; the message names the key and the problem."""
 
@@ -53,8 +60,24 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
             lines.append(f"  {where}: {err.message}")
         raise ParamsError("invalid params:\n" + "\n".join(lines))
     data, train = params["data"], params["train"]
-    if data["dataset"] == "folder" and not data["folder"]:
-        raise ParamsError("data.folder: dataset 'folder' needs data.folder set to an MVTec-layout directory")
+    kind = data["dataset"]
+    if data["name"] is None:
+        data["name"] = kind
+    if data["folder"] is None:
+        data["folder"] = PACKAGE_DATA_SOURCE if kind != "folder" else None
+    if kind == "folder":
+        if not data["folder"] or data["folder"] == PACKAGE_DATA_SOURCE:
+            raise ParamsError("data.folder: dataset 'folder' needs data.folder set to an MVTec-layout directory")
+        if data["name"] in DATASET_KINDS:
+            raise ParamsError(f"data.name: give your folder dataset a name of its own (e.g. "
+                              f"{Path(data['folder']).name!r}); {data['name']!r} would mix its outputs "
+                              "with those of other datasets")
+    elif data["name"] in DATASET_KINDS and data["name"] != kind:
+        raise ParamsError(f"data.name: {data['name']!r} names the {data['name']} dataset's outputs, but "
+                          f"data.dataset is {kind!r}; set data.name (e.g. {kind!r})")
+    elif data["folder"] != PACKAGE_DATA_SOURCE:
+        raise ParamsError(f"data.folder is only read for dataset 'folder' (data.dataset is {kind!r}); "
+                          f"set it to {PACKAGE_DATA_SOURCE} or null")
     missing = [c for c in data["classes"] if c not in train["class_overrides"]]
     if train["class_overrides"] and missing:
         raise ParamsError(f"train.class_overrides: add an entry for every class in data.classes "
@@ -96,24 +119,47 @@ def eval_config(params: Mapping[str, Any]) -> EvalConfig:
 
 
 # ----------------------------------------------------------------------------- paths
-# The same paths appear in Snakefile/workflow/rules and dvc.yaml; tests/test_pipeline.py checks
+# Every output path, once.  The Snakemake rules use these templates as their patterns (the
+# placeholders are wildcards); dvc.yaml spells them with ${...} and tests/test_pipeline.py checks
 # that both engines declare exactly the same outputs.
 
-def teacher_path(arch: str) -> Path:
-    return Path("data/teacher") / f"{arch}.pth"
+PATHS = {
+    "raw": "data/raw/{name}",
+    "prepared": "data/prepared/{name}/{cls}",
+    "teacher": "data/teacher/{arch}.pth",
+    "checkpoint": "results/{name}/checkpoints/{variant}/seed{seed}/{cls}.pt",
+    "train_log": "results/{name}/train/{variant}/seed{seed}/{cls}.tsv",
+    "eval": "results/{name}/eval/{variant}/seed{seed}/{cls}",
+    "results": "results/{name}",
+    "plots": "results/{name}/plots",
+    "table": "results/tables/{name}{suffix}",
+    "figure": "results/figures/{name}_{figure}.png",
+}
 
-
-#: Files the evaluate stage writes into results/<dataset>/eval/<variant>/seed<s>/<class>/
-#: (plus the ``figures/`` directory).
-EVAL_FILES = ("metrics.json", "scores.csv", "roc_image.csv", "roc_pixel.csv", "pro.csv")
+#: Files the evaluate stage writes into ``PATHS["eval"]`` (plus the ``figures/`` directory):
+#: metrics.json holds numbers only (``dvc metrics``), provenance.json what produced them.
+EVAL_FILES = ("metrics.json", "provenance.json", "scores.csv", "roc_image.csv", "roc_pixel.csv", "pro.csv")
 TABLE_SUFFIXES = (".md", ".csv", ".tex", ".json")
 FIGURE_NAMES = ("variants", "loss", "gallery", "seeds")
+#: Comparison plots the aggregate stage writes under ``PATHS["plots"]``: one CSV per class in each
+#: folder, x column then one column per variant (mean over seeds); dvc.yaml's top-level ``plots:``.
+PLOT_KINDS = {"roc_image": "fpr", "pro": "fpr", "loss": "epoch"}
 
 
-def aggregate_outputs(dataset: str) -> list[str]:
-    """Files the aggregate stage writes: the comparison table in four formats and the figures."""
-    tables = [f"results/tables/{dataset}{suffix}" for suffix in TABLE_SUFFIXES]
-    return tables + [f"results/figures/{dataset}_{name}.png" for name in FIGURE_NAMES]
+def path(kind: str, **fields: Any) -> str:
+    """One output path, e.g. ``path("checkpoint", name="synthetic", variant="rd4ad", seed=111, cls="brick")``."""
+    return PATHS[kind].format(**fields)
+
+
+def teacher_path(arch: str) -> Path:
+    return Path(path("teacher", arch=arch))
+
+
+def aggregate_outputs(name: str) -> list[str]:
+    """Files and folders the aggregate stage writes: the comparison table in four formats, the
+    figures and the comparison plots folder."""
+    tables = [path("table", name=name, suffix=suffix) for suffix in TABLE_SUFFIXES]
+    return tables + [path("figure", name=name, figure=f) for f in FIGURE_NAMES] + [path("plots", name=name)]
 
 
 def parse_script_args(parser: argparse.ArgumentParser,

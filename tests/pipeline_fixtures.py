@@ -78,6 +78,12 @@ def check_results(repo: Path) -> None:
             metrics = json.loads((repo / f"results/synthetic/eval/{variant}/seed111/{cls}/metrics.json").read_text())
             for key in ("image_auroc", "pixel_auroc", "aupro", "aupro_seed"):
                 assert 0.0 <= metrics[key] <= 1.0
-            assert metrics["provenance"]["train_config"]["variant"] == variant
+            assert all(isinstance(v, float) for v in metrics.values()), metrics  # numbers only
+            provenance = json.loads((repo / f"results/synthetic/eval/{variant}/seed111/{cls}/provenance.json").read_text())
+            assert provenance["train_config"]["variant"] == variant
     for name in pipeline.aggregate_outputs("synthetic"):
         assert (repo / name).stat().st_size > 0, name
+    for kind in pipeline.PLOT_KINDS:  # one comparison CSV per class: x column, then one column per variant
+        for cls in ("brick", "grass"):
+            plot = pd.read_csv(repo / f"results/synthetic/plots/{kind}/{cls}.csv")
+            assert list(plot.columns) == [pipeline.PLOT_KINDS[kind], "rd4ad", "skrd4ad"], (kind, cls)

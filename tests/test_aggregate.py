@@ -26,11 +26,15 @@ def fake_results(root: Path, value) -> Path:
                 d = results / "eval" / variant / f"seed{seed}" / cls
                 d.mkdir(parents=True)
                 metrics = {m: value(cls, variant, seed, m) for m in ("image_auroc", "pixel_auroc", "aupro", "aupro_seed")}
-                (d / "metrics.json").write_text(json.dumps({**metrics, "provenance": {}}))
+                (d / "metrics.json").write_text(json.dumps(metrics))
                 (d / "figures").mkdir()
+                fpr = [0.0, 0.5, 0.5, 1.0]  # a vertical step at 0.5: the mean takes its upper point
+                tpr = [0.0, 0.4, 0.6, 1.0] if variant == "rd4ad" else [0.0, 0.6, 0.8, 1.0]
+                pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(d / "roc_image.csv", index=False)
+                pd.DataFrame({"fpr": [0.0, 1.0], "pro": [0.0, 0.2 * seed]}).to_csv(d / "pro.csv", index=False)
                 log = results / "train" / variant / f"seed{seed}" / f"{cls}.tsv"
                 log.parent.mkdir(parents=True, exist_ok=True)
-                pd.DataFrame({"epoch": [1, 2], "loss": [2.0, 1.5]}).to_csv(log, sep="\t", index=False)
+                pd.DataFrame({"epoch": [1, 2], "loss": [2.0, 1.5 + 0.1 * seed]}).to_csv(log, sep="\t", index=False)
     return results
 
 
@@ -58,14 +62,38 @@ def test_table_means_stds_and_difference(tmp_path: Path) -> None:
 
     md = (tmp_path / "tables/synthetic.md").read_text()
     assert "| brick | 92.00 ± 1.00 |" in md and "**Mean**" in md
-    assert "95% paired bootstrap" in md and "| Pixel AUROC | +2.00 | [+2.00, +2.00] | 6 |" in md
+    # 2 classes x 3 seeds = 6 pairs, all favouring SK-RD4AD by exactly 2 points
+    assert "| Pixel AUROC | +2.00 | [+2.00, +2.00] | 6 | 6 / 0 | SK-RD4AD higher than RD4AD" in md
     summary_json = json.loads((tmp_path / "tables/synthetic.json").read_text())
     assert summary_json["skrd4ad"]["pixel_auroc"] == pytest.approx(0.89)
-    assert summary_json["diff_ci95"]["aupro"]["pairs"] == 6
+    assert summary_json["skrd4ad-rd4ad_ci95_low"]["aupro"] == pytest.approx(0.02)
+    assert summary_json["n_pairs"]["aupro"] == 6 and summary_json["pairs_skrd4ad_better"]["aupro"] == 6
+    assert all(isinstance(v, (int, float)) for group in summary_json.values() for v in group.values())
     tex = (tmp_path / "tables/synthetic.tex").read_text()
     assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex
     for name in pipeline.FIGURE_NAMES:
         assert (tmp_path / "figures" / f"synthetic_{name}.png").stat().st_size > 1000
+
+    roc = pd.read_csv(results / "plots/roc_image/brick.csv")
+    assert list(roc.columns) == ["fpr", "rd4ad", "skrd4ad"] and len(roc) == 201
+    at_half = roc[roc["fpr"] == 0.5].iloc[0]
+    assert at_half["rd4ad"] == pytest.approx(0.6) and at_half["skrd4ad"] == pytest.approx(0.8)
+    pro = pd.read_csv(results / "plots/pro/grass.csv")
+    assert pro["rd4ad"].iloc[-1] == pytest.approx(0.4)  # mean of 0.2, 0.4, 0.6 over the seeds
+    loss = pd.read_csv(results / "plots/loss/brick.csv")
+    assert list(loss["epoch"]) == [1, 2] and loss["skrd4ad"].tolist() == pytest.approx([2.0, 1.7])
+
+
+def test_too_few_pairs_give_no_interval(tmp_path: Path) -> None:
+    """1 class x 3 seeds = 3 pairs: the table says so instead of printing [min, max]."""
+    results = fake_results(tmp_path, value_fn)
+    one_class = pipeline.validate_params({"data": {"classes": ["brick"]}, "model": {"variants": VARIANTS},
+                                          "train": {"seeds": SEEDS}})
+    aggregate(one_class, results, tmp_path / "tables", tmp_path / "figures")
+    md = (tmp_path / "tables/synthetic.md").read_text()
+    assert "| Pixel AUROC | +2.00 | – | 3 | 3 / 0 | too few pairs for an interval (3 < 6) |" in md
+    summary_json = json.loads((tmp_path / "tables/synthetic.json").read_text())
+    assert "skrd4ad-rd4ad_ci95_low" not in summary_json and summary_json["n_pairs"]["pixel_auroc"] == 3
 
 
 def test_paired_bootstrap_matches_a_direct_computation() -> None:
@@ -78,7 +106,7 @@ def test_paired_bootstrap_matches_a_direct_computation() -> None:
                  {"class": f"c{i % 4}", "seed": i // 4, "variant": "skrd4ad", "metric": "pixel_auroc", "value": base + d}]
     ci = paired_bootstrap(pd.DataFrame(rows), n_boot=20000, seed=0).iloc[0]
     assert ci["mean_diff"] == pytest.approx(diffs.mean())
-    assert ci["n_pairs"] == 8
+    assert ci["n_pairs"] == 8 and ci["n_better"] == int((diffs > 0).sum())
     # the percentile interval of the bootstrap mean is close to mean ± 1.96 * sd / sqrt(n)
     half = 1.96 * diffs.std(ddof=0) / np.sqrt(len(diffs))
     assert ci["ci_low"] == pytest.approx(diffs.mean() - half, abs=0.25 * half)
@@ -99,7 +127,8 @@ def test_image_level_only_results(tmp_path: Path) -> None:
     results = fake_results(tmp_path, image_only)
     for path in results.rglob("metrics.json"):
         m = json.loads(path.read_text())
-        path.write_text(json.dumps({"image_auroc": m["image_auroc"], "provenance": {}}))
+        path.write_text(json.dumps({"image_auroc": m["image_auroc"]}))
+        (path.parent / "pro.csv").write_text("fpr,pro\n")  # no masks: header-only curve
     summary = aggregate(params(), results, tmp_path / "tables", tmp_path / "figures")
     assert set(summary["metric"]) == {"image_auroc"}
     assert "Pixel AUROC" not in (tmp_path / "tables/synthetic.md").read_text()

@@ -45,7 +45,9 @@ def test_evaluate_writes_consistent_outputs(trained: dict[str, Path], tmp_path: 
         assert key in metrics and metrics[key] == scalars[key]
     assert {k for k in metrics if k.startswith("image_auroc_")} == {
         f"image_auroc_{d}" for d in ("scratch", "stain", "hole", "foreign", "smear")}
-    prov = metrics["provenance"]
+    assert all(isinstance(v, float) for v in metrics.values())  # numbers only: dvc metrics, no provenance
+    assert metrics["image_f1_threshold"] == pytest.approx(scalars["image_f1_threshold"])
+    prov = json.loads((out / "provenance.json").read_text())
     assert prov["checkpoint_sha256"] == sha256_file(trained["model"])
     assert prov["dataset"]["source_digest"] == PreparedClass(trained["prepared"]).meta["source_digest"]
     assert prov["train_config"]["variant"] == "skrd4ad" and "torch" in prov["versions"]

@@ -31,6 +31,11 @@ def test_default_params_are_valid_and_complete() -> None:
     (lambda p: p["prepare"].update(image_size=100), "prepare.image_size"),
     (lambda p: p["train"]["class_overrides"].pop("grass"), "train.class_overrides: add an entry"),
     (lambda p: p["data"].update(dataset="folder"), "data.folder"),
+    (lambda p: p["data"].update(dataset="folder", folder="/x"), "data.name: give your folder dataset a name"),
+    (lambda p: p["data"].update(dataset="folder", folder="/x", name="synthetic"), "data.name: give your folder"),
+    (lambda p: p["data"].update(dataset="mvtec"), "data.name: 'synthetic' names the synthetic dataset"),
+    (lambda p: p["data"].update(folder="/my/images"), "data.folder is only read for dataset 'folder'"),
+    (lambda p: p["data"].update(name="my data"), "data.name"),
     (lambda p: p.update(extra=1), "(top level): Additional properties"),
 ])
 def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
@@ -107,8 +112,9 @@ def test_snakemake_end_to_end_rerun_and_single_class_change(tmp_path: Path) -> N
     run([snakemake, "--cores", "2"], repo)
     check_results(repo)
     table = (repo / "results/tables/synthetic.md").read_text()
-    assert " ± " in table and "95% paired bootstrap" in table and "| 4 |" in table  # 2 classes x 2 seeds
-    assert json.loads((repo / "results/tables/synthetic.json").read_text())["diff_ci95"]["pixel_auroc"]["pairs"] == 4
+    assert " ± " in table and "too few pairs for an interval (4 < 6)" in table  # 2 classes x 2 seeds
+    summary = json.loads((repo / "results/tables/synthetic.json").read_text())
+    assert summary["n_pairs"]["pixel_auroc"] == 4 and "skrd4ad-rd4ad_ci95_low" not in summary
     again = run([snakemake, "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
     run([snakemake, "--report", "report.html"], repo)
@@ -134,10 +140,13 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     dry = run([dvc, "repro", "--dry"], repo)
     assert "Running stage" not in dry.stdout
     metrics = run([dvc, "metrics", "show"], repo).stdout
-    assert "pixel_auroc" in metrics
-    run([dvc, "plots", "show", "-o", str(tmp_path / "plots")], repo)
-    html = (tmp_path / "plots" / "index.html").read_text()
-    assert "train/rd4ad/seed111/brick.tsv" in html and "pro.csv" in html
+    assert "skrd4ad-rd4ad.pixel_auroc" in metrics and "provenance" not in metrics
+    # one figure per class and kind, both variants on it; no per-job curve files
+    plots = json.loads(run([dvc, "plots", "show", "--json"], repo).stdout)["data"]
+    assert sorted(plots) == sorted(f"results/synthetic/plots/{kind}/{cls}.csv"
+                                   for kind in pipeline.PLOT_KINDS for cls in ("brick", "grass")), sorted(plots)
+    fields = {row["field"] for row in plots["results/synthetic/plots/roc_image/brick.csv"][0]["content"]["data"]["values"]}
+    assert fields == {"rd4ad", "skrd4ad"}
 
     # share through a DVC remote (a local directory here; S3/SSH work the same) and restore
     # everything in a fresh clone without re-running anything
@@ -169,5 +178,57 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     assert "Running stage 'train@brick-rd4ad-111'" in exp.stdout
     shown = run([dvc, "exp", "show", "--csv"], repo).stdout
     assert "two-epochs" in shown and "train.epochs" in shown
-    diff = run([dvc, "metrics", "diff", "--json"], repo).stdout
-    assert "pixel_auroc" in diff
+    # every metric column of `dvc exp show` is a metric of a metrics file: no provenance
+    exps = json.loads(run([dvc, "exp", "show", "--json"], repo).stdout)
+    metric_keys = set()
+    for entry in exps:
+        for exp in [entry, *(e for r in entry.get("experiments") or [] for e in r.get("revs", []))]:
+            for file, content in ((exp.get("data") or {}).get("metrics") or {}).items():
+                metric_keys |= {(file, k) for k in (content.get("data") or {})}
+    assert metric_keys and not [k for k in metric_keys if "provenance" in k[1]], sorted(metric_keys)[:5]
+    assert {f for f, _ in metric_keys} == {"results/tables/synthetic.json"}  # one small file: exp show stays narrow
+    diff = json.loads(run([dvc, "metrics", "diff", "--json", "HEAD", "two-epochs"], repo).stdout)
+    changed = {k for per_file in diff.values() for k in per_file}
+    assert {"rd4ad.pixel_auroc", "skrd4ad-rd4ad.pixel_auroc"} <= changed, changed
+    compared = run([sys.executable, "-m", "skrd4ad", "compare", "HEAD", "two-epochs", "--json"], repo).stdout
+    rows = json.loads(compared)["rows"]
+    assert {r["metric"] for r in rows} >= {"pixel_auroc", "aupro"} and all(r["n_pairs"] == 2 for r in rows)
+
+
+@pytest.mark.slow
+def test_folder_datasets_side_by_side_and_dvc_adopts_snakemake_outputs(tmp_path: Path) -> None:
+    """Two folder datasets with their own names coexist; after Snakemake, `dvc commit -f` makes
+    DVC adopt the outputs (status clean); editing a source image re-runs download in both engines."""
+    from skrd4ad.data.synthetic import generate
+
+    sources = {}
+    for name, seed in (("parts_a", 1), ("parts_b", 2)):
+        sources[name] = generate(tmp_path / name, ["brick"], seed=seed, image_size=64, n_train=6, n_test_good=2,
+                                 n_test_bad=3)
+    params = copy.deepcopy(TINY)
+    params["data"].update(dataset="folder", folder=str(sources["parts_a"]), name="parts_a", classes=["brick"])
+    params["model"]["variants"] = ["rd4ad"]
+    params["train"].update(class_overrides={"brick": {}}, variant_overrides={"rd4ad": {}})
+    repo = make_copy(tmp_path, params)
+    snakemake, dvc = str(BIN / "snakemake"), str(BIN / "dvc")
+    run([snakemake, "--cores", "2"], repo)
+    params["data"].update(folder=str(sources["parts_b"]), name="parts_b")
+    write_params(repo, params)
+    run([snakemake, "--cores", "2"], repo)
+    for name in ("parts_a", "parts_b"):  # side by side, neither overwritten
+        assert (repo / f"results/tables/{name}.md").is_file()
+        assert (repo / f"results/{name}/eval/rd4ad/seed111/brick/metrics.json").is_file()
+        assert (repo / f"data/raw/{name}/brick/train/good").is_dir()
+    assert not (repo / "results/tables/folder.md").exists()
+
+    assert "up to date" not in run([dvc, "status"], repo).stdout  # DVC has not seen these outputs yet
+    run([dvc, "commit", "-f"], repo)  # the documented adoption step
+    assert "up to date" in run([dvc, "status"], repo).stdout
+    assert "Running stage" not in run([dvc, "repro", "--dry"], repo).stdout
+
+    image = next((sources["parts_b"] / "brick/train/good").iterdir())
+    image.write_bytes(image.read_bytes() + b"\0")  # an edited source file
+    status = json.loads(run([dvc, "status", "--json"], repo).stdout)
+    assert "download" in status, status
+    plan = run([snakemake, "-n", "--quiet", "rules"], repo).stdout
+    assert "download" in plan and "train" in plan, plan

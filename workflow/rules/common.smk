@@ -1,5 +1,6 @@
 import os
 import shutil
+from pathlib import Path
 
 from skrd4ad import pipeline
 
@@ -7,7 +8,8 @@ from skrd4ad import pipeline
 # Defaults from the schema are filled in, exactly as the DVC stage scripts do.
 pipeline.validate_params(config, workflow.source_path("../schemas/params.schema.yaml"))
 
-DATASET = config["data"]["dataset"]
+NAME = config["data"]["name"]
+P = pipeline.PATHS
 CLASSES = config["data"]["classes"]
 VARIANTS = config["model"]["variants"]
 SEEDS = config["train"]["seeds"]
@@ -15,7 +17,7 @@ ARCH = config["teacher"]["arch"]
 TEACHER_SOURCE = config["teacher"]["source"]
 
 wildcard_constraints:
-    dataset=r"[A-Za-z0-9_.-]+",
+    name=r"[A-Za-z0-9_.-]+",
     cls=r"[A-Za-z0-9_.-]+",
     variant="|".join(VARIANTS),
     seed=r"\d+",
@@ -24,6 +26,14 @@ wildcard_constraints:
 def download_params(wildcards):
     """The data settings a download depends on (a param, so changing them re-runs it)."""
     return {k: config["data"][k] for k in ("dataset", "folder", "synthetic")}
+
+
+def source_files(wildcards):
+    """Every file of a folder dataset: editing, adding or removing an image re-runs download
+    (DVC: the dependency on ``data.folder``)."""
+    if config["data"]["dataset"] != "folder":
+        return []
+    return sorted(str(f) for f in Path(config["data"]["folder"]).expanduser().rglob("*") if f.is_file())
 
 
 def train_config(wildcards):
@@ -50,4 +60,4 @@ def eval_gpus(wildcards):
 
 
 def all_outputs():
-    return pipeline.aggregate_outputs(DATASET)
+    return pipeline.aggregate_outputs(NAME)

@@ -1,12 +1,14 @@
 rule download:
+    input:
+        source_files,
     output:
-        directory("data/raw/{dataset}"),
+        directory(P["raw"]),
     log:
-        "logs/download/{dataset}.log",
+        "logs/download/{name}.log",
     benchmark:
-        "logs/benchmarks/download/{dataset}.tsv"
+        "logs/benchmarks/download/{name}.tsv"
     message:
-        "Fetching dataset {wildcards.dataset} into MVTec layout"
+        "Fetching dataset {wildcards.name} into MVTec layout"
     params:
         data=download_params,
     conda:
@@ -17,7 +19,7 @@ rule download:
 
 rule fetch_teacher:
     output:
-        "data/teacher/{arch}.pth",
+        P["teacher"],
     log:
         "logs/teacher/{arch}.log",
     message:
@@ -32,15 +34,15 @@ rule fetch_teacher:
 
 rule prepare:
     input:
-        raw="data/raw/{dataset}",
+        raw=P["raw"],
     output:
-        directory("data/prepared/{dataset}/{cls}"),
+        directory(P["prepared"]),
     log:
-        "logs/prepare/{dataset}/{cls}.log",
+        "logs/prepare/{name}/{cls}.log",
     benchmark:
-        "logs/benchmarks/prepare/{dataset}/{cls}.tsv"
+        "logs/benchmarks/prepare/{name}/{cls}.tsv"
     message:
-        "Preparing {wildcards.dataset}/{wildcards.cls}"
+        "Preparing {wildcards.name}/{wildcards.cls}"
     params:
         image_size=config["prepare"]["image_size"],
         image_level_only=config["data"]["image_level_only"],

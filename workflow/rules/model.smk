@@ -1,16 +1,16 @@
 rule train:
     input:
-        data="data/prepared/{dataset}/{cls}",
-        teacher=f"data/teacher/{ARCH}.pth",
+        data=P["prepared"],
+        teacher=str(pipeline.teacher_path(ARCH)),
     output:
-        model="results/{dataset}/checkpoints/{variant}/seed{seed}/{cls}.pt",
-        log="results/{dataset}/train/{variant}/seed{seed}/{cls}.tsv",
+        model=P["checkpoint"],
+        log=P["train_log"],
     log:
-        "logs/train/{dataset}/{variant}/seed{seed}/{cls}.log",
+        "logs/train/{name}/{variant}/seed{seed}/{cls}.log",
     benchmark:
-        "logs/benchmarks/train/{dataset}/{variant}/seed{seed}/{cls}.tsv"
+        "logs/benchmarks/train/{name}/{variant}/seed{seed}/{cls}.tsv"
     message:
-        "Training {wildcards.variant} on {wildcards.dataset}/{wildcards.cls} (seed {wildcards.seed})"
+        "Training {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"
     params:
         config=train_config,
     threads: 2
@@ -24,18 +24,17 @@ rule train:
 
 rule evaluate:
     input:
-        model="results/{dataset}/checkpoints/{variant}/seed{seed}/{cls}.pt",
-        data="data/prepared/{dataset}/{cls}",
+        model=P["checkpoint"],
+        data=P["prepared"],
     output:
-        **{name.replace(".", "_"): f"results/{{dataset}}/eval/{{variant}}/seed{{seed}}/{{cls}}/{name}"
-           for name in pipeline.EVAL_FILES},
-        figures=directory("results/{dataset}/eval/{variant}/seed{seed}/{cls}/figures"),
+        **{f.replace(".", "_"): f"{P['eval']}/{f}" for f in pipeline.EVAL_FILES},
+        figures=directory(f"{P['eval']}/figures"),
     log:
-        "logs/evaluate/{dataset}/{variant}/seed{seed}/{cls}.log",
+        "logs/evaluate/{name}/{variant}/seed{seed}/{cls}.log",
     benchmark:
-        "logs/benchmarks/evaluate/{dataset}/{variant}/seed{seed}/{cls}.tsv"
+        "logs/benchmarks/evaluate/{name}/{variant}/seed{seed}/{cls}.tsv"
     message:
-        "Evaluating {wildcards.variant} on {wildcards.dataset}/{wildcards.cls} (seed {wildcards.seed})"
+        "Evaluating {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"
     params:
         config=config["evaluate"],
     threads: 2

@@ -15,7 +15,7 @@ def run(params: dict[str, Any], results: Path, tables: Path, figures: Path) -> N
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--results", type=Path, required=True, help="results/<dataset>")
+    parser.add_argument("--results", type=Path, required=True, help="results/<name>")
     parser.add_argument("--tables", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
     args, params = pipeline.parse_script_args(parser, argv)
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
     pipeline.setup_logging(sm.log[0])
-    # results/<dataset>/eval/<variant>/seed<seed>/<class>/metrics.json -> results/<dataset>
-    run(sm.config, Path(sm.input.metrics[0]).parents[4], Path(sm.output.md).parent, Path(sm.output.variants).parent)
+    run(sm.config, Path(pipeline.path("results", name=sm.wildcards.name)), Path(sm.output.md).parent,
+        Path(sm.output.variants).parent)
 elif __name__ == "__main__":
     main()

@@ -1,4 +1,4 @@
-"""Stage `download`: put a dataset in MVTec layout under data/raw/<dataset>.
+"""Stage `download`: put a dataset in MVTec layout under data/raw/<name>.
 
 synthetic: generated offline from scikit-image textures; mvtec/visa: downloaded (resumable,
 checksum-verified) and extracted; folder: the user's MVTec-layout folder copied in, so DVC
@@ -6,6 +6,7 @@ versions exactly what was used.  Called by Snakemake (``script:``) and DVC (comm
 """
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -24,18 +25,29 @@ def run(params: dict[str, Any], out: Path) -> None:
     elif dataset in ("mvtec", "visa"):
         from skrd4ad.data.sources import fetch_dataset
 
-        fetched = fetch_dataset(dataset, out.parent)
-        if fetched.resolve() != out.resolve():
-            raise RuntimeError(f"fetched {dataset} into {fetched}, expected {out}")
+        fetched = fetch_dataset(dataset, out.parent)  # data/raw/<dataset>, shared by every name
+        if fetched.resolve() != out.resolve():  # another name for the same data: hard links, no copy
+            _copy_tree(fetched, out, link=True)
     else:
         from skrd4ad.data.sources import dataset_root
 
-        src = dataset_root(data["folder"], out.parent)
-        tmp = out.with_name(f".{out.name}.copying")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
+        _copy_tree(dataset_root(data["folder"], out.parent), out)
+
+
+def _copy_tree(src: Path, out: Path, link: bool = False) -> None:
+    """Copy (or hard-link) ``src`` to ``out`` through a temporary sibling, replacing ``out``."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:  # another file system
+            shutil.copy2(a, b)
+
+    tmp = out.with_name(f".{out.name}.copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link_or_copy if link else shutil.copy2)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
 
 
 def main(argv: list[str] | None = None) -> None:
