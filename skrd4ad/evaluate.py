@@ -119,6 +119,9 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     manifest = data.test_manifest
     labels = data.test_labels
     defect_types = manifest["defect_type"].astype(str).tolist()
+    log.info("evaluating %s on %s: %d test images (%d anomalous) at %d px, device %s, %d threads", checkpoint,
+             data_dir, len(labels), int(labels.sum()), size, next(model.parameters()).device,
+             torch.get_num_threads())
 
     maps, scores = compute_maps(model, data.test_images, config)
     if not (bool(torch.isfinite(scores).all()) and bool(torch.isfinite(maps).all())):

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import errno
 import logging
+import os
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -164,19 +167,96 @@ def aggregate_outputs(name: str) -> list[str]:
 
 def parse_script_args(parser: argparse.ArgumentParser,
                       argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
-    """Command-line side of a stage script (how DVC calls it): add ``--params``, parse, log to
-    stderr, and return the arguments with the validated params."""
+    """Command-line side of a stage script (how DVC calls it): add ``--params`` and ``--debug``,
+    parse, log to stderr, and return the arguments with the validated params."""
     parser.add_argument("--params", default="params.yaml", help="params file (validated against the schema)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"on an error, log the traceback too (or set {DEBUG_ENV}=1)")
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_logging(debug=args.debug)
     return args, load_params(args.params)
 
 
-def setup_logging(log_file: str | Path | None = None) -> None:
-    """Log INFO lines to ``log_file`` (Snakemake's ``log:``) or stderr (DVC)."""
-    handler: logging.Handler = (logging.FileHandler(log_file, mode="w") if log_file
-                                else logging.StreamHandler(sys.stderr))
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+#: Environment variable that makes stage scripts log the traceback of an error on stderr too.
+DEBUG_ENV = "SKRD4AD_DEBUG"
+#: Parent logger of the stage scripts' own lines (``skrd4ad.stage.<stage>``).
+STAGE_LOGGER = "skrd4ad.stage"
+
+
+def setup_logging(log_file: str | Path | None = None, *, debug: bool = False) -> None:
+    """Log INFO lines to ``log_file`` (Snakemake's ``log:``) or stderr (DVC).
+
+    With a log file, ERROR lines also go to stderr (the console) and the traceback of a failed
+    stage goes into the file (DEBUG of :data:`STAGE_LOGGER`); on stderr alone the traceback is
+    logged only with ``debug`` or ``SKRD4AD_DEBUG=1``.  Python warnings are logged too."""
+    debug = debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers[0].setLevel(logging.ERROR)
+        handlers.insert(0, logging.FileHandler(log_file, mode="w"))
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in handlers:
+        handler.setFormatter(formatter)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(logging.INFO)
+    logging.getLogger(STAGE_LOGGER).setLevel(logging.DEBUG if log_file or debug else logging.INFO)
+    logging.captureWarnings(True)
+
+
+#: Exceptions whose message is written for the user (it names the file or key and the fix):
+#: shown as it is; any other exception is shown with its type name (probably a bug).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, ArithmeticError, EOFError)
+
+
+def format_error(exc: BaseException) -> str:
+    """One line describing ``exc`` for the user (no traceback), shared by the CLI and the stage
+    scripts: its message with line breaks folded into ``; ``, hints for a full disk or memory,
+    and the exception type for unexpected errors."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and str(exc).startswith(
+            ("no space left on device while writing", "disk quota exceeded while writing")):  # io.DiskFullError
+        return f"{exc}: free some disk space (or write the outputs elsewhere) and run again"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"no space left on device{where}: free some disk space (or write the outputs elsewhere) and run again"
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower batch_size (or image_size), or close other programs"
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+        first = str(exc).strip().split(". ")[0]
+        return f"{first}: lower batch_size, use amp bf16, or free the GPU"
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"KeyError: missing key {exc.args[0]!r}"
+    else:
+        text = str(exc).strip() or type(exc).__name__
+        if not isinstance(exc, USER_ERRORS):
+            text = f"{type(exc).__name__}: {text}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "invalid params:\n  a: ...\n  b: ..."
+        lines = [f"{lines[0]} {lines[1]}", *lines[2:]]
+    return "; ".join(lines)
+
+
+def run_script(stage: str, body: Callable[[], object], log_file: str | Path | None = None) -> None:
+    """Run a stage script's ``body`` the same way under both engines.
+
+    Logging goes to ``log_file`` (Snakemake's ``log:``) or stderr (DVC), see :func:`setup_logging`.
+    On success the last line is ``<stage> done in <time>``; on an error the traceback is logged at
+    DEBUG (into the log file; on stderr only with ``--debug`` / ``SKRD4AD_DEBUG=1``), then the one
+    line ``ERROR skrd4ad.stage.<stage>: <message>`` (also on the console), and the process exits
+    with status 1 (130 when interrupted).  Usage errors keep argparse's exit status 2."""
+    setup_logging(log_file)
+    log = logging.getLogger(f"{STAGE_LOGGER}.{stage}")
+    t0 = time.perf_counter()
+    try:
+        body()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:
+        log.debug("traceback of the error below:", exc_info=True)
+        log.error("%s", format_error(exc))
+        raise SystemExit(1) from None
+    log.info("%s done in %.1f s", stage, time.perf_counter() - t0)

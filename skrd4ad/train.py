@@ -3,6 +3,10 @@
 On CPU the same seed gives bitwise the same weights, also across a kill and resume: the
 resume state holds the student, optimiser and both RNG states, and is written atomically every
 ``checkpoint_every`` epochs.  The reported model is the last epoch's (no model selection).
+
+A resume state that cannot be read (empty, truncated, corrupt) is set aside as
+``<name>.corrupt`` with a warning, and training starts again from epoch 0.  Progress: a tqdm bar
+on a terminal, otherwise one INFO line per epoch (loss, seconds per epoch, ETA).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ import csv
 import io
 import logging
 import math
+import os
+import pickle
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,12 +106,29 @@ def default_state_path(model_path: Path) -> Path:
     return model_path.parent / "resume" / f"{model_path.stem}.state.pt"
 
 
-def _epoch_iterator(start: int, total: int, show: bool) -> Iterator[int]:
-    if show:
-        yield from tqdm(range(start, total), initial=start, total=total, desc="train", unit="epoch",
-                        dynamic_ncols=True)
-    else:
-        yield from range(start, total)
+#: What reading a damaged file raises: torch.load (EOFError on an empty file, RuntimeError
+#: "PytorchStreamReader failed ..." on a truncated one, UnpicklingError/KeyError on other bytes)
+#: and the state's contents (missing keys, wrong shapes or types).
+_DAMAGED_FILE_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, IndexError, ValueError,
+                        TypeError, AttributeError)
+
+
+def _short(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, shortened (torch's messages run to paragraphs)."""
+    text = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].strip() or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing key {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``12s``."""
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def train_step(model: ReverseDistillation, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
@@ -152,34 +174,55 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
                 "image_size": image_size}
 
     device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights)
-    # a random teacher cannot be rebuilt from a name: its (unfolded) weights go into the checkpoint
-    teacher_state = model.teacher.state_dict() if config.teacher_weights is None else None  # folding replaces
-    # the modules but leaves these tensors as they are
-    fold_batchnorm(model.teacher)  # frozen and always in eval mode: ~1.5x faster steps on CPU
-    model = model.to(device)
-    if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas)
-    scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
-    gen = torch.Generator().manual_seed(config.seed)
+
+    def fresh() -> tuple[ReverseDistillation, dict[str, torch.Tensor] | None, torch.optim.Optimizer,
+                         torch.amp.GradScaler, torch.Generator]:
+        """Model, random-teacher weights, optimiser, scaler and shuffle generator at epoch 0 (seeded)."""
+        torch.manual_seed(config.seed)
+        model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights)
+        # a random teacher cannot be rebuilt from a name: its (unfolded) weights go into the checkpoint
+        teacher_state = model.teacher.state_dict() if config.teacher_weights is None else None  # folding
+        # replaces the modules but leaves these tensors as they are
+        fold_batchnorm(model.teacher)  # frozen and always in eval mode: ~1.5x faster steps on CPU
+        model = model.to(device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas)
+        scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
+        return model, teacher_state, optimizer, scaler, torch.Generator().manual_seed(config.seed)
+
+    model, teacher_state, optimizer, scaler, gen = fresh()
     history: list[dict[str, float]] = []
     start = 0
 
     if state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        if state.get("format") != STATE_FORMAT or state.get("identity") != identity:
-            log.warning("ignoring resume state %s: it was made by a different configuration or "
-                        "dataset; starting from epoch 0", state_path)
-        else:
-            model.load_student_state_dict(state["student"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            _set_rng_state(state["rng"], gen, device)
-            history = list(state["history"])
-            start = int(state["epoch"])
-            log.info("resuming %s from epoch %d/%d", model_path, start, config.epochs)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+                raise ValueError(f"not a skrd4ad resume state (format {STATE_FORMAT})")
+            if state.get("identity") != identity:
+                log.warning("ignoring resume state %s: it was made by a different configuration or "
+                            "dataset; starting from epoch 0", state_path)
+            else:
+                history = [dict(row) for row in state["history"]]
+                start = int(state["epoch"])
+                if not 0 < start <= config.epochs or len(history) != start:
+                    raise ValueError(f"epoch {start} with {len(history)} logged epochs")
+                model.load_student_state_dict(state["student"])
+                optimizer.load_state_dict(state["optimizer"])
+                scaler.load_state_dict(state["scaler"])
+                _set_rng_state(state["rng"], gen, device)
+                log.info("resuming %s from epoch %d/%d", model_path, start, config.epochs)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except _DAMAGED_FILE_ERRORS as exc:  # set aside, start again: the state only saves time
+            corrupt = state_path.with_name(state_path.name + ".corrupt")
+            os.replace(state_path, corrupt)
+            log.warning("resume state %s is damaged (%s): moved it to %s and training %s from epoch 0 "
+                        "(delete the .corrupt file when done looking at it)", state_path, _short(exc), corrupt,
+                        model_path)
+            model, teacher_state, optimizer, scaler, gen = fresh()  # nothing half-loaded
+            history, start = [], 0
 
     def save_state(epoch: int) -> None:
         save_torch_atomic({"format": STATE_FORMAT, "identity": identity, "epoch": epoch,
@@ -190,7 +233,13 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
     model.train()
     stop = config.epochs if max_epochs_this_run is None else min(config.epochs, start + max_epochs_this_run)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    for epoch in _epoch_iterator(start, stop, show):
+    log.info("training %s (%s, %s teacher) on %s: %d train images at %d px, epochs %d-%d of %d, batch %d, "
+             "device %s, %d threads", model_path, config.variant, config.arch, data_dir, n, image_size,
+             start + 1, stop, config.epochs, config.batch_size, device, torch.get_num_threads())
+    run_t0 = time.perf_counter()
+    epochs = tqdm(range(start, stop), initial=start, total=stop, desc="train", unit="epoch", dynamic_ncols=True,
+                  disable=not show)
+    for epoch in epochs:
         t0 = time.perf_counter()
         sums = torch.zeros(5, device=device)  # total, 3 layers, consistency (weighted by batch size)
         for idx in iterate_batches(n, config.batch_size, shuffle=True, generator=gen):
@@ -198,13 +247,17 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
             sums += train_step(model, optimizer, scaler, batch, config, memory_format) * len(idx)
         means = (sums / n).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
-            raise FloatingPointError(f"training diverged at epoch {epoch + 1}: loss {means[0]}; "
-                                     "lower train.lr or disable amp")
+            raise FloatingPointError(f"training diverged at epoch {epoch + 1} of {model_path}: loss "
+                                     f"{means[0]}; lower the learning rate (train.lr, --lr) or set amp to none")
         history.append({"epoch": epoch + 1, "loss": means[0], "loss_layer1": means[1],
                         "loss_layer2": means[2], "loss_layer3": means[3], "consistency": means[4],
                         "seconds": time.perf_counter() - t0})
-        if not show:
-            log.info("epoch %d/%d loss %.5f", epoch + 1, config.epochs, means[0])
+        per_epoch = (time.perf_counter() - run_t0) / (epoch + 1 - start)
+        if show:
+            epochs.set_postfix(loss=f"{means[0]:.5f}", refresh=False)
+        else:
+            log.info("epoch %d/%d loss %.5f (%.1f s/epoch, ETA %s)", epoch + 1, config.epochs, means[0], per_epoch,
+                     _duration(per_epoch * (stop - epoch - 1)))
         _write_log(log_path, history)
         done = epoch + 1
         if done % config.checkpoint_every == 0 or done == stop:
@@ -216,6 +269,11 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
         state_path.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             state_path.parent.rmdir()
+        log.info("wrote %s: %d epochs, final loss %.5f (this run: %d epochs in %s)", model_path, len(history),
+                 history[-1]["loss"], len(history) - start, _duration(time.perf_counter() - run_t0))
+    else:
+        log.info("stopped after epoch %d of %d; run again to resume from %s", len(history), config.epochs,
+                 state_path)
     return TrainResult(model_path=model_path, log_path=log_path, epochs_run=len(history) - start,
                        resumed_from=start, final_loss=history[-1]["loss"] if history else float("nan"))
 
@@ -258,9 +316,22 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist; train the model first")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    retrain = "delete it and train again (or pass the checkpoint written by skrd4ad train)"
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes: an interrupted write or a full disk); {retrain}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except _DAMAGED_FILE_ERRORS as exc:
+        raise ValueError(f"checkpoint {path} cannot be read, it is truncated, corrupt or not a checkpoint "
+                         f"({_short(exc, 100)}); {retrain}") from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a skrd4ad checkpoint (format {CHECKPOINT_FORMAT})")
+        raise ValueError(f"{path} is not a skrd4ad checkpoint (format {CHECKPOINT_FORMAT}); pass a checkpoint "
+                         "written by skrd4ad train")
+    missing = [k for k in ("teacher", "variant", "student", "image_size", "config") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged; {retrain}")
     rec = ckpt["teacher"]
     weights = rec["weights"] if teacher_weights is False else teacher_weights
     if weights is None and ckpt.get("teacher_state") is not None:

@@ -150,8 +150,8 @@ def test_cli_help_evaluate_and_errors(trained: dict[str, Path], tmp_path: Path, 
                      "--out", str(tmp_path / "e"), "--num-figures", "0", "--batch-size", "4"]) == 0
     assert "pixel_auroc" in capsys.readouterr().out
     assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(trained["prepared"]),
-                     "--out", str(tmp_path / "e2")]) == 2
+                     "--out", str(tmp_path / "e2")]) == 1
     assert "nope.pt does not exist" in capsys.readouterr().err
     assert cli_main(["train", "--data", str(trained["prepared"]), "--out", str(tmp_path / "m.pt"),
-                     "--variant", "res3"]) == 2
+                     "--variant", "res3"]) == 1
     assert "train.variant" in capsys.readouterr().err

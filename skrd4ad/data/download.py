@@ -3,17 +3,18 @@
 :func:`download` streams to ``<dest>.part``, resumes it with an HTTP ``Range`` request, and
 renames it onto ``dest`` only after its sha256 matched. :func:`safe_extract` checks every member
 of a tar/zip archive before writing anything and extracts into a temporary sibling that is
-renamed into place when complete, so an interrupted extraction never looks complete.
+renamed into place when complete, so an interrupted extraction never looks complete; the
+temporary folders of killed extractions are removed by the next one (:class:`skrd4ad.io.StagingDir`).
+Both check the free space first where the size is known; a full disk raises
+:class:`skrd4ad.io.DiskFullError`.
 """
 
 from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -23,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from skrd4ad import __version__
-from skrd4ad.io import sha256_file
+from skrd4ad.io import STAGING_LOCK, DiskFullError, StagingDir, check_free_space, disk_full_as_error, sha256_file
 
 
 class DownloadError(RuntimeError):
@@ -93,8 +94,12 @@ def _fetch_once(url: str, part: Path, *, progress: bool, chunk_size: int, timeou
         else:
             offset, mode = 0, "wb"  # fresh download, or a server that ignored Range: restart
         total = _expected_total(resp, offset)
+        on_disk = part.stat().st_size if part.exists() else 0  # kept when appending, freed when rewriting
+        remaining = None if total is None else max(total - on_disk, 0)
+        if remaining:
+            check_free_space(part.parent, remaining, part)
         received = offset
-        with open(part, mode) as fh, tqdm(
+        with disk_full_as_error(part, remaining), open(part, mode) as fh, tqdm(
             total=total,
             initial=offset,
             unit="B",
@@ -103,16 +108,16 @@ def _fetch_once(url: str, part: Path, *, progress: bool, chunk_size: int, timeou
             desc=part.name.removesuffix(".part"),
             disable=not _show_progress(progress),
         ) as bar:
-            try:
-                while True:
+            while True:
+                try:
                     chunk = resp.read(chunk_size)
-                    if not chunk:
-                        break
-                    fh.write(chunk)
-                    received += len(chunk)
-                    bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as err:
-                raise DownloadError(f"GET {url}: connection lost after {received} bytes ({err})") from err
+                except (OSError, http.client.HTTPException) as err:
+                    raise DownloadError(f"GET {url}: connection lost after {received} bytes ({err})") from err
+                if not chunk:
+                    break
+                fh.write(chunk)  # a full disk: DiskFullError (not retried; the .part is kept)
+                received += len(chunk)
+                bar.update(len(chunk))
         if total is not None and received < total:
             raise DownloadError(f"GET {url}: connection closed after {received} of {total} bytes")
 
@@ -134,7 +139,9 @@ def download(
     ignores Range answers 200 and the file is restarted). An interrupted transfer is resumed up to
     ``retries`` more times. On a hash mismatch the data is moved to ``<dest>.corrupt`` (kept for
     inspection) and :class:`ChecksumError` names both hashes. A progress bar is shown on a TTY
-    when ``progress`` is true.
+    when ``progress`` is true. When the server announces the size, the free space is checked
+    before writing; too little, or a disk that fills up, raises :class:`skrd4ad.io.DiskFullError`
+    naming ``<dest>.part`` (kept: the next call resumes it once there is space).
     """
     dest = Path(dest)
     expected = sha256.lower()
@@ -155,6 +162,8 @@ def download(
         except DownloadError as err:
             if attempt == retries or isinstance(err, _PermanentError):
                 raise
+        except DiskFullError:
+            raise  # retrying cannot help
         except (OSError, http.client.HTTPException) as err:  # refused, reset, DNS, timeout
             if attempt == retries:
                 raise DownloadError(f"GET {url} failed: {err}; re-run to resume from {part}") from err
@@ -230,24 +239,34 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
 
     Every member is checked first: absolute paths, ``..`` escaping ``dest``, links pointing outside
     it, members written through a link, and device/FIFO files raise :class:`UnsafeArchiveError`
-    and nothing is written. Extraction happens in a temporary sibling renamed onto ``dest`` when
-    complete. ``dest`` must not exist (raises ``FileExistsError``).
+    and nothing is written. Then the free space is checked against the members' total size
+    (:class:`skrd4ad.io.DiskFullError` names ``dest`` and the size, also when the disk fills up
+    while extracting). Extraction happens in a temporary sibling
+    (``.<dest name>.<host>-p<pid>.<random>.extract``, a :class:`skrd4ad.io.StagingDir`) renamed onto
+    ``dest`` when complete; such folders left by killed extractions into ``dest`` are removed
+    first. ``dest`` must not exist (raises ``FileExistsError``).
     """
     archive, dest = Path(archive), Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; remove it to extract {archive} again")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".extract", dir=dest.parent)).resolve()
-    try:
+    with StagingDir(dest.parent, dest.name, "extract") as stage:
+        tmp = stage.path.resolve()
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as zf:
                 _check_zip(zf, tmp, archive)
-                zf.extractall(tmp)
+                _check_reserved([info.filename for info in zf.infolist()], archive)
+                needed = sum(info.file_size for info in zf.infolist() if not info.is_dir())
+                check_free_space(tmp, needed, dest)
+                with disk_full_as_error(dest, needed):
+                    zf.extractall(tmp)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive, mode="r:*") as tar:
                 members = _check_tar(tar, tmp, archive)
+                _check_reserved([m.name for m in members], archive)
+                needed = sum(m.size for m in members if m.isfile())
+                check_free_space(tmp, needed, dest)
                 data_filter = getattr(tarfile, "data_filter", None)
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), disk_full_as_error(dest, needed):
                     warnings.simplefilter("ignore", DeprecationWarning)
                     if data_filter is not None:
                         tar.extractall(tmp, members=members, filter=data_filter)
@@ -255,8 +274,13 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
                         tar.extractall(tmp, members=members)
         else:
             raise UnsafeArchiveError(f"{archive} is neither a tar nor a zip archive; check the download")
+        stage.seal()
         os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
+
+
+def _check_reserved(names: list[str], archive: Path) -> None:
+    """Refuse a top-level member named like the staging lock file (extraction would overwrite it)."""
+    for name in names:
+        if os.path.normpath(name).startswith(STAGING_LOCK):
+            raise UnsafeArchiveError(f"{archive}: member {name!r} uses the reserved name {STAGING_LOCK}; refusing")

@@ -1,6 +1,7 @@
 """Decode every image of a class once into a prepared cache of fixed-size uint8 arrays.
 
-Output folder (written to a temporary sibling, then renamed: it appears complete or not at all)::
+Output folder (written to a temporary sibling, then renamed: it appears complete or not at all;
+the free space it needs is checked first, a full disk raises :class:`skrd4ad.io.DiskFullError`)::
 
     train.npy        uint8 (N, S, S, 3)   normal training images, RGB
     test.npy         uint8 (M, S, S, 3)   test images, RGB
@@ -18,17 +19,17 @@ binarised at half their maximum value. An all-zero mask of an anomalous test ima
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
-import shutil
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,17 @@ from tqdm import tqdm
 
 from skrd4ad import __version__
 from skrd4ad.data.layout import DatasetError, Sample, is_image_level_only, scan_class
-from skrd4ad.io import replace_dir, write_json_atomic, write_text_atomic
+from skrd4ad.io import (
+    DISK_FULL_ERRNOS,
+    DiskFullError,
+    StagingDir,
+    check_free_space,
+    disk_full_as_error,
+    disk_full_error,
+    replace_dir,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["file", "split", "index", "label", "defect_type", "has_mask", "status", "reason"]
@@ -144,23 +155,90 @@ def _relative(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
-def _shrink(path: Path, array: np.memmap, n: int) -> None:
-    """Rewrite the .npy at ``path`` keeping its first ``n`` rows (after skipped files)."""
-    tmp = path.with_name(path.name + ".shrink")
-    small = np.lib.format.open_memmap(tmp, mode="w+", dtype=array.dtype, shape=(n, *array.shape[1:]))
-    if n:
-        small[:] = array[:n]
-    small.flush()
-    del small
-    os.replace(tmp, path)
+_NPY_HEADER_MAX = 256  # bytes counted for each .npy header in the space estimate (real ones: 128)
+_ROW_BYTES_CSV = 256  # bytes counted per manifest row, plus 64 KiB for manifest + meta.json
 
 
-def _new_array(path: Path, shape: tuple[int, ...]) -> np.ndarray:
-    """A zero-filled uint8 .npy at ``path``, memory-mapped for writing (an in-memory array if empty)."""
-    if 0 in shape:
-        np.save(path, np.zeros(shape, dtype=np.uint8))
-        return np.zeros(shape, dtype=np.uint8)
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+def _npy_header(shape: tuple[int, ...]) -> bytes:
+    """The .npy (format 1.0) header numpy writes for a C-order uint8 array of ``shape``; its length
+    does not depend on the first axis (numpy pads it so the array can grow in place)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+class _NpyWriter:
+    """A uint8 .npy written row by row with ordinary positional writes, space preallocated.
+
+    No memory map: on a full disk a write (or the preallocation up front) raises ``ENOSPC``,
+    where a mapped page would kill the process with SIGBUS. The bytes equal ``np.save`` of the
+    same array. :meth:`close` keeps the first ``n`` rows (after skipped files).
+    """
+
+    def __init__(self, path: Path, shape: tuple[int, ...]) -> None:
+        self.path, self.shape = path, shape
+        header = _npy_header(shape)
+        self.offset = len(header)
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64))
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        try:
+            self._write_at(header, 0)
+            size = self.offset + shape[0] * self.row_bytes
+            if shape[0] and hasattr(os, "posix_fallocate"):
+                try:
+                    os.posix_fallocate(self.fd, 0, size)
+                except OSError as err:
+                    if err.errno in DISK_FULL_ERRNOS:
+                        raise
+                    # EOPNOTSUPP, EINVAL...: no preallocation here; the writes still report ENOSPC
+            os.ftruncate(self.fd, size)  # rows never written (skipped) read as zeros until close
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def _write_at(self, data: bytes | memoryview, position: int) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.pwrite(self.fd, view, position)
+            view, position = view[written:], position + written
+
+    def __setitem__(self, k: int, row: np.ndarray) -> None:
+        row = np.ascontiguousarray(row, dtype=np.uint8)
+        if row.shape != self.shape[1:]:
+            raise ValueError(f"row of shape {row.shape} written to {self.path} of shape {self.shape}")
+        self._write_at(memoryview(row).cast("B"), self.offset + k * self.row_bytes)
+
+    def abort(self) -> None:
+        """Close the file without finishing it (the staging folder is deleted anyway)."""
+        os.close(self.fd)
+
+    def close(self, n: int) -> None:
+        """Keep rows ``[0, n)``: rewrite the header in place and truncate; then close the file."""
+        try:
+            if n < self.shape[0]:
+                header = _npy_header((n, *self.shape[1:]))
+                if len(header) != self.offset:  # pragma: no cover - numpy pads the header for this
+                    raise RuntimeError(f"cannot shrink {self.path} in place: header length changed")
+                self._write_at(header, 0)
+                os.ftruncate(self.fd, self.offset + n * self.row_bytes)
+        finally:
+            os.close(self.fd)
+
+
+def _write_small(write: Callable[[Path, Any], None], staging: Path, out_dir: Path, name: str, payload: Any,
+                 needed: int) -> None:
+    """``write(staging / name, payload)``; a full disk names the final file ``out_dir / name``."""
+    try:
+        write(staging / name, payload)
+    except DiskFullError as err:
+        raise disk_full_error(out_dir / name, needed, err_no=err.errno or errno.ENOSPC) from err
+
+
+def _needed_bytes(n_train: int, n_test: int, size: int, with_masks: bool) -> int:
+    """Bytes the prepared folder takes at most: arrays with headers, manifest and meta."""
+    arrays = (n_train + n_test) * size * size * 3 + (n_test * size * size if with_masks else 0)
+    n_files = 3 if with_masks else 2
+    return arrays + n_files * _NPY_HEADER_MAX + (n_train + n_test) * _ROW_BYTES_CSV + (64 << 10)
 
 
 def prepare_class(
@@ -186,7 +264,12 @@ def prepare_class(
     count). ``image_size`` is not checked against the model here (tiny caches serve the data
     tests); the CLI and the model require a multiple of 32, see
     :func:`skrd4ad.models.rd4ad.check_image_size`. An existing ``out_dir`` is replaced only when
-    the new cache is complete; on any error nothing is left behind.
+    the new cache is complete; on any error nothing is left behind. The cache is built in a
+    :class:`~skrd4ad.io.StagingDir` (``.<out_dir name>.<host>-p<pid>.<random>.prepare``): those left
+    by killed runs of the same ``out_dir`` are removed first. Then the free space is checked
+    against the arrays' known size; too little raises :class:`~skrd4ad.io.DiskFullError`
+    (``no space left on device while writing <out_dir>; <N> MB needed, <M> MB free``), as does a
+    disk that fills up while writing (then naming the file).
     """
     root, out_dir = Path(root), Path(out_dir)
     if image_size < 1:
@@ -195,73 +278,92 @@ def prepare_class(
         image_level_only = is_image_level_only(root, class_name)
     samples = scan_class(root, class_name, image_level_only=image_level_only)
     groups = {split: [s for s in samples if s.split == split] for split in ("train", "test")}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".prepare", dir=out_dir.parent))
     rows: list[dict[str, object]] = []
     hashes: list[tuple[str, str]] = []
     counts: dict[str, Counter[str]] = {"train": Counter(), "test": Counter()}
     n_ok = {"train": 0, "test": 0}
     empty_masks: list[str] = []
     s = image_size
-    try:
+    needed = _needed_bytes(len(groups["train"]), len(groups["test"]), s, not image_level_only)
+    # Removes what killed runs of this output left, then checks the space before writing anything.
+    with StagingDir(out_dir.parent, out_dir.name, "prepare") as stage:
+        staging = stage.path
+        check_free_space(out_dir.parent, needed, out_dir)
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, tqdm(
             total=len(samples), desc=f"prepare {class_name}", unit="img",
             disable=not (progress and sys.stderr.isatty()),
         ) as bar:
             for split, group in groups.items():
-                images = _new_array(staging / f"{split}.npy", (len(group), s, s, 3))
-                masks = None
-                if split == "test" and not image_level_only:
-                    masks = _new_array(staging / "test_masks.npy", (len(group), s, s))
+                writers: dict[str, _NpyWriter] = {}
                 k = 0
-                for sample, dec in zip(group, pool.map(lambda x: _decode(x, s, image_level_only), group)):
-                    bar.update(1)
-                    hashes += [(_relative(p, root), sha) for p, sha in dec.hashes]
-                    row = {
-                        "file": _relative(sample.path, root), "split": split, "index": -1, "label": sample.label,
-                        "defect_type": sample.defect_type, "has_mask": dec.mask is not None,
-                        "status": "ok", "reason": "",
-                    }
-                    if dec.error is not None:
-                        if not allow_skip:
-                            raise DatasetError(
-                                f"cannot read {sample.path}: {dec.error}; replace or remove the file, or pass "
-                                "allow_skip=True to skip it (it is then listed in manifest.csv as skipped)"
-                            )
-                        row.update(status="skipped", reason=dec.error, has_mask=False)
-                    else:
-                        assert dec.image is not None
-                        if dec.empty_mask:
-                            if not allow_empty_masks:
+                try:
+                    with disk_full_as_error(out_dir / f"{split}.npy", needed):
+                        images = _NpyWriter(staging / f"{split}.npy", (len(group), s, s, 3))
+                        writers[f"{split}.npy"] = images
+                    masks = None
+                    if split == "test" and not image_level_only:
+                        with disk_full_as_error(out_dir / "test_masks.npy", needed):
+                            masks = _NpyWriter(staging / "test_masks.npy", (len(group), s, s))
+                            writers["test_masks.npy"] = masks
+                    for sample, dec in zip(group, pool.map(lambda x: _decode(x, s, image_level_only), group)):
+                        bar.update(1)
+                        hashes += [(_relative(p, root), sha) for p, sha in dec.hashes]
+                        row = {
+                            "file": _relative(sample.path, root), "split": split, "index": -1, "label": sample.label,
+                            "defect_type": sample.defect_type, "has_mask": dec.mask is not None,
+                            "status": "ok", "reason": "",
+                        }
+                        if dec.error is not None:
+                            if not allow_skip:
                                 raise DatasetError(
-                                    f"mask {sample.mask_path} of anomalous test image {sample.path} is all zero, so "
-                                    "its defect pixels would count as normal; fix the mask, move the image to "
-                                    "test/good if it is normal, or pass allow_empty_masks=True (--allow-empty-masks) "
-                                    "to keep it"
+                                    f"cannot read {sample.path}: {dec.error}; replace or remove the file, or pass "
+                                    "allow_skip=True to skip it (it is then listed in manifest.csv as skipped)"
                                 )
-                            row["reason"] = "empty mask kept (allow_empty_masks)"
-                            empty_masks.append(_relative(sample.mask_path, root))  # type: ignore[arg-type]
-                        images[k] = dec.image
-                        if masks is not None and dec.mask is not None:
-                            masks[k] = dec.mask
-                        row["index"] = k
-                        counts[split][sample.defect_type] += 1
-                        k += 1
-                    rows.append(row)
-                n_ok[split] = k
-                for file_name, arr in ((f"{split}.npy", images), ("test_masks.npy", masks)):
-                    if isinstance(arr, np.memmap):
-                        arr.flush()
-                        if k < len(group):
-                            _shrink(staging / file_name, arr, k)
-                del images, masks, arr  # close the write maps before the folder is renamed
+                            row.update(status="skipped", reason=dec.error, has_mask=False)
+                        else:
+                            assert dec.image is not None
+                            if dec.empty_mask:
+                                if not allow_empty_masks:
+                                    raise DatasetError(
+                                        f"mask {sample.mask_path} of anomalous test image {sample.path} is all zero, "
+                                        "so its defect pixels would count as normal; fix the mask, move the image to "
+                                        "test/good if it is normal, or pass allow_empty_masks=True "
+                                        "(--allow-empty-masks) to keep it"
+                                    )
+                                row["reason"] = "empty mask kept (allow_empty_masks)"
+                                empty_masks.append(_relative(sample.mask_path, root))  # type: ignore[arg-type]
+                            with disk_full_as_error(out_dir / f"{split}.npy", needed):
+                                images[k] = dec.image
+                            if masks is not None and dec.mask is not None:
+                                with disk_full_as_error(out_dir / "test_masks.npy", needed):
+                                    masks[k] = dec.mask
+                            row["index"] = k
+                            counts[split][sample.defect_type] += 1
+                            k += 1
+                        rows.append(row)
+                    n_ok[split] = k
+                except BaseException:
+                    for writer in writers.values():
+                        writer.abort()
+                    raise
+                pending = list(writers.items())
+                while pending:
+                    file_name, writer = pending.pop(0)
+                    try:
+                        with disk_full_as_error(out_dir / file_name, needed):
+                            writer.close(k)  # keeps the first k rows (after skipped files)
+                    except BaseException:
+                        for _, other in pending:
+                            other.abort()
+                        raise
         if n_ok["train"] == 0:
             raise DatasetError(
                 f"empty train set: every training image of {root / class_name} was skipped as unreadable; "
                 "see the reasons above and replace the files"
             )
         manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-        write_text_atomic(staging / "manifest.csv", manifest.to_csv(index=False, lineterminator="\n"))
+        _write_small(write_text_atomic, staging, out_dir, "manifest.csv",
+                     manifest.to_csv(index=False, lineterminator="\n"), needed)
         meta = {
             "format_version": FORMAT_VERSION,
             "class": class_name,
@@ -278,9 +380,8 @@ def prepare_class(
         }
         if allow_empty_masks:  # only then: default caches stay byte-identical to earlier versions
             meta.update(allow_empty_masks=True, empty_masks=sorted(empty_masks))
-        write_json_atomic(staging / "meta.json", meta)
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        _write_small(write_json_atomic, staging, out_dir, "meta.json", meta, needed)
+        stage.seal()
+        with disk_full_as_error(out_dir, needed):
+            replace_dir(staging, out_dir)
     return out_dir

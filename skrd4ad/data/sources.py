@@ -11,9 +11,9 @@ Every source ends in MVTec AD's layout (see :mod:`skrd4ad.data.layout`):
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -24,7 +24,17 @@ from PIL import Image
 from skrd4ad.data.download import download, safe_extract
 from skrd4ad.data.layout import GOOD, DatasetError, find_mask, list_classes, list_images
 from skrd4ad.data.prepare import binarise_mask, mask_values
-from skrd4ad.io import atomic_path, write_json_atomic
+from skrd4ad.io import (
+    StagingDir,
+    atomic_path,
+    clean_stale_staging,
+    disk_full_as_error,
+    format_mb,
+    tree_disk_usage,
+    write_json_atomic,
+)
+
+log = logging.getLogger(__name__)
 
 FETCH_MARKER = ".skrd4ad_fetch.json"
 """Written last into a fetched dataset root; its presence makes :func:`fetch_dataset` a no-op."""
@@ -112,8 +122,9 @@ def convert_visa(src_root: str | Path, dest: str | Path, *, move: bool = False) 
     Reads ``src_root/split_csv/1cls.csv`` (columns object,split,label,image,mask): ``normal`` ->
     ``<object>/<split>/good/<name>``, ``anomaly`` -> ``<object>/test/bad/<name>`` with its mask
     binarised (non-zero -> 255) as ``<object>/ground_truth/bad/<stem>_mask.png``. Images are copied
-    (or moved when ``move``, for a throw-away extraction). Writes into a temporary sibling renamed
-    onto ``dest`` when complete. Raises :class:`DatasetError` naming the csv line on bad rows.
+    (or moved when ``move``, for a throw-away extraction). Writes into a temporary sibling
+    (:class:`~skrd4ad.io.StagingDir`, kind ``convert``) renamed onto ``dest`` when complete.
+    Raises :class:`DatasetError` naming the csv line on bad rows.
     """
     src_root, dest = Path(src_root), Path(dest)
     split_csv = src_root / VISA_SPLIT_CSV
@@ -121,9 +132,8 @@ def convert_visa(src_root: str | Path, dest: str | Path, *, move: bool = False) 
         raise FileExistsError(f"{dest} already exists; remove it to convert {src_root} again")
     if not split_csv.is_file():
         raise DatasetError(f"{split_csv} not found; pass the folder of the extracted VisA archive")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".convert", dir=dest.parent))
-    try:
+    with StagingDir(dest.parent, dest.name, "convert") as stage:
+        tmp = stage.path
         with open(split_csv, newline="", encoding="utf-8") as fh:
             reader = csv.reader(fh)
             header = [h.strip() for h in next(reader, [])]
@@ -155,10 +165,8 @@ def convert_visa(src_root: str | Path, dest: str | Path, *, move: bool = False) 
                         raise DatasetError(f"{where}: anomalous image {image} has no mask path")
                     dst_mask = tmp / obj / "ground_truth" / defect / f"{src_image.stem}_mask.png"
                     _binarise_mask_file(src_root / mask, dst_mask, rule="nonzero")
+        stage.seal()
         os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 
@@ -174,8 +182,12 @@ def fetch_dataset(
 
     Files: the archive in ``<root>/downloads/``, the dataset in ``<root>/<name>/`` with a
     :data:`FETCH_MARKER` written last; when the marker exists nothing is downloaded or written.
-    ``url``/``sha256`` override the registry (mirrors, tests). Temporary folders
-    (``<root>/.<name>.*``) are removed on failure and at the next call.
+    ``url``/``sha256`` override the registry (mirrors, tests). Extraction and conversion happen
+    in a staging folder ``<root>/.<name>.<host>-p<pid>.<random>.fetch`` (a
+    :class:`~skrd4ad.io.StagingDir`), removed on failure; one left by a killed fetch of the same
+    dataset is removed by the next call (never one that a live process still holds), as are the
+    temporary folders of versions before it (``.<name>.staging``, ``.<name>.converted`` and their
+    ``*.extract`` / ``*.convert`` siblings). A full disk raises :class:`~skrd4ad.io.DiskFullError`.
     """
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
@@ -192,26 +204,40 @@ def fetch_dataset(
             f"{out} exists but has no {FETCH_MARKER} (not a completed fetch); remove it and re-run, "
             "or use it directly as a folder dataset"
         )
+    _remove_legacy_staging(root, name)
+    clean_stale_staging(root, name, "fetch")  # before downloading: frees the space they hold
     archive = download(url, root / "downloads" / source.archive_name, sha256, progress=progress)
-    staging = root / f".{name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    safe_extract(archive, staging)
-    try:
+    # Everything temporary (extraction, VisA conversion) lives in one staging folder of this fetch;
+    # those of killed fetches of the same dataset are removed here (the extracted MVTec AD is ~5 GB).
+    with StagingDir(root, name, "fetch") as stage:
+        extracted = safe_extract(archive, stage.path / "extracted")
         if name == "visa":
-            converted = convert_visa(_find_visa_root(staging), root / f".{name}.converted", move=True)
-            layout_root = converted
+            layout_root = convert_visa(_find_visa_root(extracted), stage.path / "converted", move=True)
         else:
-            layout_root = _layout_root(staging)
+            layout_root = _layout_root(extracted)
         classes = list_classes(layout_root)
         write_json_atomic(
             layout_root / FETCH_MARKER,
             {"name": name, "url": url, "sha256": sha256, "archive": str(archive), "classes": classes},
         )
-        os.replace(layout_root, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(root / f".{name}.converted", ignore_errors=True)
+        try:
+            os.replace(layout_root, out)
+        except OSError:
+            if marker.is_file():  # a concurrent fetch finished first: same verified archive
+                return out
+            raise
     return out
+
+
+def _remove_legacy_staging(root: Path, name: str) -> None:
+    """Remove the temporary folders older versions of :func:`fetch_dataset` left when killed."""
+    for fixed in (f".{name}.staging", f".{name}.converted"):
+        folder = root / fixed
+        if folder.is_dir() and not folder.is_symlink():
+            size = tree_disk_usage(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("removed stale staging folder %s (%s MB) left by an interrupted run", folder, format_mb(size))
+        clean_stale_staging(root, fixed, "extract" if fixed.endswith("staging") else "convert")
 
 
 def import_two_folders(
@@ -261,20 +287,18 @@ def import_two_folders(
                     f"and {image.stem}.*); add it or import without mask_dir (image-level only)"
                 )
             masks[image] = found
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{class_name}.", suffix=".import", dir=out_root))
-    try:
+    with StagingDir(out_root, class_name, "import") as stage:
+        tmp = stage.path
         plan = [(p, tmp / ("test" if i in test_ids else "train") / GOOD / p.name) for i, p in enumerate(normals)]
         plan += [(p, tmp / "test" / defect_type / p.name) for p in anomalies]
-        for source_file, target in plan:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source_file, target)
+        with disk_full_as_error(dest, sum(p.stat().st_size for p, _ in plan)):
+            for source_file, target in plan:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source_file, target)
         for image, mask in masks.items():
             _binarise_mask_file(mask, tmp / "ground_truth" / defect_type / f"{image.stem}_mask.png", rule="half_max")
+        stage.seal()
         os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return dest
 
 

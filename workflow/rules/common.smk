@@ -1,12 +1,31 @@
 import os
 import shutil
+import sys
 from pathlib import Path
 
-from skrd4ad import pipeline
+from skrd4ad import engines, pipeline
 
 # Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
 # Defaults from the schema are filled in, exactly as the DVC stage scripts do.
 pipeline.validate_params(config, workflow.source_path("../schemas/params.schema.yaml"))
+
+# One engine at a time on this tree (skrd4ad/engines.py).  Snakemake parses this file before it
+# knows whether it will run jobs (-n, --summary, --report, --lint, --unlock all parse it, and so
+# does every remote job), so parsing takes no lock: a dry run only warns.  A real run takes DVC's
+# lock in `onstart`, which only the main process of a real run calls (not -n, not remote jobs,
+# which get --no-hooks), after the DAG is built and before the first job; it keeps the lock
+# until it exits.  Do not add another `onstart` elsewhere: it would replace this one.
+if workflow.is_main_process and workflow.output_settings.dryrun and (holder := engines.dvc_holder()):
+    print(f"Warning: DVC is running on this tree ({holder}); outputs may change under this dry run",
+          file=sys.stderr)
+
+
+onstart:
+    try:
+        engines.hold_for_snakemake()
+    except engines.EngineBusy as err:
+        sys.exit(str(err))  # the message alone: a traceback would hide it
+
 
 NAME = config["data"]["name"]
 P = pipeline.PATHS
@@ -60,4 +79,9 @@ def eval_gpus(wildcards):
 
 
 def all_outputs():
-    return pipeline.aggregate_outputs(NAME)
+    return [engines.PARAMS_CHECK, *pipeline.aggregate_outputs(NAME)]
+
+
+# DVC's first stage, validate_params, has its Snakemake twin in its own file (Snakemake's lint
+# wants rules and functions apart).
+include: "params.smk"

@@ -8,8 +8,13 @@ from skrd4ad import pipeline
 
 
 def run(params: dict[str, Any], results: Path, tables: Path, figures: Path) -> None:
+    import logging
+
     from skrd4ad.aggregate import aggregate
 
+    logging.getLogger("skrd4ad.stage.aggregate").info(
+        "aggregating %s: %d classes x %d variants x %d seeds into %s and %s", results, len(params["data"]["classes"]),
+        len(params["model"]["variants"]), len(params["train"]["seeds"]), tables, figures)
     aggregate(params, results, tables, figures)
 
 
@@ -24,8 +29,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
-    pipeline.setup_logging(sm.log[0])
-    run(sm.config, Path(pipeline.path("results", name=sm.wildcards.name)), Path(sm.output.md).parent,
-        Path(sm.output.variants).parent)
+    pipeline.run_script("aggregate", lambda: run(sm.config, Path(pipeline.path("results", name=sm.wildcards.name)),
+                                                 Path(sm.output.md).parent, Path(sm.output.variants).parent),
+                        sm.log[0])
 elif __name__ == "__main__":
-    main()
+    pipeline.run_script("aggregate", main)

@@ -6,6 +6,7 @@ versions exactly what was used.  Called by Snakemake (``script:``) and DVC (comm
 """
 
 import argparse
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -13,11 +14,27 @@ from typing import Any
 
 from skrd4ad import pipeline
 
+log = logging.getLogger("skrd4ad.stage.download")
+
 
 def run(params: dict[str, Any], out: Path) -> None:
     data = params["data"]
-    dataset = data["dataset"]
     out = Path(out)
+    source = f" from {data['folder']}" if data["dataset"] == "folder" else ""
+    log.info("fetching dataset %s (%s%s) into %s", data["name"], data["dataset"], source, out)
+    _fetch(data, out)
+    counts = {cls.name: (_n_files(cls / "train"), _n_files(cls / "test"))
+              for cls in sorted(out.iterdir()) if cls.is_dir() and not cls.name.startswith(".")}
+    log.info("%s holds %d classes (train / test files): %s", out, len(counts),
+             ", ".join(f"{c} {a}/{b}" for c, (a, b) in counts.items()) or "none")
+
+
+def _n_files(folder: Path) -> int:
+    return sum(1 for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
+
+def _fetch(data: dict[str, Any], out: Path) -> None:
+    dataset = data["dataset"]
     if dataset == "synthetic":
         from skrd4ad.data.synthetic import generate
 
@@ -58,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if "snakemake" in globals():
-    pipeline.setup_logging(snakemake.log[0])  # noqa: F821
-    run(snakemake.config, Path(snakemake.output[0]))  # noqa: F821
+    sm = snakemake  # noqa: F821
+    pipeline.run_script("download", lambda: run(sm.config, Path(sm.output[0])), sm.log[0])
 elif __name__ == "__main__":
-    main()
+    pipeline.run_script("download", main)

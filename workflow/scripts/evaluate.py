@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
-    pipeline.setup_logging(sm.log[0])
-    run(sm.config, Path(sm.input.model), Path(sm.input.data), Path(sm.output.figures).parent, threads=sm.threads)
+    pipeline.run_script("evaluate", lambda: run(sm.config, Path(sm.input.model), Path(sm.input.data),
+                                                Path(sm.output.figures).parent, threads=sm.threads), sm.log[0])
 elif __name__ == "__main__":
-    main()
+    pipeline.run_script("evaluate", main)

@@ -6,14 +6,23 @@ saved like the others so every later step reads one file (tests only: a random t
 """
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 from skrd4ad import pipeline
 
+log = logging.getLogger("skrd4ad.stage.fetch_teacher")
+
 
 def run(params: dict[str, Any], out: Path) -> None:
     teacher = params["teacher"]
+    log.info("fetching %s teacher weights (source %s) into %s", teacher["arch"], teacher["source"], out)
+    _fetch(teacher, out)
+    log.info("wrote %s (%.1f MB)", out, Path(out).stat().st_size / 1e6)
+
+
+def _fetch(teacher: dict[str, Any], out: Path) -> None:
     if teacher["source"] == "none":
         import torch
 
@@ -36,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if "snakemake" in globals():
-    pipeline.setup_logging(snakemake.log[0])  # noqa: F821
-    run(snakemake.config, Path(snakemake.output[0]))  # noqa: F821
+    sm = snakemake  # noqa: F821
+    pipeline.run_script("fetch_teacher", lambda: run(sm.config, Path(sm.output[0])), sm.log[0])
 elif __name__ == "__main__":
-    main()
+    pipeline.run_script("fetch_teacher", main)

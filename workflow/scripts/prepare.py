@@ -1,17 +1,32 @@
 """Stage `prepare`: one class validated, resized once and cached as uint8 arrays + manifest."""
 
 import argparse
+import json
+import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from skrd4ad import pipeline
 
+log = logging.getLogger("skrd4ad.stage.prepare")
+
+
+def _n_files(folder: Path) -> int:
+    return sum(1 for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
+
 
 def run(params: dict[str, Any], raw: Path, cls: str, out: Path) -> None:
     from skrd4ad.data.prepare import prepare_class
 
-    prepare_class(raw, cls, out, image_size=params["prepare"]["image_size"],
-                  image_level_only=params["data"]["image_level_only"], progress=False)
+    size = params["prepare"]["image_size"]
+    log.info("preparing %s from %s: %d train / %d test files, %d px, %d threads", cls, Path(raw) / cls,
+             _n_files(Path(raw) / cls / "train"), _n_files(Path(raw) / cls / "test"), size, os.cpu_count() or 1)
+    prepare_class(raw, cls, out, image_size=size, image_level_only=params["data"]["image_level_only"],
+                  progress=False)
+    meta = json.loads((Path(out) / "meta.json").read_text())
+    log.info("prepared %s into %s: %d train and %d test images (%d skipped), %s", cls, out, meta["n_train"],
+             meta["n_test"], meta["n_skipped"], "image level only" if meta["image_level_only"] else "with masks")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -24,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if "snakemake" in globals():
-    pipeline.setup_logging(snakemake.log[0])  # noqa: F821
-    run(snakemake.config, Path(snakemake.input.raw), snakemake.wildcards.cls,  # noqa: F821
-        Path(snakemake.output[0]))  # noqa: F821
+    sm = snakemake  # noqa: F821
+    pipeline.run_script("prepare", lambda: run(sm.config, Path(sm.input.raw), sm.wildcards.cls, Path(sm.output[0])),
+                        sm.log[0])
 elif __name__ == "__main__":
-    main()
+    pipeline.run_script("prepare", main)

@@ -1,4 +1,7 @@
-"""Stage `train`: one (class, variant, seed) model; resumes after an interruption."""
+"""Stage `train`: one (class, variant, seed) model; resumes after an interruption.
+
+Logs its start line (images, epochs, device, threads), one line per epoch (loss, ETA) and any
+error as one ``ERROR`` line: into Snakemake's log file, or on stderr under DVC."""
 
 import argparse
 import contextlib
@@ -38,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
 
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
-    pipeline.setup_logging(sm.log[0])
-    run(sm.config, Path(sm.input.data), sm.wildcards.cls, sm.wildcards.variant, int(sm.wildcards.seed),
-        Path(sm.output.model), Path(sm.output.log), threads=sm.threads)
+    pipeline.run_script("train", lambda: run(
+        sm.config, Path(sm.input.data), sm.wildcards.cls, sm.wildcards.variant, int(sm.wildcards.seed),
+        Path(sm.output.model), Path(sm.output.log), threads=sm.threads), sm.log[0])
 elif __name__ == "__main__":
-    main()
+    pipeline.run_script("train", main)
