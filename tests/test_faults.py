@@ -68,6 +68,27 @@ def test_empty_mask_of_anomalous_image_is_an_error_unless_allowed(tmp_path: Path
     assert "allow_empty_masks" not in default.meta  # default caches keep their former meta.json
 
 
+def test_pipeline_param_allow_empty_masks_reaches_prepare(tmp_path: Path) -> None:
+    """prepare.allow_empty_masks in params.yaml is what the prepare stage (both engines) passes on."""
+    import importlib.util
+
+    from skrd4ad import pipeline
+
+    make_mvtec_class(tmp_path, size=(20, 24))
+    save_png(tmp_path / "widget/ground_truth/crack/001_mask.png", np.zeros((20, 24), np.uint8))
+    spec = importlib.util.spec_from_file_location(
+        "prepare_stage", Path(__file__).resolve().parents[1] / "workflow/scripts/prepare.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    params = pipeline.validate_params({"data": {"classes": ["widget"]}, "prepare": {"image_size": 32}})
+    assert params["prepare"]["allow_empty_masks"] is False
+    with pytest.raises(DatasetError, match="is all zero"):
+        stage.run(params, tmp_path, "widget", tmp_path / "out")
+    params["prepare"]["allow_empty_masks"] = True
+    stage.run(params, tmp_path, "widget", tmp_path / "out")
+    assert json.loads((tmp_path / "out/meta.json").read_text())["allow_empty_masks"] is True
+
+
 # 2 ------------------------------------------------------------------------ NaN checkpoint
 
 

@@ -46,6 +46,7 @@ rule prepare:
     params:
         image_size=config["prepare"]["image_size"],
         image_level_only=config["data"]["image_level_only"],
+        allow_empty_masks=config["prepare"]["allow_empty_masks"],
     conda:
         "../envs/skrd4ad.yaml"
     script:

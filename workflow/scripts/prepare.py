@@ -23,7 +23,7 @@ def run(params: dict[str, Any], raw: Path, cls: str, out: Path) -> None:
     log.info("preparing %s from %s: %d train / %d test files, %d px, %d threads", cls, Path(raw) / cls,
              _n_files(Path(raw) / cls / "train"), _n_files(Path(raw) / cls / "test"), size, os.cpu_count() or 1)
     prepare_class(raw, cls, out, image_size=size, image_level_only=params["data"]["image_level_only"],
-                  progress=False)
+                  allow_empty_masks=params["prepare"]["allow_empty_masks"], progress=False)
     meta = json.loads((Path(out) / "meta.json").read_text())
     log.info("prepared %s into %s: %d train and %d test images (%d skipped), %s", cls, out, meta["n_train"],
              meta["n_test"], meta["n_skipped"], "image level only" if meta["image_level_only"] else "with masks")
