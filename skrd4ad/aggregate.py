@@ -314,7 +314,7 @@ def plot_gallery(results: Path, classes: list[str], variants: list[str], seed: i
 
 
 def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, figures: str | Path) -> pd.DataFrame:
-    """Build every table and figure for ``params``' dataset from ``results`` (``results/<dataset>``).
+    """Build every table and figure for ``params``' dataset from ``results`` (``results/<name>``).
     Returns the summary (class, variant, metric, mean, std, n)."""
     results, tables, figures = Path(results), Path(tables), Path(figures)
     dataset = params["data"]["name"]
