@@ -332,9 +332,12 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     plots = results / "plots"
     plots_tmp = plots.with_name(f".{plots.name}.tmp")
     shutil.rmtree(plots_tmp, ignore_errors=True)
-    write_plot_data(results, classes, variants, seeds, plots_tmp)
-    plots_tmp.mkdir(parents=True, exist_ok=True)
-    replace_dir(plots_tmp, plots)
+    try:
+        write_plot_data(results, classes, variants, seeds, plots_tmp)
+        plots_tmp.mkdir(parents=True, exist_ok=True)
+        replace_dir(plots_tmp, plots)
+    finally:
+        shutil.rmtree(plots_tmp, ignore_errors=True)
     plot_variants(summary, classes, variants, figures / f"{dataset}_variants.png")
     plot_losses(results, classes, variants, seeds, figures / f"{dataset}_loss.png")
     plot_gallery(results, classes, variants, seeds[0], figures / f"{dataset}_gallery.png")

@@ -64,12 +64,11 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
         raise ParamsError("invalid params:\n" + "\n".join(lines))
     data, train = params["data"], params["train"]
     kind = data["dataset"]
-    if data["name"] is None:
-        data["name"] = kind
-    if data["folder"] is None:
-        data["folder"] = PACKAGE_DATA_SOURCE if kind != "folder" else None
+    data.setdefault("name", kind)
+    if data["folder"].startswith("~"):
+        raise ParamsError(f"data.folder: {data['folder']!r}: DVC does not expand '~'; write the full path")
     if kind == "folder":
-        if not data["folder"] or data["folder"] == PACKAGE_DATA_SOURCE:
+        if data["folder"] == PACKAGE_DATA_SOURCE:
             raise ParamsError("data.folder: dataset 'folder' needs data.folder set to an MVTec-layout directory")
         if data["name"] in DATASET_KINDS:
             raise ParamsError(f"data.name: give your folder dataset a name of its own (e.g. "

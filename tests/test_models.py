@@ -277,3 +277,21 @@ def test_load_bare_reference_decoder_and_shape_errors() -> None:
     wrong_arch = build_model("resnet34", "rd4ad", teacher_weights=None)
     with pytest.raises(KeyError, match="missing keys"):
         load_reference_state_dict(wrong_arch, {"decoder": dict(model.decoder.state_dict())})
+
+
+def test_dynamic_size_export_keeps_the_size_check_out_of_the_graph() -> None:
+    """torch.export with symbolic height and width (multiples of 32) works, and eager calls still
+    refuse a size the network cannot take, naming it."""
+    from torch.export import Dim, export
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", "rd4ad", teacher_weights=None).eval()
+    h, w = Dim("h", min=2, max=8), Dim("w", min=2, max=8)
+    program = export(model, (torch.randn(1, 3, 64, 64),), dynamic_shapes={"x": {2: 32 * h, 3: 32 * w}})
+    x = torch.randn(1, 3, 96, 128)
+    exported, eager = program.module()(x), model(x)
+    for a, b in zip(exported[1], eager[1]):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="side=65 must be a positive multiple of 32"):
+        model(torch.randn(1, 3, 65, 64))
+

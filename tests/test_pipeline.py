@@ -36,6 +36,9 @@ def test_default_params_are_valid_and_complete() -> None:
     (lambda p: p["data"].update(dataset="mvtec"), "data.name: 'synthetic' names the synthetic dataset"),
     (lambda p: p["data"].update(folder="/my/images"), "data.folder is only read for dataset 'folder'"),
     (lambda p: p["data"].update(name="my data"), "data.name"),
+    (lambda p: p["data"].update(name=None), "data.name: None is not of type 'string'"),  # DVC needs the value
+    (lambda p: p["data"].update(folder=None), "data.folder: None is not of type 'string'"),
+    (lambda p: p["data"].update(dataset="folder", folder="~/parts", name="parts"), "DVC does not expand '~'"),
     (lambda p: p.update(extra=1), "(top level): Additional properties"),
 ])
 def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
@@ -233,3 +236,25 @@ def test_folder_datasets_side_by_side_and_dvc_adopts_snakemake_outputs(tmp_path:
     assert "download" in status, status
     plan = run([snakemake, "-n", "--quiet", "rules"], repo).stdout
     assert "download" in plan and "train" in plan, plan
+
+
+def test_folder_dataset_named_like_a_benchmark_is_copied_not_downloaded(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local folder called `visa` is a folder: the download stage copies it, never fetches VisA."""
+    import importlib.util
+
+    from skrd4ad.data import sources
+    from skrd4ad.data.synthetic import generate
+
+    generate(tmp_path / "visa", ["brick"], image_size=32, n_train=2, n_test_good=1, n_test_bad=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sources, "fetch_dataset", lambda *a, **k: pytest.fail("fetched a benchmark"))
+    spec = importlib.util.spec_from_file_location("download_stage", REPO / "workflow/scripts/download.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    params = pipeline.validate_params({"data": {"dataset": "folder", "folder": "visa", "name": "visa_local",
+                                                "classes": ["brick"]}})
+    stage.run(params, tmp_path / "data/raw/visa_local")
+    assert (tmp_path / "data/raw/visa_local/brick/train/good").is_dir()
+    assert not [p for p in (tmp_path / "data/raw").iterdir() if p.name.startswith(".")]  # no temporary left
+

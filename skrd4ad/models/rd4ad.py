@@ -107,10 +107,11 @@ class ReverseDistillation(nn.Module):
         self.decoder.load_state_dict(de)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        h, w = (int(v) for v in x.shape[-2:])
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < SIZE_MULTIPLE:
-            bad = w if h % SIZE_MULTIPLE == 0 and h >= SIZE_MULTIPLE else h
-            check_image_size(bad, f"input of {h}x{w} px: side")
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # export keeps sizes symbolic
+            h, w = (int(v) for v in x.shape[-2:])
+            if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < SIZE_MULTIPLE:
+                bad = w if h % SIZE_MULTIPLE == 0 and h >= SIZE_MULTIPLE else h
+                check_image_size(bad, f"input of {h}x{w} px: side")
         with torch.no_grad():
             t = self.teacher(x)
         s = self.decoder(self.bottleneck(t), (t[1], t[2]) if self.skip else None)

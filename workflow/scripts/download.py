@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from skrd4ad import pipeline
+from skrd4ad.io import replace_dir
 
 log = logging.getLogger("skrd4ad.stage.download")
 
@@ -48,7 +49,8 @@ def _fetch(data: dict[str, Any], out: Path) -> None:
     else:
         from skrd4ad.data.sources import dataset_root
 
-        _copy_tree(dataset_root(data["folder"], out.parent), out)
+        # a path, never a benchmark name: a local folder called "visa" must not download VisA
+        _copy_tree(dataset_root(str(Path(data["folder"]).expanduser().resolve()), out.parent), out)
 
 
 def _copy_tree(src: Path, out: Path, link: bool = False) -> None:
@@ -61,10 +63,13 @@ def _copy_tree(src: Path, out: Path, link: bool = False) -> None:
             shutil.copy2(a, b)
 
     tmp = out.with_name(f".{out.name}.copying")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=link_or_copy if link else shutil.copy2)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run
+    try:
+        shutil.copytree(src, tmp, copy_function=link_or_copy if link else shutil.copy2)
+    except BaseException:  # a full disk halfway through a large folder: no partial copy left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    replace_dir(tmp, out)
 
 
 def main(argv: list[str] | None = None) -> None:
