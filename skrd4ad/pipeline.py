@@ -164,6 +164,11 @@ def aggregate_outputs(name: str) -> list[str]:
     return tables + [path("figure", name=name, figure=f) for f in FIGURE_NAMES] + [path("plots", name=name)]
 
 
+def count_files(folder: Path) -> int:
+    """Number of files below ``folder`` (0 when it does not exist), for the stages' start lines."""
+    return sum(1 for f in Path(folder).rglob("*") if f.is_file()) if Path(folder).is_dir() else 0
+
+
 def parse_script_args(parser: argparse.ArgumentParser,
                       argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
     """Command-line side of a stage script (how DVC calls it): add ``--params`` and ``--debug``,

@@ -24,14 +24,10 @@ def run(params: dict[str, Any], out: Path) -> None:
     source = f" from {data['folder']}" if data["dataset"] == "folder" else ""
     log.info("fetching dataset %s (%s%s) into %s", data["name"], data["dataset"], source, out)
     _fetch(data, out)
-    counts = {cls.name: (_n_files(cls / "train"), _n_files(cls / "test"))
+    counts = {cls.name: (pipeline.count_files(cls / "train"), pipeline.count_files(cls / "test"))
               for cls in sorted(out.iterdir()) if cls.is_dir() and not cls.name.startswith(".")}
     log.info("%s holds %d classes (train / test files): %s", out, len(counts),
              ", ".join(f"{c} {a}/{b}" for c, (a, b) in counts.items()) or "none")
-
-
-def _n_files(folder: Path) -> int:
-    return sum(1 for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
 
 
 def _fetch(data: dict[str, Any], out: Path) -> None:

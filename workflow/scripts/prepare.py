@@ -12,16 +12,13 @@ from skrd4ad import pipeline
 log = logging.getLogger("skrd4ad.stage.prepare")
 
 
-def _n_files(folder: Path) -> int:
-    return sum(1 for f in folder.rglob("*") if f.is_file()) if folder.is_dir() else 0
-
-
 def run(params: dict[str, Any], raw: Path, cls: str, out: Path) -> None:
     from skrd4ad.data.prepare import prepare_class
 
     size = params["prepare"]["image_size"]
     log.info("preparing %s from %s: %d train / %d test files, %d px, %d threads", cls, Path(raw) / cls,
-             _n_files(Path(raw) / cls / "train"), _n_files(Path(raw) / cls / "test"), size, os.cpu_count() or 1)
+             pipeline.count_files(Path(raw) / cls / "train"), pipeline.count_files(Path(raw) / cls / "test"), size,
+             os.cpu_count() or 1)
     prepare_class(raw, cls, out, image_size=size, image_level_only=params["data"]["image_level_only"],
                   allow_empty_masks=params["prepare"]["allow_empty_masks"], progress=False)
     meta = json.loads((Path(out) / "meta.json").read_text())
