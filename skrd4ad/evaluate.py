@@ -4,6 +4,9 @@ Writes into ``out_dir``:
 
 - ``metrics.json``: numbers only, flat keys for ``dvc metrics`` (``image_auroc``, ``pixel_auroc``,
   ``aupro``, ``aupro_seed``, F1-max and its threshold chosen on this test set, per-defect image AUROC);
+- ``thresholds.json``: the image and pixel F1-max thresholds with the map settings and checkpoint
+  sha256 they belong to (:mod:`skrd4ad.thresholds`; ``companion=True`` also writes it beside the
+  checkpoint, where ``predict`` and ``export`` find it);
 - ``provenance.json``: what produced them (checkpoint sha256, params, dataset digest, package
   versions, git revision, notes on omitted metrics); not a DVC metric, so diffs stay readable;
 - ``scores.csv``: file, defect_type, label, score per test image;
@@ -26,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .checkpoint import load_checkpoint
 from .config import EvalConfig
 from .data.prepared import PreparedClass
 from .inference import predict_array
@@ -33,7 +37,7 @@ from .io import replace_dir, sha256_file, write_json_atomic, write_text_atomic
 from .metrics import compute_metrics
 from .models.fold import fold_batchnorm
 from .provenance import git_revision, package_versions
-from .train import load_checkpoint
+from .thresholds import FILE_NAME as THRESHOLDS_FILE, companion_path, thresholds_record, write_thresholds
 from .viz import save_triptych
 
 log = logging.getLogger(__name__)
@@ -98,17 +102,20 @@ def _check_same_data(checkpoint: str | Path, ckpt: dict[str, Any], data_dir: str
 
 def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: EvalConfig | None = None, *, params: dict[str, Any] | None = None,
-             allow_other_data: bool = False) -> dict[str, float]:
+             allow_other_data: bool = False, companion: bool = False,
+             teacher_weights: str | Path | None = None) -> dict[str, float]:
     """Evaluate ``checkpoint`` on the prepared class ``data_dir``; write the files listed in the
     module docstring into ``out_dir``; return the scalar metrics.
 
     Data whose class or source digest differ from those recorded in the checkpoint is refused
     (ValueError) unless ``allow_other_data``; then, as for an image-level-only cache of the
     training class, it is a warning and a provenance note. Non-finite maps or scores (a diverged
-    checkpoint) raise ValueError naming the checkpoint."""
+    checkpoint) raise ValueError naming the checkpoint.  ``companion`` also writes the thresholds
+    beside the checkpoint (``<stem>.thresholds.json``); ``teacher_weights`` as in
+    :func:`~skrd4ad.checkpoint.load_checkpoint`."""
     config = config or EvalConfig()
     out_dir = Path(out_dir)
-    model, ckpt = load_checkpoint(checkpoint, device=config.device)
+    model, ckpt = load_checkpoint(checkpoint, device=config.device, teacher_weights=teacher_weights)
     fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions
     data = PreparedClass(data_dir)
     size = data.image_size
@@ -153,9 +160,10 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     for note in result.notes:
         log.warning("%s: %s", data_dir, note)
 
+    checkpoint_sha256 = sha256_file(checkpoint)
     provenance = {
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": sha256_file(checkpoint),
+        "checkpoint_sha256": checkpoint_sha256,
         "train_config": ckpt["config"],
         "teacher": ckpt["teacher"],
         "evaluate_config": vars(config),
@@ -174,6 +182,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
     scalars = {k: float(v) for k, v in result.scalars.items()}
     write_json_atomic(out_dir / "provenance.json", provenance)
+    record = thresholds_record(scalars, vars(config), checkpoint_sha256, ckpt)
+    write_thresholds(record, out_dir / THRESHOLDS_FILE, *([companion_path(checkpoint)] if companion else []))
     write_json_atomic(out_dir / "metrics.json", scalars)  # last: the step's result
     log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
     return scalars

@@ -11,7 +11,7 @@ from torch import Tensor
 from .data.prepared import to_model_input
 from .models.anomaly_map import anomaly_map, image_scores
 from .models.rd4ad import ReverseDistillation
-from .train import autocast
+from .device import autocast
 
 
 @torch.inference_mode()

@@ -140,7 +140,7 @@ PATHS = {
 
 #: Files the evaluate stage writes into ``PATHS["eval"]`` (plus the ``figures/`` directory):
 #: metrics.json holds numbers only (``dvc metrics``), provenance.json what produced them.
-EVAL_FILES = ("metrics.json", "provenance.json", "scores.csv", "roc_image.csv", "roc_pixel.csv", "pro.csv")
+EVAL_FILES = ("metrics.json", "provenance.json", "thresholds.json", "scores.csv", "roc_image.csv", "roc_pixel.csv", "pro.csv")
 TABLE_SUFFIXES = (".md", ".csv", ".tex", ".json")
 FIGURE_NAMES = ("variants", "loss", "gallery", "seeds")
 #: Comparison plots the aggregate stage writes under ``PATHS["plots"]``: one CSV per class in each

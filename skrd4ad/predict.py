@@ -1,4 +1,17 @@
-"""Prediction on new images: per-image scores (CSV) and heatmap overlays (PNG).
+"""Prediction on new images: per-image scores and labels (CSV), heatmap overlays, binary masks.
+
+``out_dir`` receives
+
+- ``scores.csv``: ``file, name, score, label, threshold, threshold_source`` per image; ``label``
+  is ``anomalous`` when ``score >= threshold``, else ``normal`` (empty when there is no threshold);
+- ``skipped.csv``: ``file, reason`` for every input that could not be read (header only if none);
+- ``overlays/<name>.png``: the map on the image at its original resolution, one colour scale for
+  the whole run, with a colour bar;
+- ``masks/<name>.png`` (``masks=True``): 0/255 masks where the map reaches the pixel threshold.
+
+Thresholds come from ``threshold=`` / ``pixel_threshold=`` when given, else from the
+checkpoint's thresholds file (:func:`skrd4ad.thresholds.find_thresholds`).  The folder is built
+beside ``out_dir`` and renamed onto it when complete, so it never mixes two runs.
 
 >>> predict("model.pt", ["photos/"], "out/")  # doctest: +SKIP
 PosixPath('out/scores.csv')
@@ -6,9 +19,11 @@ PosixPath('out/scores.csv')
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,16 +31,24 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import EvalConfig
+from .checkpoint import load_checkpoint
+from .config import EvalConfig, from_dict
 from .data.layout import IMAGE_EXTENSIONS
-from .data.prepare import to_rgb, resize_image
+from .data.prepare import resize_image, to_rgb
 from .inference import predict_batch
-from .io import write_text_atomic
+from .io import StagingDir, replace_dir, sha256_file, write_text_atomic
 from .models.fold import fold_batchnorm
-from .train import load_checkpoint
+from .thresholds import MAP_SETTINGS, Thresholds, find_thresholds
 from .viz import save_overlay_png
 
 log = logging.getLogger(__name__)
+
+SCORE_COLUMNS = ("file", "name", "score", "label", "threshold", "threshold_source")
+SKIPPED_COLUMNS = ("file", "reason")
+
+
+class SkippedFilesError(ValueError):
+    """Some inputs could not be read; the others were scored and written."""
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[tuple[Path, str]]:
@@ -62,44 +85,130 @@ def read_image(path: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(rgb, dtype=np.uint8), resize_image(rgb, size)
 
 
+def _readable_batches(images: list[tuple[Path, str]], size: int, batch_size: int,
+                      skipped: list[tuple[str, str]]) -> Iterator[tuple[list[int], np.ndarray]]:
+    """``(indices into images, uint8 batch)`` of readable images; unreadable ones go to ``skipped``."""
+    idx: list[int] = []
+    arrays: list[np.ndarray] = []
+    for i, (path, _) in enumerate(images):
+        try:
+            arrays.append(read_image(path, size)[1])
+            idx.append(i)
+        except ValueError as exc:
+            skipped.append((str(path), str(exc.__cause__ or exc)))
+            log.warning("skipping %s", exc)
+        if len(idx) == batch_size or (i == len(images) - 1 and idx):
+            yield idx, np.stack(arrays)
+            idx, arrays = [], []
+
+
+def _settings(given: EvalConfig | Mapping[str, Any] | None, found: Thresholds | None,
+              overridden: bool) -> EvalConfig:
+    """The evaluate config of this run: explicitly given keys, the map settings the thresholds were
+    chosen with for the others.  A given map setting that differs from the thresholds' is an
+    error unless the thresholds are overridden (a threshold only holds on its own scale)."""
+    if isinstance(given, EvalConfig):  # a map setting left at its default counts as not given
+        given = {k: v for k, v in dataclasses.asdict(given).items()
+                 if k not in MAP_SETTINGS or v != getattr(EvalConfig, k)}
+    values = dict(given or {})
+    if found is not None and not overridden:
+        for key in MAP_SETTINGS:
+            if key in values and values[key] != found.settings[key]:
+                raise ValueError(f"{key}={values[key]!r} differs from {key}={found.settings[key]!r} that the "
+                                 f"thresholds in {found.source} were chosen with; drop --{key.replace('_', '-')}, "
+                                 "or pass --threshold (and --pixel-threshold with --masks)")
+            values.setdefault(key, found.settings[key])
+    return from_dict(EvalConfig, values, "evaluate")
+
+
 def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
-            config: EvalConfig | None = None, *, overlays: bool = True) -> Path:
-    """Score every image in ``inputs``; write ``out_dir/scores.csv`` (file, name, score) and, with
-    ``overlays``, ``out_dir/overlays/<name>.png`` at each image's original resolution, all on one
-    colour scale (the minimum and maximum over all maps).  Returns the CSV path.  Non-finite
-    maps or scores (a diverged checkpoint) raise ValueError naming the checkpoint; nothing is written."""
-    config = config or EvalConfig()
-    out_dir = Path(out_dir)
-    model, ckpt = load_checkpoint(checkpoint, device=config.device)
+            config: EvalConfig | Mapping[str, Any] | None = None, *, overlays: bool = True, masks: bool = False,
+            threshold: float | None = None, pixel_threshold: float | None = None,
+            thresholds: str | Path | None = None, teacher_weights: str | Path | None = None,
+            allow_skip: bool = False) -> Path:
+    """Score every image in ``inputs`` and write the files of the module docstring into
+    ``out_dir``; returns the path of ``scores.csv``.
+
+    ``config``: an :class:`EvalConfig`, or a mapping of the evaluate keys set explicitly (the
+    others come from the thresholds file, then the defaults).  ``thresholds``: a thresholds file
+    (default: the checkpoint's, if any).  Unreadable inputs are listed in ``skipped.csv``; unless
+    ``allow_skip`` they raise :class:`SkippedFilesError` after the others were written.  Non-finite
+    maps or scores (a diverged checkpoint) raise ValueError naming the checkpoint; nothing is written.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "scores.csv").is_file():
+        raise ValueError(f"output folder {out_dir} exists and is not a predict output (no scores.csv); it would "
+                         "be replaced: choose a new or empty folder")
+    digest = sha256_file(checkpoint) if checkpoint.is_file() else None
+    found = find_thresholds(checkpoint, thresholds, digest) if digest else None
+    config = _settings(config, found, overridden=threshold is not None)
+    model, ckpt = load_checkpoint(checkpoint, device=config.device, teacher_weights=teacher_weights)
     fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions
     size = int(ckpt["image_size"])
     images = collect_images(inputs)
-    maps: list[torch.Tensor] = []
-    scores: list[torch.Tensor] = []
-    for start in range(0, len(images), config.batch_size):
-        chunk = images[start:start + config.batch_size]
-        batch = np.stack([read_image(path, size)[1] for path, _ in chunk])
-        m, s = predict_batch(model, batch, combine=config.combine, sigma=config.sigma, score=config.score,
-                             topk=config.topk, amp=config.amp)
-        maps.append(m.cpu())
-        scores.append(s.cpu())
-    all_maps = torch.cat(maps)
-    all_scores = torch.cat(scores).numpy()
-    bad = ~(np.isfinite(all_scores) & torch.isfinite(all_maps).flatten(1).all(1).numpy())
-    if bad.any():
-        raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {int(bad.sum())} of "
-                         f"{len(images)} images (first: {images[int(np.argmax(bad))][0]}): its weights are probably "
-                         "NaN/inf (a diverged training run) or amp overflowed; retrain it, or predict with amp none")
-    frame = pd.DataFrame({"file": [str(p) for p, _ in images], "name": [n for _, n in images],
-                          "score": all_scores})
-    csv_path = out_dir / "scores.csv"
-    write_text_atomic(csv_path, frame.to_csv(index=False, float_format="%.8g"))
-    if overlays:
-        vmin, vmax = float(all_maps.min()), float(all_maps.max())
-        for (path, name), amap in zip(images, all_maps):
-            original, _ = read_image(path, size)
-            full = F.interpolate(amap[None, None], size=original.shape[:2], mode="bilinear",
-                                 align_corners=True)[0, 0].numpy()
-            save_overlay_png(out_dir / "overlays" / f"{Path(name).stem}.png", original, full, vmin=vmin, vmax=vmax)
-    log.info("scored %d images -> %s", len(images), csv_path)
-    return csv_path
+
+    image_t, image_src = (threshold, "--threshold") if threshold is not None else (
+        (found.image, found.source) if found else (None, ""))
+    pixel_t = pixel_threshold if pixel_threshold is not None else (found.pixel if found and threshold is None else None)
+    if masks and pixel_t is None:
+        raise ValueError(f"--masks needs a pixel threshold: none in {found.source if found else 'any thresholds file'}"
+                         " (evaluate the checkpoint on data with masks first), or pass --pixel-threshold")
+    if image_t is None:
+        log.warning("no thresholds for %s (run skrd4ad evaluate, or pass --threshold): scores only, no labels",
+                    checkpoint)
+
+    with StagingDir(out_dir.parent, out_dir.name, "predict") as stage:
+        skipped: list[tuple[str, str]] = []
+        kept: list[int] = []
+        maps = np.lib.format.open_memmap(stage.path / ".maps.npy", mode="w+", dtype=np.float32,
+                                         shape=(len(images), size, size))  # on disk: any number of images
+        scores = np.zeros(len(images), dtype=np.float32)
+        for idx, batch in _readable_batches(images, size, config.batch_size, skipped):
+            m, s = predict_batch(model, batch, combine=config.combine, sigma=config.sigma, score=config.score,
+                                 topk=config.topk, amp=config.amp)
+            maps[idx], scores[idx] = m.cpu().numpy(), s.cpu().numpy()
+            kept += idx
+        bad = [i for i in kept if not (np.isfinite(scores[i]) and np.isfinite(maps[i]).all())]
+        if bad:
+            raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {len(bad)} of "
+                             f"{len(kept)} images (first: {images[bad[0]][0]}): its weights are probably NaN/inf (a "
+                             "diverged training run) or amp overflowed; retrain it, or predict with amp none")
+        frame = pd.DataFrame({
+            "file": [str(images[i][0]) for i in kept], "name": [images[i][1] for i in kept],
+            "score": scores[kept],
+            "label": ["" if image_t is None else ("anomalous" if scores[i] >= image_t else "normal") for i in kept],
+            "threshold": [np.nan if image_t is None else image_t] * len(kept),
+            "threshold_source": [image_src] * len(kept)}, columns=list(SCORE_COLUMNS))
+        write_text_atomic(stage.path / "scores.csv", frame.to_csv(index=False, float_format="%.8g"))
+        write_text_atomic(stage.path / "skipped.csv",
+                          pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)).to_csv(index=False))
+        if kept and (overlays or masks):
+            vmin, vmax = float(maps[kept].min()), float(maps[kept].max())
+            for row, i in enumerate(kept):
+                path, name = images[i]
+                original, _ = read_image(path, size)
+                full = F.interpolate(torch.from_numpy(np.array(maps[i]))[None, None], size=original.shape[:2],
+                                     mode="bilinear", align_corners=True)[0, 0].numpy()
+                stem = Path(name).stem
+                if overlays:
+                    verdict = "" if image_t is None else f" {frame.at[row, 'label']} (threshold {image_t:.4g})"
+                    save_overlay_png(stage.path / "overlays" / f"{stem}.png", original, full, vmin=vmin, vmax=vmax,
+                                     title=f"{name}: score {scores[i]:.4g}{verdict}")
+                if masks:
+                    mask = ((full >= pixel_t) * 255).astype(np.uint8)
+                    (stage.path / "masks").mkdir(exist_ok=True)
+                    Image.fromarray(mask).save(stage.path / "masks" / f"{stem}.png")
+        del maps
+        (stage.path / ".maps.npy").unlink()
+        stage.seal()
+        replace_dir(stage.path, out_dir)
+
+    n_anom = int((frame["label"] == "anomalous").sum())
+    log.info("scored %d of %d images (%s; %d skipped) -> %s", len(kept), len(images),
+             "no threshold" if image_t is None else f"{n_anom} anomalous at threshold {image_t:.6g} from {image_src}",
+             len(skipped), out_dir)
+    if skipped and not allow_skip:
+        raise SkippedFilesError(f"{len(skipped)} of {len(images)} inputs could not be read (first: {skipped[0][0]}: "
+                                f"{skipped[0][1]}); they are listed in {out_dir / 'skipped.csv'}, the others were "
+                                "scored: fix or remove them, or pass --allow-skip to accept")
+    return out_dir / "scores.csv"

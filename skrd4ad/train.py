@@ -17,7 +17,6 @@ import io
 import logging
 import math
 import os
-import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -27,40 +26,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .checkpoint import DAMAGED_FILE_ERRORS, save_checkpoint, short_error
 from .config import TrainConfig
 from .data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
+from .device import autocast, resolve_device
 from .io import save_torch_atomic, write_text_atomic
 from .models.loss import distillation_loss
 from .models.fold import fold_batchnorm
 from .models.rd4ad import ReverseDistillation, build_model
-from .models.teacher import build_teacher, load_teacher_state_dict
-from .provenance import git_revision, package_versions
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "skrd4ad-checkpoint-v1"
 STATE_FORMAT = "skrd4ad-train-state-v1"
 LOG_COLUMNS = ("epoch", "loss", "loss_layer1", "loss_layer2", "loss_layer3", "consistency", "seconds")
-
-
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {spec!r} requested but CUDA is not available; use device: auto or cpu")
-    return device
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[Any]:
-    """Autocast context for ``amp`` in none|bf16|fp16 (fp16 needs CUDA)."""
-    if amp == "none":
-        return contextlib.nullcontext()
-    if amp == "fp16" and device.type != "cuda":
-        raise ValueError("amp: fp16 autocast needs a CUDA device; use bf16 or none on CPU")
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -95,30 +73,9 @@ def _write_log(path: Path, history: list[dict[str, float]]) -> None:
     write_text_atomic(path, buf.getvalue())
 
 
-def _teacher_record(model: ReverseDistillation, config: TrainConfig) -> dict[str, Any]:
-    weights = config.teacher_weights
-    return {"arch": model.arch, "weights": None if weights is None else str(weights),
-            "weights_id": model.teacher.weights_id}
-
-
 def default_state_path(model_path: Path) -> Path:
     """Where the resume state of ``model_path`` lives (``<dir>/resume/<stem>.state.pt``)."""
     return model_path.parent / "resume" / f"{model_path.stem}.state.pt"
-
-
-#: What reading a damaged file raises: torch.load (EOFError on an empty file, RuntimeError
-#: "PytorchStreamReader failed ..." on a truncated one, UnpicklingError/KeyError on other bytes)
-#: and the state's contents (missing keys, wrong shapes or types).
-_DAMAGED_FILE_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, IndexError, ValueError,
-                        TypeError, AttributeError)
-
-
-def _short(exc: BaseException, limit: int = 160) -> str:
-    """The first sentence of an exception's message, shortened (torch's messages run to paragraphs)."""
-    text = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].strip() or type(exc).__name__
-    if isinstance(exc, KeyError):
-        text = f"missing key {text}"
-    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _duration(seconds: float) -> str:
@@ -215,11 +172,11 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
                 log.info("resuming %s from epoch %d/%d", model_path, start, config.epochs)
         except torch.cuda.OutOfMemoryError:
             raise
-        except _DAMAGED_FILE_ERRORS as exc:  # set aside, start again: the state only saves time
+        except DAMAGED_FILE_ERRORS as exc:  # set aside, start again: the state only saves time
             corrupt = state_path.with_name(state_path.name + ".corrupt")
             os.replace(state_path, corrupt)
             log.warning("resume state %s is damaged (%s): moved it to %s and training %s from epoch 0 "
-                        "(delete the .corrupt file when done looking at it)", state_path, _short(exc), corrupt,
+                        "(delete the .corrupt file when done looking at it)", state_path, short_error(exc), corrupt,
                         model_path)
             model, teacher_state, optimizer, scaler, gen = fresh()  # nothing half-loaded
             history, start = [], 0
@@ -276,72 +233,3 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
                  state_path)
     return TrainResult(model_path=model_path, log_path=log_path, epochs_run=len(history) - start,
                        resumed_from=start, final_loss=history[-1]["loss"] if history else float("nan"))
-
-
-def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig, data: PreparedClass,
-                    history: list[dict[str, float]], *, teacher_state: dict[str, torch.Tensor] | None) -> None:
-    """Write the final model atomically: student weights + everything needed to reuse it.
-
-    ``teacher_state``: the torchvision-layout weights of a random teacher (``teacher_weights``
-    None), taken before its BatchNorm was folded; None for named teacher weights."""
-    student = {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
-               for k, v in model.student_state_dict().items()}
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "config": config.to_dict(),
-        "arch": model.arch,
-        "variant": model.variant,
-        "image_size": data.image_size,
-        "teacher": _teacher_record(model, config),
-        "student": student,
-        # a random teacher cannot be rebuilt from a name: keep its weights (tests only; small)
-        "teacher_state": teacher_state,  # CPU tensors taken before the model moved to its device
-        "epochs": len(history),
-        "final_loss": history[-1]["loss"] if history else None,
-        "data": {"class": data.class_name, "source_digest": data.meta.get("source_digest")},
-        "versions": package_versions(),
-        "git": git_revision(),
-    }
-    save_torch_atomic(ckpt, path)
-
-
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
-                    teacher_weights: str | Path | None | bool = False) -> tuple[ReverseDistillation, dict[str, Any]]:
-    """Load a checkpoint written by :func:`train` (``torch.load(weights_only=True)``).
-
-    The teacher is rebuilt from the weights recorded in the checkpoint, or from
-    ``teacher_weights`` when given (``False`` = use the recorded ones); its identity must match
-    the one recorded at training time.  Returns ``(model in eval mode on device, checkpoint dict)``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train the model first")
-    retrain = "delete it and train again (or pass the checkpoint written by skrd4ad train)"
-    if path.stat().st_size == 0:
-        raise ValueError(f"checkpoint {path} is empty (0 bytes: an interrupted write or a full disk); {retrain}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except torch.cuda.OutOfMemoryError:
-        raise
-    except _DAMAGED_FILE_ERRORS as exc:
-        raise ValueError(f"checkpoint {path} cannot be read, it is truncated, corrupt or not a checkpoint "
-                         f"({_short(exc, 100)}); {retrain}") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a skrd4ad checkpoint (format {CHECKPOINT_FORMAT}); pass a checkpoint "
-                         "written by skrd4ad train")
-    missing = [k for k in ("teacher", "variant", "student", "image_size", "config") if k not in ckpt]
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged; {retrain}")
-    rec = ckpt["teacher"]
-    weights = rec["weights"] if teacher_weights is False else teacher_weights
-    if weights is None and ckpt.get("teacher_state") is not None:
-        teacher = load_teacher_state_dict(rec["arch"], ckpt["teacher_state"], weights_id=rec["weights_id"])
-    else:
-        teacher = build_teacher(rec["arch"], weights)  # type: ignore[arg-type]
-    if teacher.weights_id != rec["weights_id"]:
-        raise ValueError(f"{path}: teacher weights {weights!r} have identity {teacher.weights_id!r} but the "
-                         f"model was trained with {rec['weights_id']!r}; pass the original teacher weights")
-    model = ReverseDistillation(teacher, ckpt["variant"])
-    model.load_student_state_dict(ckpt["student"])
-    dev = resolve_device(str(device)) if isinstance(device, str) else device
-    return model.to(dev, memory_format=torch.channels_last).eval(), ckpt

@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from skrd4ad.io import atomic_path
 
-__all__ = ["overlay", "render_triptych", "save_overlay_png", "save_triptych"]
+__all__ = ["overlay", "render_overlay", "render_triptych", "save_overlay_png", "save_triptych"]
 
 _CMAP = "jet"
 
@@ -81,14 +81,15 @@ def save_overlay_png(
     image: np.ndarray,
     amap: np.ndarray,
     *,
+    title: str = "",
     vmin: float | None = None,
     vmax: float | None = None,
     alpha: float = 0.5,
 ) -> None:
-    """Write :func:`overlay` of ``image`` (uint8 (H,W,3)) and ``amap`` (H,W) as a PNG, atomically."""
-    out = overlay(image, amap, vmin=vmin, vmax=vmax, alpha=alpha)
+    """Write :func:`render_overlay` of ``image`` (uint8 (H,W,3)) and ``amap`` (H,W) as a PNG, atomically."""
+    out, _ = render_overlay(image, amap, title=title, vmin=vmin, vmax=vmax, alpha=alpha)
     with atomic_path(path) as tmp:
-        Image.fromarray(out).save(tmp, format="PNG")
+        Image.fromarray(out).save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
 
 
 #: Panels smaller than this (pixels, longer side) are enlarged by an integer factor (nearest).
@@ -124,6 +125,57 @@ def _enlarge(panel: np.ndarray, factor: int) -> np.ndarray:
     return panel if factor == 1 else panel.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+def _tick_texts(lo: float, hi: float) -> list[str]:
+    """Five colour-bar labels from ``hi`` (top) to ``lo`` (one when the range is empty)."""
+    ticks = np.linspace(hi, lo, 5) if hi > lo else np.array([hi])
+    ticks[np.abs(ticks) < 1e-6 * (hi - lo)] = 0.0  # print 0, not -3.05e-05, for a rounded zero
+    return [f"{t:.4g}" for t in ticks]
+
+
+def _paint_bar(canvas: np.ndarray, top: int, left: int, height: int) -> None:
+    """The colour map as a vertical bar, vmax at the top, into ``canvas`` in place."""
+    levels = np.linspace(1.0, 0.0, height)
+    bar = (colormaps[_CMAP](levels)[:, :3] * 255.0).round().astype(np.uint8)
+    canvas[top:top + height, left:left + _BAR_WIDTH] = bar[:, None, :]
+
+
+def _draw_ticks(draw: ImageDraw.ImageDraw, texts: list[str], top: int, bar_left: int, height: int,
+                font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> None:
+    for k, text in enumerate(texts):
+        y = top + (round(k * (height - 1) / (len(texts) - 1)) if len(texts) > 1 else 0)
+        draw.line([(bar_left + _BAR_WIDTH, y), (bar_left + _BAR_WIDTH + 3, y)], fill=_INK)
+        draw.text((bar_left + _BAR_WIDTH + _TICK_GAP, y), text, fill=_INK, font=font, anchor="lm")
+
+
+def render_overlay(image: np.ndarray, amap: np.ndarray, *, title: str = "", vmin: float | None = None,
+                   vmax: float | None = None, alpha: float = 0.5
+                   ) -> tuple[np.ndarray, dict[str, tuple[int, int, int, int]]]:
+    """:func:`overlay` at the image's own resolution with a labelled colour bar (``vmin`` at the
+    bottom, ``vmax`` at the top) on its right and an optional one-line ``title`` above: uint8
+    ``(H', W', 3)``, and the box ``(top, left, height, width)`` of ``"overlay"`` and ``"colour bar"``."""
+    img = _check_image(image)
+    a = _check_map(amap, img.shape[:2])
+    lo, hi = _range(a, vmin, vmax)
+    panel = overlay(img, a, vmin=lo, vmax=hi, alpha=alpha)
+    ph, pw = panel.shape[:2]
+    label_font = _font(12)
+    tick_texts = _tick_texts(lo, hi)
+    title_h = 20 if title else 0
+    width = _PAD + pw + _PAD + _BAR_WIDTH + _TICK_GAP + max(_text_width(label_font, t) for t in tick_texts) + _PAD
+    top = _PAD + title_h
+    canvas = np.full((top + ph + _PAD, width, 3), _BACKGROUND, dtype=np.uint8)
+    canvas[top:top + ph, _PAD:_PAD + pw] = panel
+    bar_left = 2 * _PAD + pw
+    _paint_bar(canvas, top, bar_left, ph)
+    pil = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(pil)
+    if title:
+        draw.text((_PAD, _PAD + title_h // 2), _fit(label_font, title, width - 2 * _PAD), fill=_INK,
+                  font=label_font, anchor="lm")
+    _draw_ticks(draw, tick_texts, top, bar_left, ph, label_font)
+    return np.asarray(pil), {"overlay": (top, _PAD, ph, pw), "colour bar": (top, bar_left, ph, _BAR_WIDTH)}
+
+
 def render_triptych(
     image: np.ndarray,
     mask: np.ndarray | None,
@@ -156,9 +208,7 @@ def render_triptych(
     ph, pw = panels[0].shape[:2]
 
     title_font, label_font = _font(14), _font(12)
-    ticks = np.linspace(hi, lo, 5) if hi > lo else np.array([hi])
-    ticks[np.abs(ticks) < 1e-6 * (hi - lo)] = 0.0  # print 0, not -3.05e-05, for a rounded zero
-    tick_texts = [f"{t:.4g}" for t in ticks]
+    tick_texts = _tick_texts(lo, hi)
     tick_width = max(_text_width(label_font, t) for t in tick_texts)
     title_h, label_h = 22, 18
     width = _PAD + 3 * (pw + _PAD) + _BAR_WIDTH + _TICK_GAP + tick_width + _PAD
@@ -171,9 +221,7 @@ def render_triptych(
         canvas[top:top + ph, left:left + pw] = panel
         boxes[name] = (top, left, ph, pw)
     bar_left = _PAD + 3 * (pw + _PAD)
-    levels = np.linspace(1.0, 0.0, ph)  # top row = vmax
-    bar = (colormaps[_CMAP](levels)[:, :3] * 255.0).round().astype(np.uint8)
-    canvas[top:top + ph, bar_left:bar_left + _BAR_WIDTH] = bar[:, None, :]
+    _paint_bar(canvas, top, bar_left, ph)
     boxes["colour bar"] = (top, bar_left, ph, _BAR_WIDTH)
 
     pil = Image.fromarray(canvas)
@@ -186,10 +234,7 @@ def render_triptych(
     if mask is None:
         _, left, _, w = boxes["ground truth"]
         draw.text((left + w // 2, top + ph // 2), "no mask", fill=(255, 255, 255), font=label_font, anchor="mm")
-    for k, text in enumerate(tick_texts):
-        y = top + (round(k * (ph - 1) / (len(ticks) - 1)) if len(ticks) > 1 else 0)
-        draw.line([(bar_left + _BAR_WIDTH, y), (bar_left + _BAR_WIDTH + 3, y)], fill=_INK)
-        draw.text((bar_left + _BAR_WIDTH + _TICK_GAP, y), text, fill=_INK, font=label_font, anchor="lm")
+    _draw_ticks(draw, tick_texts, top, bar_left, ph, label_font)
     return np.asarray(pil), boxes
 
 

@@ -20,7 +20,8 @@ from skrd4ad.cli import main
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.synthetic import generate
 from skrd4ad.models.teacher import build_teacher
-from skrd4ad.train import default_state_path, load_checkpoint
+from skrd4ad.checkpoint import load_checkpoint
+from skrd4ad.train import default_state_path
 
 TRAIN = ["--arch", "mobilenet_v2", "--teacher-weights", "none", "--batch-size", "4", "--device", "cpu",
          "--seed", "5"]

@@ -20,7 +20,8 @@ from skrd4ad.data.synthetic import generate
 from skrd4ad.evaluate import compute_maps, evaluate
 from skrd4ad.io import sha256_file
 from skrd4ad.predict import predict
-from skrd4ad.train import load_checkpoint, train
+from skrd4ad.checkpoint import load_checkpoint
+from skrd4ad.train import train
 from skrd4ad.viz import save_triptych
 
 
@@ -123,7 +124,9 @@ def test_predict_matches_evaluate_scores(trained: dict[str, Path], tmp_path: Pat
         parts = Path(file).parts  # gravel/test/<defect>/<name>
         assert by_name["__".join(parts[-2:])] == pytest.approx(score, rel=1e-5)
     overlay = Image.open(tmp_path / "pred/overlays" / f"{Path(got['name'][0]).stem}.png")
-    assert overlay.size == (80, 80)  # original resolution, not the model's 64 px
+    # the overlay at the original resolution (80 px, not the model's 64), a title line above it and a
+    # colour bar beside it: 8 px margins, 20 px title
+    assert overlay.size[1] == 8 + 20 + 80 + 8 and overlay.size[0] > 80 + 8 + 8 + 14
 
 
 def test_predict_converts_grayscale_and_names_bad_files(trained: dict[str, Path], tmp_path: Path) -> None:

@@ -17,7 +17,9 @@ from skrd4ad.config import ConfigError, EvalConfig, TrainConfig, from_dict
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.synthetic import generate
 from skrd4ad.models.rd4ad import build_model
-from skrd4ad.train import STATE_FORMAT, default_state_path, load_checkpoint, resolve_device, train
+from skrd4ad.checkpoint import load_checkpoint
+from skrd4ad.device import resolve_device
+from skrd4ad.train import STATE_FORMAT, default_state_path, train
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import colormaps as plt_colormaps
 import pytest
 from matplotlib import colormaps
 from PIL import Image
@@ -68,9 +69,15 @@ def _leftovers(folder: Path) -> list[Path]:
 def test_save_overlay_png_round_trips(tmp_path: Path) -> None:
     image, amap, _ = _scene()
     path = tmp_path / "sub" / "overlay.png"
-    viz.save_overlay_png(path, image, amap, alpha=0.7)
+    viz.save_overlay_png(path, image, amap, alpha=0.7, title="a title")
     decoded = np.asarray(Image.open(path).convert("RGB"))
-    np.testing.assert_array_equal(decoded, viz.overlay(image, amap, alpha=0.7))
+    _, boxes = viz.render_overlay(image, amap, alpha=0.7, title="a title")
+    top, left, h, w = boxes["overlay"]
+    np.testing.assert_array_equal(decoded[top:top + h, left:left + w], viz.overlay(image, amap, alpha=0.7))
+    top, left, h, w = boxes["colour bar"]
+    jet = (plt_colormaps["jet"]([1.0, 0.0])[:, :3] * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(decoded[[top, top + h - 1], left + w // 2], jet)  # vmax on top, vmin below
+    assert decoded.shape[0] > image.shape[0] and decoded.shape[1] > image.shape[1] + w
     assert _leftovers(path.parent) == []
 
 

