@@ -115,6 +115,24 @@ def train_config(params: Mapping[str, Any], cls: str, variant: str, seed: int) -
                                    "teacher_weights": str(teacher_path(teacher["arch"]))}, "train")
 
 
+def train_param_keys(cls: str, variant: str) -> list[str]:
+    """The params a (class, variant) training job depends on, dotted: what dvc.yaml's train stage
+    declares and what Snakemake's train rule reruns on (tests/test_engine_sync.py checks both).
+    Settings that do not change the weights (``TrainConfig.model_identity`` leaves them out:
+    device, checkpoint_every, channels_last) are not among them."""
+    from_train = [k for k in TrainConfig().model_identity() if k not in ("arch", "variant", "seed", "teacher_weights")]
+    return ["teacher.arch", "teacher.source", *(f"train.{k}" for k in from_train),
+            f"train.class_overrides.{cls}", f"train.variant_overrides.{variant}"]
+
+
+def lookup(params: Mapping[str, Any], dotted: str) -> Any:
+    """``params["a"]["b"]`` for ``"a.b"``; None where a key is absent."""
+    value: Any = params
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    return value
+
+
 def eval_config(params: Mapping[str, Any]) -> EvalConfig:
     """The :class:`EvalConfig` from the ``evaluate`` section."""
     return from_dict(EvalConfig, params["evaluate"], "evaluate")

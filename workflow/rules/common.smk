@@ -56,11 +56,11 @@ def source_files(wildcards):
 
 
 def train_config(wildcards):
-    """Effective training settings of one job (overrides applied); a param, so changing
-    one class's or one variant's settings re-runs only those jobs.  Where and how often a job
-    saves its state do not change the model, so they do not re-run it (as in dvc.yaml)."""
-    settings = pipeline.train_config(config, wildcards.cls, wildcards.variant, int(wildcards.seed)).to_dict()
-    return {k: v for k, v in settings.items() if k not in ("device", "checkpoint_every")}
+    """The params one training job depends on, the same keys dvc.yaml declares
+    (``pipeline.train_param_keys``); a param, so changing one class's or one variant's settings
+    re-runs only those jobs, and where or how often a job saves its state re-runs none."""
+    keys = pipeline.train_param_keys(wildcards.cls, wildcards.variant)
+    return {k: pipeline.lookup(config, k) for k in keys}
 
 
 def _gpus_for(device):

@@ -1,0 +1,138 @@
+"""The two engines cannot drift: each DVC stage depends on exactly the package code its script
+runs (followed through imports), and declares the params its script reads."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _module_file(name: str) -> Path | None:
+    base = REPO.joinpath(*name.split("."))
+    for cand in (base.with_suffix(".py"), base / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(REPO).with_suffix("")
+    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+    return ".".join(parts)
+
+
+def package_closure(script: Path) -> set[str]:
+    """Repository-relative files of every ``skrd4ad`` module ``script`` imports, directly or
+    through other modules, at top level or inside functions (parent packages' ``__init__`` too)."""
+    seen: set[Path] = set()
+    todo = [script]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        is_pkg = path.name == "__init__.py"
+        here = _module_name(path) if path.is_relative_to(REPO / "skrd4ad") else ""
+        names: list[str] = []
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    parts = here.split(".")[: len(here.split(".")) - node.level + (1 if is_pkg else 0)]
+                    base = ".".join(parts + ([node.module] if node.module else []))
+                else:
+                    base = node.module or ""
+                names.append(base)
+                names += [f"{base}.{a.name}" for a in node.names]  # `from pkg import module`
+        for name in names:
+            if not name.startswith("skrd4ad"):
+                continue
+            parts = name.split(".")
+            for k in range(1, len(parts) + 1):  # the module and its parent packages
+                found = _module_file(".".join(parts[:k]))
+                if found is not None:
+                    todo.append(found)
+    return {str(p.relative_to(REPO)) for p in seen if p != script}
+
+
+def _stages() -> dict[str, dict]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
+
+
+@pytest.mark.parametrize("name", sorted(_stages()))
+def test_dvc_stage_depends_on_exactly_the_code_it_runs(name: str) -> None:
+    stage = _stages()[name]
+    script = re.search(r"workflow/scripts/\w+\.py", stage["cmd"]).group(0)
+    code = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("skrd4ad")}
+    assert script in stage["deps"]
+    used = package_closure(REPO / script)
+
+    def covered(f: str) -> bool:
+        return any(f == d or f.startswith(d.rstrip("/") + "/") for d in code)
+
+    missing = sorted(f for f in used if not covered(f))
+    assert not missing, f"dvc.yaml stage {name} runs but does not depend on {missing}"
+    unused = sorted(d for d in code if not any(f == d or f.startswith(d + "/") for f in used))
+    assert not unused, f"dvc.yaml stage {name} depends on {unused} but its script never imports them"
+
+
+def test_import_closure_follows_relative_and_lazy_imports() -> None:
+    closure = package_closure(REPO / "workflow" / "scripts" / "evaluate.py")
+    assert {"skrd4ad/evaluate.py", "skrd4ad/metrics.py", "skrd4ad/models/rd4ad.py", "skrd4ad/__init__.py",
+            "skrd4ad/models/__init__.py", "skrd4ad/pipeline.py"} <= closure
+    assert "skrd4ad/train.py" not in closure and "skrd4ad/cli.py" not in closure
+
+
+def test_dvc_train_params_are_the_ones_snakemake_reruns_on() -> None:
+    from skrd4ad import pipeline
+
+    declared = _stages()["train"]["params"]
+    for cls, variant in (("brick", "rd4ad"), ("grass", "skrd4ad")):
+        keys = [k.replace("${item.cls}", cls).replace("${item.variant}", variant) for k in declared]
+        assert keys == pipeline.train_param_keys(cls, variant)
+    assert "train.device" not in declared and "train.checkpoint_every" not in declared
+    assert "train.channels_last" not in declared  # a layout choice, left out of the model's identity
+    for key in ("train.epochs", "train.lr", "train.consistency_weight", "train.amp", "teacher.source"):
+        assert key in declared  # they change the weights
+
+
+def test_every_param_a_training_job_uses_changes_its_rerun_trigger() -> None:
+    """Perturb each declared key: the effective TrainConfig of the job changes (so the key
+    matters); perturb the left-out ones: the model identity stays (so leaving them out is right)."""
+    import copy
+
+    from skrd4ad import pipeline
+
+    base = pipeline.validate_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    changes = {"train.epochs": 7, "train.batch_size": 3, "train.lr": 0.001, "train.betas": [0.9, 0.99],
+               "train.loss": "mse", "train.consistency_weight": 0.5, "train.amp": "bf16",
+               "teacher.arch": "resnet18", "teacher.source": "imagenet",
+               "train.class_overrides.brick": {"lr": 0.1}, "train.variant_overrides.rd4ad": {"epochs": 2}}
+    assert set(changes) == set(pipeline.train_param_keys("brick", "rd4ad"))
+
+    def identity(params: dict) -> dict:
+        return pipeline.train_config(params, "brick", "rd4ad", 111).model_identity()
+
+    for key, value in changes.items():
+        params = copy.deepcopy(base)
+        *head, last = key.split(".")
+        target = params
+        for part in head:
+            target = target[part]
+        target[last] = value
+        if key == "teacher.source":  # the source changes the weights file's content, not its path
+            assert params["teacher"]["source"] != base["teacher"]["source"]
+            continue
+        assert identity(params) != identity(base), key
+    for key, value in (("device", "cpu"), ("checkpoint_every", 99), ("channels_last", False)):
+        params = copy.deepcopy(base)
+        params["train"][key] = value
+        assert identity(params) == identity(base), key
