@@ -19,9 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import EvalConfig, TrainConfig, from_dict
-from .models.teacher import TEACHER_ARCHS
+from .config import AMPS, EvalConfig, TrainConfig, from_dict
+from .models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
 from .pipeline import format_error
+
+#: Options whose values are a fixed set: ``--help`` lists them and argparse refuses others.
+CHOICES: dict[str, tuple[str, ...]] = {"arch": TEACHER_ARCHS, "variant": VARIANTS, "loss": LOSS_KINDS, "amp": AMPS,
+                                       "combine": COMBINES, "score": SCORE_KINDS}
 
 log = logging.getLogger("skrd4ad")
 
@@ -38,6 +42,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
         elif f.name == "channels_last":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                                 help="NHWC memory layout (default: on)")
+        elif f.name in CHOICES:
+            parser.add_argument(flag, choices=CHOICES[f.name], default=None, help=f"default {default}")
         else:
             kind = type(default) if default is not None and not isinstance(default, bool) else str
             parser.add_argument(flag, type=kind, default=None, help=f"default {default}")
@@ -156,6 +162,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("skrd4ad")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def add_teacher_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher-weights", type=Path,
                         help="teacher weights file, when the path recorded in the checkpoint does not exist here "
@@ -172,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         target.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
         target.add_argument("--debug", action="store_true", default=default,
                             help="on an error, print the traceback before the one-line message")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:

@@ -155,6 +155,12 @@ def test_cli_help_evaluate_and_errors(trained: dict[str, Path], tmp_path: Path, 
     assert cli_main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--data", str(trained["prepared"]),
                      "--out", str(tmp_path / "e2")]) == 1
     assert "nope.pt does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a fixed set of values: argparse lists them (usage error, 2)
+        cli_main(["train", "--data", str(trained["prepared"]), "--out", str(tmp_path / "m.pt"), "--variant", "res3"])
+    assert exit_.value.code == 2 and "invalid choice: 'res3' (choose from 'rd4ad', 'skrd4ad')" in capsys.readouterr().err
     assert cli_main(["train", "--data", str(trained["prepared"]), "--out", str(tmp_path / "m.pt"),
-                     "--variant", "res3"]) == 1
-    assert "train.variant" in capsys.readouterr().err
+                     "--epochs", "0"]) == 1
+    assert "train.epochs: expected a positive number, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("skrd4ad ")
