@@ -1,7 +1,7 @@
 # skrd4ad: raw data -> prepared cache -> per-class models -> metrics -> comparison table.
-# Config: params.yaml (shared with dvc.yaml), validated against workflow/schemas/params.schema.yaml.
+# Config: params.yaml (shared with dvc.yaml), validated against skrd4ad/params.schema.yaml.
 #   snakemake --cores all                      # the embedded default
-#   snakemake --cores all --configfile workflow/config/paper-mvtec.yaml   # the paper's setup
+#   snakemake --cores all --configfile workflow/config/paper.yaml workflow/config/mvtec.yaml   # the paper's setup
 
 configfile: "params.yaml"
 

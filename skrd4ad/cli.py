@@ -1,7 +1,7 @@
 """Command line: ``skrd4ad <command> --help``.
 
 Commands: ``fetch-teacher``, ``synthetic``, ``download``, ``prepare``, ``train``, ``evaluate``,
-``predict``, ``compare``.  Each is a thin wrapper over the Python API of the same name
+``predict``, ``export``, ``compare``, ``params``.  Each is a thin wrapper over the Python API of the same name
 (``compare``: two results directories, git revisions or ``dvc exp`` names, metric by metric).
 
 Errors: one line on stderr (``skrd4ad <command>: error: ...``) and exit status 1; ``--debug``
@@ -137,6 +137,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_params(args: argparse.Namespace) -> int:
+    from .pipeline import write_params
+
+    out = args.out or args.base
+    write_params(args.base, args.overlays, out)
+    print(out)
+    return 0
+
+
 def _split(values: Sequence[str] | None) -> list[str] | None:
     """Repeated and/or comma-separated option values, flattened (None: no filter)."""
     return [v for item in values for v in item.split(",") if v] if values else None
@@ -264,6 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures"))
     p.set_defaults(func=_cmd_predict)
+
+    p = add("params", help="merge overlays into params.yaml as snakemake --configfile does (for DVC), validated")
+    p.add_argument("overlays", nargs="+", type=Path, help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
+    p.add_argument("--base", type=Path, default=Path("params.yaml"), help="params file to start from")
+    p.add_argument("--out", type=Path, help="where to write the result (default: the base file)")
+    p.set_defaults(func=_cmd_params)
 
     p = add("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs")
     p.add_argument("a", help="results directory, git revision or dvc exp name")

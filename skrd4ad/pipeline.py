@@ -22,7 +22,8 @@ import yaml
 
 from .config import EvalConfig, TrainConfig, from_dict
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
+#: The params schema, shipped inside the package (workflow/schemas/params.schema.yaml links to it).
+SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")
 
 
 #: Values of ``data.dataset``; each is also the default ``data.name`` of its outputs.
@@ -100,6 +101,37 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     return validate_params(params)
+
+
+def merge_params(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` on a copy of ``base``, as Snakemake merges ``--configfile`` files: mappings
+    merge key by key, every other value (lists included) replaces the old one."""
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge_params(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def write_params(base: str | Path, overlays: list[str | Path], out: str | Path) -> dict[str, Any]:
+    """Merge ``overlays`` (in order) onto the params file ``base``, validate, and write the result
+    with every default filled in (DVC tracks a key only when it is in the file) to ``out``."""
+    from .io import write_text_atomic
+
+    params = yaml.safe_load(Path(base).read_text()) or {}
+    for overlay in map(Path, overlays):
+        if not overlay.is_file():
+            raise ParamsError(f"{overlay}: overlay file not found")
+        layer = yaml.safe_load(overlay.read_text()) or {}
+        if not isinstance(layer, dict):
+            raise ParamsError(f"{overlay}: expected a mapping at the top level")
+        params = merge_params(params, layer)
+    validate_params(params)
+    header = f"# written by `skrd4ad params`: {Path(base).name} + {' + '.join(str(o) for o in overlays)}\n"
+    write_text_atomic(out, header + yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=110))
+    return params
 
 
 def train_config(params: Mapping[str, Any], cls: str, variant: str, seed: int) -> TrainConfig:

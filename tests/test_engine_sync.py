@@ -71,7 +71,8 @@ def _stages() -> dict[str, dict]:
 def test_dvc_stage_depends_on_exactly_the_code_it_runs(name: str) -> None:
     stage = _stages()[name]
     script = re.search(r"workflow/scripts/\w+\.py", stage["cmd"]).group(0)
-    code = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("skrd4ad")}
+    code = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("skrd4ad")
+            and (d.endswith(".py") or (REPO / d).is_dir())}  # package code (data files such as the schema aside)
     assert script in stage["deps"]
     used = package_closure(REPO / script)
 
@@ -136,3 +137,63 @@ def test_every_param_a_training_job_uses_changes_its_rerun_trigger() -> None:
         params = copy.deepcopy(base)
         params["train"][key] = value
         assert identity(params) == identity(base), key
+
+
+# ------------------------------------------------------------------------ partial overlays
+
+PRESETS = REPO / "workflow" / "config"
+
+
+def _load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def test_overlays_merge_as_snakemake_merges_them() -> None:
+    import copy
+
+    from snakemake.utils import update_config
+
+    from skrd4ad import pipeline
+
+    base = _load(REPO / "params.yaml")
+    for names in (["paper.yaml", "mvtec.yaml"], ["paper.yaml", "visa.yaml", "gpu.yaml"], ["mvtec.yaml"]):
+        ours, theirs = base, copy.deepcopy(base)
+        for name in names:
+            ours = pipeline.merge_params(ours, _load(PRESETS / name))
+            update_config(theirs, _load(PRESETS / name))  # Snakemake's own merge of --configfile files
+        assert ours == theirs, names
+    assert base == _load(REPO / "params.yaml")  # the base is not modified
+
+
+def test_paper_preset_on_mvtec_is_the_papers_setup(tmp_path: Path) -> None:
+    from skrd4ad import pipeline
+    from skrd4ad.cli import main as cli_main
+
+    assert cli_main(["params", "--base", str(REPO / "params.yaml"), "--out", str(tmp_path / "p.yaml"),
+                     str(PRESETS / "paper.yaml"), str(PRESETS / "mvtec.yaml")]) == 0
+    params = _load(tmp_path / "p.yaml")
+    assert params["teacher"] == {"arch": "wide_resnet50_2", "source": "imagenet"}
+    assert params["prepare"]["image_size"] == 256 and params["train"]["seeds"] == [111]
+    assert (params["data"]["dataset"], len(params["data"]["classes"])) == ("mvtec", 15)
+    for variant, consistency in (("rd4ad", 0.0), ("skrd4ad", 0.005)):
+        config = pipeline.train_config(params, "carpet", variant, 111)
+        assert (config.epochs, config.batch_size, config.lr, config.betas) == (200, 16, 0.005, (0.5, 0.999))
+        assert config.consistency_weight == consistency and config.arch == "wide_resnet50_2"
+    visa = pipeline.merge_params(_load(REPO / "params.yaml"), _load(PRESETS / "visa.yaml"))
+    assert len(pipeline.validate_params(visa)["data"]["classes"]) == 12
+    assert cli_main(["params", "--base", str(REPO / "params.yaml"), "--out", str(tmp_path / "q.yaml"),
+                     str(tmp_path / "missing.yaml")]) == 1
+    assert not (tmp_path / "q.yaml").exists()
+
+
+def test_snakemake_plans_the_paper_grid_from_two_overlays() -> None:
+    import subprocess
+    import sys
+
+    snakemake = Path(sys.executable).parent / "snakemake"
+    proc = subprocess.run([str(snakemake), "-n", "--quiet", "rules", "--configfile", "workflow/config/paper.yaml",
+                           "workflow/config/mvtec.yaml"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["train"] == 15 * 2 and counts["evaluate"] == 15 * 2 and counts["prepare"] == 15

@@ -7,7 +7,7 @@ from skrd4ad import engines, pipeline
 
 # Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
 # Defaults from the schema are filled in, exactly as the DVC stage scripts do.
-pipeline.validate_params(config, workflow.source_path("../schemas/params.schema.yaml"))
+pipeline.validate_params(config)  # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
 
 # One engine at a time on this tree (skrd4ad/engines.py).  Snakemake parses this file before it
 # knows whether it will run jobs (-n, --summary, --report, --lint, --unlock all parse it, and so
