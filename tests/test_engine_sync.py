@@ -197,3 +197,18 @@ def test_snakemake_plans_the_paper_grid_from_two_overlays() -> None:
     counts = {line.split()[0]: int(line.split()[1]) for line in proc.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
     assert counts["train"] == 15 * 2 and counts["evaluate"] == 15 * 2 and counts["prepare"] == 15
+
+
+def test_a_built_wheel_carries_the_schema(tmp_path: Path) -> None:
+    """A non-editable install validates params with the schema inside the package."""
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                           str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (wheel,) = tmp_path.glob("skrd4ad-*.whl")
+    with zipfile.ZipFile(wheel) as zf:
+        schema = zf.read("skrd4ad/params.schema.yaml")
+    assert schema == (REPO / "skrd4ad" / "params.schema.yaml").read_bytes()
