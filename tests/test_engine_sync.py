@@ -201,12 +201,17 @@ def test_snakemake_plans_the_paper_grid_from_two_overlays() -> None:
 
 def test_a_built_wheel_carries_the_schema(tmp_path: Path) -> None:
     """A non-editable install validates params with the schema inside the package."""
+    import shutil
     import subprocess
     import sys
     import zipfile
 
+    src = tmp_path / "src"  # a copy: building leaves build/ behind, which must not land in the repository
+    shutil.copytree(REPO / "skrd4ad", src / "skrd4ad", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                           str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                           str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     (wheel,) = tmp_path.glob("skrd4ad-*.whl")
     with zipfile.ZipFile(wheel) as zf:
