@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .io import atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
+from .io import StagingDir, atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
 from .pipeline import PLOT_KINDS  # noqa: E402
 from .stats import MIN_PAIRS, paired_difference  # noqa: E402
 
@@ -330,14 +329,10 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     write_text_atomic(tables / f"{dataset}.csv", summary.to_csv(index=False, float_format="%.6g"))
     write_json_atomic(tables / f"{dataset}.json", summary_json(summary, ci))
     plots = results / "plots"
-    plots_tmp = plots.with_name(f".{plots.name}.tmp")
-    shutil.rmtree(plots_tmp, ignore_errors=True)
-    try:
-        write_plot_data(results, classes, variants, seeds, plots_tmp)
-        plots_tmp.mkdir(parents=True, exist_ok=True)
-        replace_dir(plots_tmp, plots)
-    finally:
-        shutil.rmtree(plots_tmp, ignore_errors=True)
+    with StagingDir(results, plots.name, "plots") as stage:  # a killed run's folder goes at the next start
+        write_plot_data(results, classes, variants, seeds, stage.path)
+        stage.seal()
+        replace_dir(stage.path, plots)
     plot_variants(summary, classes, variants, figures / f"{dataset}_variants.png")
     plot_losses(results, classes, variants, seeds, figures / f"{dataset}_loss.png")
     plot_gallery(results, classes, variants, seeds[0], figures / f"{dataset}_gallery.png")

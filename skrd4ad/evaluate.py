@@ -19,8 +19,6 @@ Writes into ``out_dir``:
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ from .checkpoint import load_checkpoint
 from .config import EvalConfig
 from .data.prepared import PreparedClass
 from .inference import predict_array
-from .io import replace_dir, sha256_file, write_json_atomic, write_text_atomic
+from .io import StagingDir, replace_dir, sha256_file, write_json_atomic, write_text_atomic
 from .metrics import compute_metrics
 from .models.fold import fold_batchnorm
 from .provenance import git_revision, package_versions
@@ -142,21 +140,18 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     # Figures are drawn by worker threads while this thread computes the metrics (Pillow's PNG
     # encoder and NumPy's sorts release the GIL); they replace ``figures/`` only once both succeed.
     fig_dir = out_dir / "figures"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig_tmp = Path(tempfile.mkdtemp(prefix=".figures.", dir=out_dir))
     pool = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())), thread_name_prefix="figures")
-    try:
-        pending = _submit_figures(pool, fig_tmp, data, maps, scores_np, labels, manifest, config.num_figures)
-        result = compute_metrics(scores_np, labels, defect_types, maps if masks is not None else None, masks,
-                                 fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
-        for future in pending:
-            future.result()
-    except BaseException:
-        pool.shutdown(wait=True, cancel_futures=True)
-        shutil.rmtree(fig_tmp, ignore_errors=True)
-        raise
-    pool.shutdown(wait=True)
-    replace_dir(fig_tmp, fig_dir)
+    with StagingDir(out_dir, fig_dir.name, "figures") as stage:  # a killed run's folder goes at the next start
+        try:
+            pending = _submit_figures(pool, stage.path, data, maps, scores_np, labels, manifest, config.num_figures)
+            result = compute_metrics(scores_np, labels, defect_types, maps if masks is not None else None, masks,
+                                     fpr_limit=config.fpr_limit, max_curve_points=config.max_curve_points)
+            for future in pending:
+                future.result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        stage.seal()
+        replace_dir(stage.path, fig_dir)
     for note in result.notes:
         log.warning("%s: %s", data_dir, note)
 

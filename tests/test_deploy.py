@@ -245,3 +245,21 @@ def test_cli_predict_exit_status_and_options(project: dict[str, Path], tmp_path:
     assert len(err) == 1 and err[0].startswith("skrd4ad predict: error: 1 of ") and "skipped.csv" in err[0]
     assert cli_main([*argv[:-1], "--allow-skip", str(folder)]) == 0
     assert (pd.read_csv(tmp_path / "p/scores.csv")["threshold"] == 0.5).all()
+
+
+def test_killed_runs_leave_no_temporary_folders_behind(project: dict[str, Path], tmp_path: Path) -> None:
+    """Folders left by killed evaluate/predict runs (dead pid, no lock holder) go at the next run."""
+    from skrd4ad.io import HOST_TAG
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    dead = 2 ** 22 + 12345  # above Linux's default pid_max: no live process has it
+    stale_fig = out / f".figures.{HOST_TAG}-p{dead}.abcd1234.figures"
+    stale_pred = tmp_path / f".pred.{HOST_TAG}-p{dead}.abcd1234.predict"
+    for folder in (stale_fig, stale_pred):
+        folder.mkdir()
+        (folder / "half.png").write_bytes(b"")
+    evaluate(project["model"], project["prepared"], out, EvalConfig(num_figures=1))
+    predict(project["model"], [next(project["test"].rglob("*.png"))], tmp_path / "pred", threshold=1.0)
+    assert not stale_fig.exists() and not stale_pred.exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]

@@ -13,8 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from skrd4ad.data.layout import GOOD, DatasetError
-from skrd4ad.io import atomic_path, replace_dir, write_json_atomic
+from skrd4ad.io import StagingDir, atomic_path, replace_dir, write_json_atomic
 
 GENERATOR_VERSION = 1
 """Bumped whenever the images for a given seed change; stored in each class's marker file."""
@@ -388,8 +386,8 @@ def generate(
             raise DatasetError(
                 f"{dest} exists and was not made by the synthetic generator; remove it or pick another root"
             )
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".synthetic", dir=root))
-        try:
+        with StagingDir(root, name, "synthetic") as stage:  # a killed run's folder goes at the next start
+            tmp = stage.path
             for i in range(n_train):
                 sample = make_image(name, seed=seed, index=i, image_size=image_size)
                 _save_png(tmp / "train" / GOOD / f"{i:03d}.png", sample.image)
@@ -403,10 +401,8 @@ def generate(
                     assert sample.mask is not None
                     _save_png(tmp / "ground_truth" / defect / f"{i:03d}_mask.png", sample.mask * np.uint8(255))
             write_json_atomic(tmp / MARKER, params)
+            stage.seal()
             replace_dir(tmp, dest)  # an existing class (ours, other parameters) is swapped out
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     return root
 
 
