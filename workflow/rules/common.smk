@@ -7,7 +7,9 @@ from skrd4ad import engines, pipeline
 
 # Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
 # Defaults from the schema are filled in, exactly as the DVC stage scripts do.
-pipeline.validate_params(config)  # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
+pipeline.validate_params(
+    config
+)  # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
 
 # One engine at a time on this tree (skrd4ad/engines.py).  Snakemake parses this file before it
 # knows whether it will run jobs (-n, --summary, --report, --lint, --unlock all parse it, and so
@@ -15,9 +17,15 @@ pipeline.validate_params(config)  # against skrd4ad/params.schema.yaml (workflow
 # lock in `onstart`, which only the main process of a real run calls (not -n, not remote jobs,
 # which get --no-hooks), after the DAG is built and before the first job; it keeps the lock
 # until it exits.  Do not add another `onstart` elsewhere: it would replace this one.
-if workflow.is_main_process and workflow.output_settings.dryrun and (holder := engines.dvc_holder()):
-    print(f"Warning: DVC is running on this tree ({holder}); outputs may change under this dry run",
-          file=sys.stderr)
+if (
+    workflow.is_main_process
+    and workflow.output_settings.dryrun
+    and (holder := engines.dvc_holder())
+):
+    print(
+        f"Warning: DVC is running on this tree ({holder}); outputs may change under this dry run",
+        file=sys.stderr,
+    )
 
 
 onstart:
@@ -34,6 +42,7 @@ VARIANTS = config["model"]["variants"]
 SEEDS = config["train"]["seeds"]
 ARCH = config["teacher"]["arch"]
 TEACHER_SOURCE = config["teacher"]["source"]
+
 
 wildcard_constraints:
     name=r"[A-Za-z0-9_.-]+",
@@ -52,13 +61,18 @@ def source_files(wildcards):
     (DVC: the dependency on ``data.folder``)."""
     if config["data"]["dataset"] != "folder":
         return []
-    return sorted(str(f) for f in Path(config["data"]["folder"]).expanduser().rglob("*") if f.is_file())
+    return sorted(
+        str(f)
+        for f in Path(config["data"]["folder"]).expanduser().rglob("*")
+        if f.is_file()
+    )
 
 
 def train_config(wildcards):
     """The params one training job depends on, the same keys dvc.yaml declares
     (``pipeline.train_param_keys``); a param, so changing one class's or one variant's settings
-    re-runs only those jobs, and where or how often a job saves its state re-runs none."""
+    re-runs only those jobs, and where or how often a job saves its state re-runs none.
+    """
     keys = pipeline.train_param_keys(wildcards.cls, wildcards.variant)
     return {k: pipeline.lookup(config, k) for k in keys}
 
@@ -69,7 +83,11 @@ def _gpus_for(device):
         return 0
     if device.startswith("cuda"):
         return 1
-    return 1 if shutil.which("nvidia-smi") and os.environ.get("CUDA_VISIBLE_DEVICES") != "" else 0
+    return (
+        1
+        if shutil.which("nvidia-smi") and os.environ.get("CUDA_VISIBLE_DEVICES") != ""
+        else 0
+    )
 
 
 def train_gpus(wildcards):

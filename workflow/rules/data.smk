@@ -7,12 +7,12 @@ rule download:
         "logs/download/{name}.log",
     benchmark:
         "logs/benchmarks/download/{name}.tsv"
-    message:
-        "Fetching dataset {wildcards.name} into MVTec layout"
-    params:
-        data=download_params,
     conda:
         "../envs/skrd4ad.yaml"
+    params:
+        data=download_params,
+    message:
+        "Fetching dataset {wildcards.name} into MVTec layout"
     script:
         "../scripts/download.py"
 
@@ -22,12 +22,12 @@ rule fetch_teacher:
         P["teacher"],
     log:
         "logs/teacher/{arch}.log",
-    message:
-        "Fetching {wildcards.arch} teacher weights ({params.source})"
-    params:
-        source=TEACHER_SOURCE,
     conda:
         "../envs/skrd4ad.yaml"
+    params:
+        source=TEACHER_SOURCE,
+    message:
+        "Fetching {wildcards.arch} teacher weights ({params.source})"
     script:
         "../scripts/fetch_teacher.py"
 
@@ -41,13 +41,13 @@ rule prepare:
         "logs/prepare/{name}/{cls}.log",
     benchmark:
         "logs/benchmarks/prepare/{name}/{cls}.tsv"
-    message:
-        "Preparing {wildcards.name}/{wildcards.cls}"
+    conda:
+        "../envs/skrd4ad.yaml"
     params:
         image_size=config["prepare"]["image_size"],
         image_level_only=config["data"]["image_level_only"],
         allow_empty_masks=config["prepare"]["allow_empty_masks"],
-    conda:
-        "../envs/skrd4ad.yaml"
+    message:
+        "Preparing {wildcards.name}/{wildcards.cls}"
     script:
         "../scripts/prepare.py"

@@ -9,15 +9,15 @@ rule train:
         "logs/train/{name}/{variant}/seed{seed}/{cls}.log",
     benchmark:
         "logs/benchmarks/train/{name}/{variant}/seed{seed}/{cls}.tsv"
-    message:
-        "Training {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"
-    params:
-        config=train_config,
+    conda:
+        "../envs/skrd4ad.yaml"
     threads: 2
     resources:
         gpu=train_gpus,
-    conda:
-        "../envs/skrd4ad.yaml"
+    params:
+        config=train_config,
+    message:
+        "Training {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"
     script:
         "../scripts/train.py"
 
@@ -33,14 +33,14 @@ rule evaluate:
         "logs/evaluate/{name}/{variant}/seed{seed}/{cls}.log",
     benchmark:
         "logs/benchmarks/evaluate/{name}/{variant}/seed{seed}/{cls}.tsv"
-    message:
-        "Evaluating {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"
-    params:
-        config=config["evaluate"],
+    conda:
+        "../envs/skrd4ad.yaml"
     threads: 2
     resources:
         gpu=eval_gpus,
-    conda:
-        "../envs/skrd4ad.yaml"
+    params:
+        config=config["evaluate"],
+    message:
+        "Evaluating {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"
     script:
         "../scripts/evaluate.py"

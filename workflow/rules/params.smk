@@ -6,10 +6,10 @@ rule validate_params:
         engines.PARAMS_CHECK,
     log:
         "logs/validate_params.log",
-    message:
-        "Recording that the params are valid ({output})"
     localrule: True
     conda:
         "../envs/skrd4ad.yaml"
+    message:
+        "Recording that the params are valid ({output})"
     script:
         "../scripts/validate_params.py"
