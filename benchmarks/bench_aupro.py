@@ -1,19 +1,22 @@
-"""Benchmark exact AUPRO against a plain NumPy version and the seed's threshold loop.
+"""Benchmark AUPRO, like with like: exact vs exact, seed formula vs seed formula.
 
 On one set of seeded synthetic maps (blob masks on about half the images, maps = smooth
-noise plus a blurred copy of the mask) it times, in one run:
+noise plus a blurred copy of the mask) it times, interleaved round by round (see ``_common``):
 
-1. ``skrd4ad.metrics.aupro`` (ours, exact);
-2. the same exact algorithm written plainly in NumPy here (argsort, cumsum);
-3. the seed's ``compute_pro`` loop (200 thresholds x images x ``regionprops`` regions),
-   called once per anomalous image as the RD4AD evaluation does; and ours
-   ``aupro_seed`` computing the same number.
+* exact MVTec AUPRO: ``skrd4ad.metrics.aupro`` (ours) vs the same exact algorithm written
+  plainly in NumPy here (argsort, cumsum); both get the same float32 maps;
+* the seed's AUPRO formula: ``skrd4ad.metrics.aupro_seed`` (ours) vs the seed's own loop
+  (``skrd4ad.seed_reference.aupro_seed_loop``: ``compute_pro``, 200 thresholds x
+  ``regionprops`` regions, once per anomalous image, as the RD4AD evaluation does); both get
+  the same float64 maps (the seed's maps were float64).
 
-Checks (1) == (2) and ours ``aupro_seed`` == (3) to 1e-9, then times ``compute_metrics``
-on a larger set (default 1000 maps of 256x256) and reports its peak RSS increase.
-Writes JSON to ``--out`` (default ``benchmarks/out/bench_aupro.json``).
+Reports each side's median seconds and, per pair, the median per-round ratio with min and max;
+checks both pairs agree to 1e-9. Then measures, untimed, the peak RSS increase of one call of
+each exact method, and times one ``compute_metrics`` call on a larger set (default 1000 maps of
+256x256) with its peak RSS increase. Writes JSON to ``--out`` (default
+``benchmarks/out/bench_aupro.json``).
 
-    .venv/bin/python benchmarks/bench_aupro.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/bench_aupro.py            # full run (about a minute)
     .venv/bin/python benchmarks/bench_aupro.py --quick    # smoke run (seconds)
 """
 
@@ -21,25 +24,20 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import re
-import statistics
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
-from skimage import measure
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from skrd4ad import metrics  # noqa: E402
-from skrd4ad.io import write_json_atomic  # noqa: E402
+from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
+
+from skrd4ad import metrics
+from skrd4ad.seed_reference import aupro_seed_loop
 
 # ----------------------------------------------------------------------- data
 
@@ -98,39 +96,6 @@ def numpy_aupro(maps: np.ndarray, masks: np.ndarray, fpr_limit: float = 0.3) -> 
     return area / fpr_limit
 
 
-def seed_compute_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200) -> float:
-    """The seed's per-call loop: thresholds x images x regionprops regions (stack (n,H,W))."""
-    binary = np.zeros_like(amaps, dtype=bool)
-    lo, hi = amaps.min(), amaps.max()
-    fprs, pros = [], []
-    for th in np.arange(lo, hi, (hi - lo) / num_th):
-        binary[amaps <= th] = False
-        binary[amaps > th] = True
-        per_region = []
-        for b, mask in zip(binary, masks):
-            for region in measure.regionprops(measure.label(mask)):
-                tp = b[region.coords[:, 0], region.coords[:, 1]].sum()
-                per_region.append(tp / region.area)
-        inverse = 1 - masks
-        fprs.append(np.logical_and(inverse, binary).sum() / inverse.sum())
-        pros.append(statistics.mean(per_region))
-    fpr, pro = np.array(fprs), np.array(pros)
-    keep = fpr < 0.3
-    f = fpr[keep] / fpr[keep].max()
-    p = pro[keep]
-    return float(-np.trapezoid(p, f))  # sklearn.metrics.auc on decreasing x
-
-
-def seed_aupro(maps: np.ndarray, masks: np.ndarray) -> float:
-    """RD4AD evaluation: seed_compute_pro once per anomalous image (float64 maps), then mean."""
-    vals = [
-        seed_compute_pro(masks[i : i + 1].astype(int), maps[i : i + 1].astype(np.float64))
-        for i in range(maps.shape[0])
-        if masks[i].any()
-    ]
-    return float(np.mean(vals))
-
-
 # -------------------------------------------------------------- measuring
 
 
@@ -177,74 +142,67 @@ def peak_rss() -> Iterator[dict[str, Any]]:
         out.update(method=method, rss_before_mib=before / 1024, peak_delta_mib=(peak - before) / 1024)
 
 
-def timed(fn: Callable[[], float], repeats: int) -> tuple[float, float]:
-    """(value, best wall-clock seconds over ``repeats`` calls)."""
-    best, value = float("inf"), float("nan")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        value = fn()
-        best = min(best, time.perf_counter() - t0)
-    return value, best
-
-
 # ------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="benchmarks/out/bench_aupro.json", help="JSON output path")
-    ap.add_argument("--images", type=int, default=150, help="images for the AUPRO comparison")
+    ap.add_argument("--images", type=int, default=150, help="images for the AUPRO comparisons")
     ap.add_argument("--size", type=int, default=256, help="map height = width")
     ap.add_argument("--big-images", type=int, default=1000, help="images for compute_metrics")
-    ap.add_argument("--repeats", type=int, default=3, help="timing repeats for the fast methods")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (after 1 warm-up round)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     args = ap.parse_args(argv)
     if args.quick:
-        args.images, args.size, args.big_images, args.repeats = 16, 96, 64, 1
+        args.images, args.size, args.big_images, args.rounds = 16, 96, 64, 3
 
     maps, masks = make_data(args.images, args.size, args.seed)
+    maps64 = maps.astype(np.float64)  # the seed pair's input (the seed's maps were float64)
     res: dict[str, Any] = {
+        "benchmark": "bench_aupro",
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "numpy": np.__version__,
-            "processor": platform.processor() or platform.machine(),
-        },
+        "machine": {**machine(), "numpy": np.__version__},
         "data": {
             "pixels": int(maps.size),
             "anomalous_images": int(masks.reshape(args.images, -1).any(axis=1).sum()),
             "anomalous_pixel_fraction": float(masks.mean()),
         },
+        "what": {
+            "exact": "metrics.aupro vs plain NumPy, same exact algorithm, both on the float32 maps",
+            "seed": "metrics.aupro_seed vs the seed's compute_pro loop once per anomalous image, both on float64 maps",
+        },
     }
 
-    with peak_rss() as mem_ours:
-        ours, t_ours = timed(lambda: metrics.aupro(maps, masks), args.repeats)
-    with peak_rss() as mem_np:
-        ref, t_np = timed(lambda: numpy_aupro(maps, masks), args.repeats)
-    ours_seed, t_ours_seed = timed(lambda: metrics.aupro_seed(maps, masks), args.repeats)
-    seed, t_seed = timed(lambda: seed_aupro(maps, masks), 1)
-
-    res["aupro"] = {
-        "ours": ours, "numpy": ref, "abs_diff": abs(ours - ref), "equal_1e-9": bool(abs(ours - ref) <= 1e-9),
+    sides = {
+        "ours_aupro": lambda: metrics.aupro(maps, masks),
+        "numpy_aupro": lambda: numpy_aupro(maps, masks),
+        "ours_aupro_seed": lambda: metrics.aupro_seed(maps64, masks),
+        "seed_loop": lambda: aupro_seed_loop(maps64, masks),
     }
-    res["aupro_seed"] = {
-        "ours": ours_seed, "seed_loop": seed, "abs_diff": abs(ours_seed - seed),
-        "equal_1e-9": bool(abs(ours_seed - seed) <= 1e-9),
-    }
-    res["seconds"] = {
-        "ours_aupro": t_ours, "numpy_aupro": t_np, "ours_aupro_seed": t_ours_seed, "seed_loop": t_seed,
-    }
+    times, values = interleaved(sides, args.rounds)
+    res["seconds"] = {name: side_summary(t) for name, t in times.items()}
     res["ratios"] = {
-        "seed_over_ours": t_seed / t_ours,
-        "seed_over_ours_aupro_seed": t_seed / t_ours_seed,
-        "numpy_over_ours": t_np / t_ours,
+        "numpy_over_ours_aupro": ratio_summary(times["numpy_aupro"], times["ours_aupro"]),
+        "seed_loop_over_ours_aupro_seed": ratio_summary(times["seed_loop"], times["ours_aupro_seed"]),
     }
-    res["peak_rss_delta_mib"] = {
-        "ours_aupro": mem_ours["peak_delta_mib"], "numpy_aupro": mem_np["peak_delta_mib"],
+    res["values"] = values
+    res["checks"] = {
+        "aupro_equal_numpy_1e-9": bool(abs(values["ours_aupro"] - values["numpy_aupro"]) <= 1e-9),
+        "aupro_seed_equal_seed_loop_1e-9": bool(abs(values["ours_aupro_seed"] - values["seed_loop"]) <= 1e-9),
+        "abs_diff_exact": abs(values["ours_aupro"] - values["numpy_aupro"]),
+        "abs_diff_seed": abs(values["ours_aupro_seed"] - values["seed_loop"]),
     }
-    del maps, masks
+
+    with peak_rss() as mem_ours:  # untimed, one call each
+        metrics.aupro(maps, masks)
+    with peak_rss() as mem_np:
+        numpy_aupro(maps, masks)
+    res["peak_rss_delta_mib_one_call"] = {
+        "ours_aupro": mem_ours["peak_delta_mib"], "numpy_aupro": mem_np["peak_delta_mib"], "method": mem_ours["method"],
+    }
+    del maps, maps64, masks
     gc.collect()
 
     big_maps, big_masks = make_data(args.big_images, args.size, args.seed + 1)
@@ -254,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         t0 = time.perf_counter()
         out = metrics.compute_metrics(big_scores, big_labels, None, big_maps, big_masks)
         t_big = time.perf_counter() - t0
-    res["compute_metrics"] = {
+    res["compute_metrics_one_call"] = {
         "images": args.big_images,
         "pixels": int(big_maps.size),
         "input_mib": (big_maps.nbytes + big_masks.nbytes) / 2**20,
@@ -264,17 +222,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scalars": out.scalars,
     }
     res["goals"] = {
-        "seed_over_ours>=50": bool(res["ratios"]["seed_over_ours"] >= 50),
-        "numpy_over_ours>=1": bool(res["ratios"]["numpy_over_ours"] >= 1),
+        "seed_loop_over_ours_aupro_seed_median>=50": bool(res["ratios"]["seed_loop_over_ours_aupro_seed"]["median"] >= 50),
+        "numpy_over_ours_aupro_median>=1": bool(res["ratios"]["numpy_over_ours_aupro"]["median"] >= 1),
         "compute_metrics_peak_rss<2GiB": bool(mem_big["peak_delta_mib"] < 2048),
-        "aupro_equal_numpy": res["aupro"]["equal_1e-9"],
-        "aupro_seed_equal_loop": res["aupro_seed"]["equal_1e-9"],
+        "aupro_equal_numpy": res["checks"]["aupro_equal_numpy_1e-9"],
+        "aupro_seed_equal_seed_loop": res["checks"]["aupro_seed_equal_seed_loop_1e-9"],
     }
-    write_json_atomic(args.out, res)
+    write_result(args.out, res)
+    print(f"numpy / ours aupro {fmt_ratio(res['ratios']['numpy_over_ours_aupro'])}; "
+          f"seed loop / ours aupro_seed {fmt_ratio(res['ratios']['seed_loop_over_ours_aupro_seed'])} -> {args.out}")
     return res
 
 
 if __name__ == "__main__":
-    import json
-
-    print(json.dumps(main(), indent=2))
+    main()

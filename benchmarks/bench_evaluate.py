@@ -4,42 +4,45 @@ Setup (not timed): a synthetic ``brick`` class (default 8 train, 20 good + 40 an
 images at 256 px), prepared at 256 px, and a mobilenet_v2 SK-RD4AD model trained for one
 epoch with a random teacher (only timing matters here).
 
-Timed after a small warm-up, once each in this order (``--repeats N``: N such rounds, the best
-time of each reported, every round kept in ``seconds_every_round``):
+Timed after one warm-up round, interleaved round by round (``--rounds``, default 5; the order
+alternates between rounds; see ``_common``):
 
 1. ``seed_loop``: the RD4AD / SK-RD4AD research ``evaluation()`` re-implemented here: load the
    checkpoint, then per test image (batch 1) teacher + bottleneck + decoder, per layer
    ``1 - cosine_similarity``, bilinear upsampling, summed into a float64 map,
    ``scipy.ndimage.gaussian_filter(sigma=4)``, pixels appended to Python lists, image score =
-   map maximum, and for each anomalous image the seed's ``compute_pro`` (200 thresholds,
-   ``skimage.measure.label`` + ``regionprops``); then ``sklearn.metrics.roc_auc_score`` on the
-   pixel and image lists and the mean AUPRO. Test images come from the prepared cache (the
-   seed decoded PNGs in a DataLoader; that cost is left out, which favours the seed).
-2. ``ours``: :func:`skrd4ad.evaluate.evaluate` (BatchNorm folded into the convolutions, batches
-   of ``--eval-batch``, Gaussian as two matrix products, metrics from one sort while worker
-   threads draw the figures with Pillow, all output files, figures included);
-3. ``ours_no_figures``: the same with ``num_figures=0``.
+   map maximum, and for each anomalous image the seed's ``compute_pro``
+   (:mod:`skrd4ad.seed_reference`: 200 thresholds, ``skimage.measure.label`` + ``regionprops``);
+   then ``sklearn.metrics.roc_auc_score`` on the pixel and image lists and the mean AUPRO. Test
+   images come from the prepared cache (the seed decoded PNGs in a DataLoader; that cost is left
+   out, which favours the seed).
+2. ``ours_no_figures``: :func:`skrd4ad.evaluate.evaluate` with ``num_figures=0`` (BatchNorm folded
+   into the convolutions, batches of ``--eval-batch``, Gaussian as two matrix products, all
+   metrics from one sort, every output file but the figures). The like-with-like comparison:
+   the seed draws no figures either, and ours still computes more (exact AUPRO, F1, curves).
+3. ``ours``: the same with the default figures (drawn with Pillow on worker threads).
 
-Both sides load the checkpoint under the same ``torch.manual_seed`` (a random teacher is rebuilt
-from the global RNG), so they score the same maps; the run checks that pixel AUROC, image
-AUROC and ``aupro_seed`` agree within 1e-5 and reports the differences.
-Writes JSON to ``--out`` (default ``benchmarks/out/bench_evaluate.json``).
+Same dtype on both sides: the network runs in float32 on ``--device`` (no autocast); the
+seed's float64 map sums are its own code. Both sides load the checkpoint under the same
+``torch.manual_seed`` (a random teacher is rebuilt from the global RNG), so they score the same
+maps; the run checks that pixel AUROC, image AUROC and ``aupro_seed`` agree within 1e-5 and
+reports the differences. Reports each side's median seconds and the median per-round ratio
+(seed loop / ours) with min and max. Writes JSON to ``--out`` (default
+``benchmarks/out/bench_evaluate.json``).
 
-    .venv/bin/python benchmarks/bench_evaluate.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/bench_evaluate.py            # full run (about a minute on 2 cores)
     .venv/bin/python benchmarks/bench_evaluate.py --quick    # smoke run (seconds)
-    .venv/bin/python benchmarks/bench_evaluate.py --device cuda --eval-batch 32 --repeats 3  # on a GPU
+    .venv/bin/python benchmarks/bench_evaluate.py --device cuda --eval-batch 32   # on a GPU
 
-On a shared machine one-shot times can swing several-fold (batch-1 inference suffers most from
-busy cores): quote ``seed_loop_over_ours`` together with ``loadavg_1_5_15``, or use --repeats.
+On a shared machine batch-1 inference suffers most from busy cores: read the ratio's min and max
+and ``loadavg`` in the JSON together with its median.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -53,21 +56,20 @@ import skimage
 import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
-from skimage import measure
-from sklearn.metrics import auc, roc_auc_score
+from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from skrd4ad.config import EvalConfig, TrainConfig  # noqa: E402
-from skrd4ad.data.prepare import prepare_class  # noqa: E402
-from skrd4ad.data.prepared import PreparedClass, to_model_input  # noqa: E402
-from skrd4ad.data.synthetic import generate  # noqa: E402
-from skrd4ad.evaluate import compute_maps, evaluate  # noqa: E402
-from skrd4ad.inference import predict_batch  # noqa: E402
-from skrd4ad.io import write_json_atomic  # noqa: E402
-from skrd4ad.models.fold import fold_batchnorm  # noqa: E402
-from skrd4ad.checkpoint import load_checkpoint  # noqa: E402
-from skrd4ad.train import train  # noqa: E402
-from skrd4ad.viz import save_triptych  # noqa: E402
+from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
+from skrd4ad.checkpoint import load_checkpoint
+from skrd4ad.config import EvalConfig, TrainConfig
+from skrd4ad.data.prepare import prepare_class
+from skrd4ad.data.prepared import PreparedClass, to_model_input
+from skrd4ad.data.synthetic import generate
+from skrd4ad.evaluate import compute_maps, evaluate
+from skrd4ad.inference import predict_batch
+from skrd4ad.models.fold import fold_batchnorm
+from skrd4ad.seed_reference import aupro_seed_loop, compute_pro
+from skrd4ad.train import train
+from skrd4ad.viz import save_triptych
 
 CLASS = "brick"
 MODEL_SEED = 1234  # torch.manual_seed before every load_checkpoint: same random teacher each time
@@ -79,33 +81,6 @@ TOL = 1e-5  # our maps are float32 (seed: float64 sums): ~1e-6 relative map diff
 EVAL_BATCH = 4
 
 # ------------------------------------------------------------------- the seed's evaluation
-
-
-def seed_compute_pro(masks: np.ndarray, amaps: np.ndarray, num_th: int = 200) -> float:
-    """The seed's ``compute_pro``: masks int (1, H, W), amaps float64 (1, H, W).
-
-    The seed appended one row per threshold with ``DataFrame.append`` (gone in pandas 2); rows
-    are collected in a list and framed once here, which only makes the seed faster."""
-    binary_amaps = np.zeros_like(amaps, dtype=bool)
-    min_th, max_th = amaps.min(), amaps.max()
-    delta = (max_th - min_th) / num_th
-    rows = []
-    for th in np.arange(min_th, max_th, delta):
-        binary_amaps[amaps <= th] = 0
-        binary_amaps[amaps > th] = 1
-        pros = []
-        for binary_amap, mask in zip(binary_amaps, masks):
-            for region in measure.regionprops(measure.label(mask)):
-                tp_pixels = binary_amap[region.coords[:, 0], region.coords[:, 1]].sum()
-                pros.append(tp_pixels / region.area)
-        inverse_masks = 1 - masks
-        fp_pixels = np.logical_and(inverse_masks, binary_amaps).sum()
-        fpr = fp_pixels / inverse_masks.sum()
-        rows.append({"pro": statistics.mean(pros), "fpr": fpr, "threshold": th})
-    df = pd.DataFrame(rows, columns=["pro", "fpr", "threshold"])
-    df = df[df["fpr"] < 0.3]
-    df["fpr"] = df["fpr"] / df["fpr"].max()
-    return float(auc(df["fpr"], df["pro"]))
 
 
 def seed_anomaly_map(fs_list: list[torch.Tensor], ft_list: list[torch.Tensor], out_size: int) -> np.ndarray:
@@ -151,7 +126,7 @@ def seed_evaluation(checkpoint: Path, data_dir: Path, limit: int | None = None, 
             gt[gt > 0.5] = 1
             gt[gt <= 0.5] = 0
             if labels[i] != 0:
-                aupro_list.append(seed_compute_pro(gt.squeeze(0).astype(int), anomaly_map[np.newaxis, :, :]))
+                aupro_list.append(compute_pro(gt.squeeze(0).astype(int), anomaly_map[np.newaxis, :, :]))
             t3 = time.perf_counter()
             gt_list_px.extend(gt.astype(int).ravel())
             pr_list_px.extend(anomaly_map.ravel())
@@ -226,27 +201,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n-test-good", type=int, default=20)
     ap.add_argument("--n-test-bad", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0, help="synthetic data seed")
-    ap.add_argument("--repeats", type=int, default=1,
-                    help="interleaved rounds of the three timings; the best of each is reported")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timed rounds (after 1 warm-up round)")
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] for both sides (training for the setup stays on the CPU)")
     ap.add_argument("--eval-batch", type=int, default=EVAL_BATCH, help="our evaluate.batch_size (see EVAL_BATCH)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.image_size, args.n_train, args.n_test_good, args.n_test_bad = 64, 4, 4, 8
+        args.image_size, args.n_train, args.n_test_good, args.n_test_bad, args.rounds = 64, 4, 4, 8, 3
 
     res: dict[str, Any] = {
+        "benchmark": "bench_evaluate",
         "config": {k: v for k, v in vars(args).items() if k != "out"},
-        "order": ["setup", "warm_up", "seed_loop", "ours", "ours_no_figures"],
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_num_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine(),
-            "versions": {"torch": torch.__version__, "numpy": np.__version__, "scipy": scipy.__version__,
-                         "scikit-learn": sklearn.__version__, "scikit-image": skimage.__version__,
-                         "pandas": pd.__version__},
-        },
+        "machine": {**machine(), "versions": {"torch": torch.__version__, "numpy": np.__version__,
+                                               "scipy": scipy.__version__, "scikit-learn": sklearn.__version__,
+                                               "scikit-image": skimage.__version__, "pandas": pd.__version__}},
+        "what": ("seed_loop: the seed's evaluation() (batch 1, float64 map sums, compute_pro loop); "
+                 "ours_no_figures: skrd4ad.evaluate.evaluate with num_figures=0 (like with like); "
+                 "ours: the same with the default figures; network in float32 on both sides"),
     }
     with tempfile.TemporaryDirectory(prefix="bench_evaluate.") as tmp_name:
         tmp = Path(tmp_name)
@@ -266,20 +237,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
         load: dict[str, Any] = {"before_warm_up": os.getloadavg()}
         warm_up(checkpoint, prepared, tmp, args.device)
-        times: dict[str, list[float]] = {"seed_loop": [], "ours": [], "ours_no_figures": []}
-        seed: dict[str, Any] = {}
-        for r in range(args.repeats):  # rounds interleave the three, so machine noise hits all alike
-            load[f"round_{r}_before_seed_loop"] = os.getloadavg()
+        seed_runs: list[dict[str, Any]] = []
+
+        def seed_side() -> dict[str, Any]:
             run = seed_evaluation(checkpoint, prepared, device=args.device)
-            times["seed_loop"].append(run["seconds"]["total"])
-            if run["seconds"]["total"] <= min(times["seed_loop"]):
-                seed = run
-            load[f"round_{r}_before_ours"] = os.getloadavg()
-            ours, t = ours_evaluation(checkpoint, prepared, tmp / "eval", EvalConfig().num_figures, args.device, args.eval_batch)
-            times["ours"].append(t)
-            load[f"round_{r}_before_ours_no_figures"] = os.getloadavg()
-            ours_nf, t = ours_evaluation(checkpoint, prepared, tmp / "eval_nf", 0, args.device, args.eval_batch)
-            times["ours_no_figures"].append(t)
+            seed_runs.append(run["seconds"])
+            return run
+
+        sides = {
+            "seed_loop": seed_side,
+            "ours_no_figures": lambda: ours_evaluation(checkpoint, prepared, tmp / "eval_nf", 0, args.device,
+                                                       args.eval_batch)[0],
+            "ours": lambda: ours_evaluation(checkpoint, prepared, tmp / "eval", EvalConfig().num_figures,
+                                            args.device, args.eval_batch)[0],
+        }
+        times, values = interleaved(sides, args.rounds,
+                                    between=lambda r, name: load.__setitem__(f"round_{r}_before_{name}", os.getloadavg()))
         load["after"] = os.getloadavg()
         n_figures = len(list((tmp / "eval" / "figures").glob("*.png")))
 
@@ -290,19 +263,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         labels = data.test_manifest.reset_index(drop=True)["label"].to_numpy()
         del data
 
+    seed, ours, ours_nf = values["seed_loop"], values["ours"], values["ours_no_figures"]
     seed_maps = seed.pop("maps")
     sk_px, sk_sp = roc_auc_score(gt.ravel(), maps.ravel()), roc_auc_score(labels, scores)
-    seed_pro_on_ours = float(np.mean([seed_compute_pro(gt[i : i + 1].astype(int), maps[i : i + 1].astype(np.float64))
-                                      for i in np.flatnonzero(labels)]))
+    seed_pro_on_ours = aupro_seed_loop(maps, gt)
     keys = ("pixel_auroc", "image_auroc", "aupro_seed")
     diffs = {k: abs(ours[k] - seed["metrics"][k]) for k in keys}
-    t_seed, t_ours, t_ours_nf = (min(times[k]) for k in ("seed_loop", "ours", "ours_no_figures"))
-    res["seconds"] = {"seed_loop": t_seed, "ours": t_ours, "ours_no_figures": t_ours_nf}
-    res["seconds_every_round"] = times
-    res["seed_loop_breakdown_seconds"] = seed["seconds"]  # of its best round
+    timed_runs = seed_runs[-args.rounds:]  # the warm-up round's run is not timed
+    res["seconds"] = {name: side_summary(t) for name, t in times.items()}
+    res["ratios"] = {
+        "seed_loop_over_ours_no_figures": ratio_summary(times["seed_loop"], times["ours_no_figures"]),
+        "seed_loop_over_ours": ratio_summary(times["seed_loop"], times["ours"]),
+    }
+    res["seed_loop_breakdown_median_seconds"] = {k: statistics.median(r[k] for r in timed_runs)
+                                                 for k in timed_runs[0]}
     res["figures_written"] = n_figures
-    res["seed_loop_over_ours"] = t_seed / t_ours
-    res["seed_loop_over_ours_no_figures"] = t_seed / t_ours_nf
     res["metrics"] = {
         "seed_loop": seed["metrics"],
         "ours": {k: ours[k] for k in keys},
@@ -321,18 +296,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "ours_minus_seed_metrics_on_our_maps": {"pixel_auroc": abs(ours["pixel_auroc"] - sk_px),
                                                 "image_auroc": abs(ours["image_auroc"] - sk_sp),
                                                 "aupro_seed": abs(ours["aupro_seed"] - seed_pro_on_ours)},
-        "ours_parts_seconds": t_ours_parts,
+        "ours_parts_seconds_one_call": t_ours_parts,
     }
     res["loadavg_1_5_15"] = load
     res["checks"] = {f"{k}_equal_{TOL:g}": bool(d <= TOL) for k, d in diffs.items()}
     res["checks"].update({f"{k}_equal_seed_code_on_our_maps_1e-9": bool(d <= 1e-9)
                           for k, d in res["diagnostics"]["ours_minus_seed_metrics_on_our_maps"].items()})
-    res["goals"] = {"seed_loop_over_ours>=10": bool(res["seed_loop_over_ours"] >= 10)}
-    write_json_atomic(args.out, res)
+    res["goals"] = {"seed_loop_over_ours_median>=10": bool(res["ratios"]["seed_loop_over_ours"]["median"] >= 10)}
+    write_result(args.out, res)
+    print(f"seed loop / ours without figures {fmt_ratio(res['ratios']['seed_loop_over_ours_no_figures'])}, "
+          f"/ ours with figures {fmt_ratio(res['ratios']['seed_loop_over_ours'])} -> {args.out}")
     return res
 
 
 if __name__ == "__main__":
-    import json
-
-    print(json.dumps(main(), indent=2))
+    main()

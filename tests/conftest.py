@@ -1,11 +1,25 @@
-"""Shared test setup: keep every test (and the subprocesses it starts) out of the user's caches."""
+"""Shared test setup: the one place for fixtures used by more than one test file.
+
+* ``_private_teacher_cache`` (session, automatic): keeps every test, and the subprocesses it
+  starts, out of the user's caches.
+* torch runs on at most 2 threads in this process (the suites' CPU budget).
+* ``prepared_brick`` (session): a small synthetic class, prepared; read-only for its users.
+
+Plain helper functions (no fixtures) live in importable modules beside this file:
+``data_fixtures`` (tiny MVTec-layout classes, archives, PNG bytes) and ``pipeline_fixtures``
+(tiny pipeline configuration, git copies of the repository, output checks).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -20,3 +34,15 @@ def _private_teacher_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator
         os.environ.pop("SKRD4AD_CACHE", None)
     else:
         os.environ["SKRD4AD_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def prepared_brick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic ``brick`` (seed 0, generated at 96 px: 6 train, 2 good + 3 anomalous test
+    images) prepared at 64 px; returns the prepared folder.  Shared: do not write into it."""
+    from skrd4ad.data.prepare import prepare_class
+    from skrd4ad.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("prepared_brick")
+    generate(root / "raw", ["brick"], seed=0, image_size=96, n_train=6, n_test_good=2, n_test_bad=3)
+    return prepare_class(root / "raw", "brick", root / "prepared", image_size=64, progress=False)

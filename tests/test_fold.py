@@ -9,8 +9,6 @@ from torch import nn
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.rd4ad import ARCH_SPECS, build_model
 
-torch.set_num_threads(2)
-
 
 def _randomise_batchnorm(model: nn.Module, seed: int) -> None:
     """Non-trivial running statistics and affine parameters (defaults would fold to ~identity)."""

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import statistics
-
 import numpy as np
 import pytest
 import sklearn.metrics as skm
 import torch
 from scipy import ndimage
-from skimage import measure
 
 from skrd4ad import metrics as M
+from skrd4ad.seed_reference import aupro_seed_loop
 
 # --------------------------------------------------------------------- references
 
@@ -44,33 +42,6 @@ def brute_area(xs: list[float], ys: list[float], lim: float) -> float:
             area += (lim - x0) * (y0 + y_lim) / 2
             break
     return area / lim
-
-
-def slow_seed(maps: np.ndarray, masks: np.ndarray, num_th: int = 200, lim: float = 0.3) -> float:
-    """The seed's per-threshold loop (skimage label/regionprops), one call per anomalous image."""
-    vals = []
-    for amap, mask in zip(maps.astype(np.float64), (masks != 0).astype(int)):
-        if not mask.any():
-            continue
-        amap, mask = amap[None], mask[None]
-        lo, hi = amap.min(), amap.max()
-        binary = np.zeros_like(amap, dtype=bool)
-        fprs, pros = [], []
-        for th in np.arange(lo, hi, (hi - lo) / num_th):
-            binary[amap <= th] = False
-            binary[amap > th] = True
-            per_region = []
-            for b, mk in zip(binary, mask):
-                for region in measure.regionprops(measure.label(mk)):
-                    per_region.append(b[region.coords[:, 0], region.coords[:, 1]].sum() / region.area)
-            inverse = 1 - mask
-            fprs.append(np.logical_and(inverse, binary).sum() / inverse.sum())
-            pros.append(statistics.mean(per_region))
-        fprs_a, pros_a = np.array(fprs), np.array(pros)
-        keep = fprs_a < lim
-        f = fprs_a[keep] / fprs_a[keep].max()
-        vals.append(skm.auc(f, pros_a[keep]))
-    return float(np.mean(vals))
 
 
 def sk_f1_max(y: np.ndarray, s: np.ndarray) -> float:
@@ -283,13 +254,13 @@ def test_aupro_seed_matches_slow_loop(seed: int) -> None:
         masks[i, 8:10, 0:2] = 1 if i % 2 else 0
         maps[i] += 1.5 * ndimage.uniform_filter(masks[i].astype(float), 3)
     masks[3] = 0  # a good image is skipped
-    want = slow_seed(maps, masks, num_th=200)
+    want = aupro_seed_loop(maps, masks, num_th=200)
     assert M.aupro_seed(maps, masks) == pytest.approx(want, abs=1e-12)
     assert M.aupro_seed(maps.astype(np.float32), masks) == pytest.approx(
-        slow_seed(maps.astype(np.float32), masks), abs=1e-12
+        aupro_seed_loop(maps.astype(np.float32), masks), abs=1e-12
     )
     assert M.aupro_seed(maps, masks, num_thresholds=37, fpr_limit=0.5) == pytest.approx(
-        slow_seed(maps, masks, num_th=37, lim=0.5), abs=1e-12
+        aupro_seed_loop(maps, masks, num_th=37, fpr_limit=0.5), abs=1e-12
     )
 
 

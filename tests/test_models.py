@@ -11,16 +11,7 @@ import torch.nn.functional as F
 from skrd4ad.models.anomaly_map import anomaly_map, gaussian_blur, image_scores
 from skrd4ad.models.loss import consistency_term, distillation_loss
 from skrd4ad.models.rd4ad import ARCH_SPECS, build_model
-from skrd4ad.models.reference import UNUSED_REFERENCE_PREFIXES, load_reference_state_dict
-
-torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module")
-def small_models() -> dict[str, torch.nn.Module]:
-    torch.manual_seed(0)
-    return {arch: build_model(arch, "rd4ad", teacher_weights=None).eval()
-            for arch in ("resnet18", "mobilenet_v2")}
+from skrd4ad.models.reference import load_reference_state_dict
 
 
 @pytest.mark.parametrize("arch", list(ARCH_SPECS))
@@ -196,87 +187,185 @@ def test_image_scores() -> None:
 
 # ---------------------------------------------------------------- reference weights
 
-#: Shapes read off the reference RD4AD architecture (resnet.py BN_layer, de_resnet.py) for
-#: wide_resnet50_2: expansion 4, width_per_group 128.
-WIDE_REFERENCE_SHAPES = {
-    "bn.conv1.weight": (512, 256, 3, 3),
-    "bn.conv2.weight": (1024, 512, 3, 3),
-    "bn.conv3.weight": (1024, 512, 3, 3),
-    "bn.conv4.weight": (2048, 4096, 1, 1),  # unused by the reference forward
-    "bn.bn_layer.0.conv1.weight": (1024, 3072, 1, 1),
-    "bn.bn_layer.0.conv2.weight": (1024, 1024, 3, 3),
-    "bn.bn_layer.0.downsample.0.weight": (2048, 3072, 1, 1),
-    "bn.bn_layer.2.conv3.weight": (2048, 1024, 1, 1),
-    "decoder.layer1.0.conv2.weight": (512, 512, 2, 2),
-    "decoder.layer1.0.upsample.0.weight": (2048, 1024, 2, 2),
-    "decoder.layer1.2.conv3.weight": (1024, 512, 1, 1),
-    "decoder.layer2.3.conv1.weight": (256, 512, 1, 1),
-    "decoder.layer3.0.upsample.0.weight": (512, 256, 2, 2),
-    "decoder.layer3.5.conv3.weight": (256, 128, 1, 1),
+# The state-dict layout of the reference RD4AD code (hq-deng/RD4AD), written out by hand from its
+# models/resnet.py (``BN_layer``, saved as "bn") and models/de_resnet.py (``ResNet`` decoder, saved
+# as "decoder"); never derived from our modules.  A value is either the weight shape of a
+# convolution (key ``<path>.weight``; ConvTranspose2d weights are (in, out, kH, kW)) or, as an int,
+# a BatchNorm2d of that many channels (keys weight, bias, running_mean, running_var,
+# num_batches_tracked).
+
+
+def _each(stage: str, blocks: tuple[int, ...], entries: dict[str, tuple[int, ...] | int]) -> dict:
+    """The same entries for several identical blocks of one stage (``stage.<i>.<name>``)."""
+    return {f"{stage}.{i}.{name}": spec for i in blocks for name, spec in entries.items()}
+
+
+#: resnet18: ``BN_layer(AttnBasicBlock, 2)`` (expansion 1) and ``de_resnet18`` (BasicBlock, [2, 2, 2]).
+RESNET18_REFERENCE = {
+    "bn": {
+        "conv1": (128, 64, 3, 3), "bn1": 128,
+        "conv2": (256, 128, 3, 3), "bn2": 256,
+        "conv3": (256, 128, 3, 3), "bn3": 256,
+        "conv4": (512, 1024, 1, 1), "bn4": 512,  # defined, never used in the reference forward
+        "bn_layer.0.conv1": (512, 768, 3, 3), "bn_layer.0.bn1": 512,
+        "bn_layer.0.conv2": (512, 512, 3, 3), "bn_layer.0.bn2": 512,
+        "bn_layer.0.downsample.0": (512, 768, 1, 1), "bn_layer.0.downsample.1": 512,
+        "bn_layer.1.conv1": (512, 512, 3, 3), "bn_layer.1.bn1": 512,
+        "bn_layer.1.conv2": (512, 512, 3, 3), "bn_layer.1.bn2": 512,
+    },
+    "decoder": {
+        "layer1.0.conv1": (512, 256, 2, 2), "layer1.0.bn1": 256,
+        "layer1.0.conv2": (256, 256, 3, 3), "layer1.0.bn2": 256,
+        "layer1.0.upsample.0": (512, 256, 2, 2), "layer1.0.upsample.1": 256,
+        "layer1.1.conv1": (256, 256, 3, 3), "layer1.1.bn1": 256,
+        "layer1.1.conv2": (256, 256, 3, 3), "layer1.1.bn2": 256,
+        "layer2.0.conv1": (256, 128, 2, 2), "layer2.0.bn1": 128,
+        "layer2.0.conv2": (128, 128, 3, 3), "layer2.0.bn2": 128,
+        "layer2.0.upsample.0": (256, 128, 2, 2), "layer2.0.upsample.1": 128,
+        "layer2.1.conv1": (128, 128, 3, 3), "layer2.1.bn1": 128,
+        "layer2.1.conv2": (128, 128, 3, 3), "layer2.1.bn2": 128,
+        "layer3.0.conv1": (128, 64, 2, 2), "layer3.0.bn1": 64,
+        "layer3.0.conv2": (64, 64, 3, 3), "layer3.0.bn2": 64,
+        "layer3.0.upsample.0": (128, 64, 2, 2), "layer3.0.upsample.1": 64,
+        "layer3.1.conv1": (64, 64, 3, 3), "layer3.1.bn1": 64,
+        "layer3.1.conv2": (64, 64, 3, 3), "layer3.1.bn2": 64,
+    },
 }
 
+#: wide_resnet50_2: ``BN_layer(AttnBottleneck, 3, width_per_group=128)`` (expansion 4) and
+#: ``de_wide_resnet50_2`` (Bottleneck, [3, 4, 6], width_per_group 128).
+WIDE_RESNET50_2_REFERENCE = {
+    "bn": {
+        "conv1": (512, 256, 3, 3), "bn1": 512,
+        "conv2": (1024, 512, 3, 3), "bn2": 1024,
+        "conv3": (1024, 512, 3, 3), "bn3": 1024,
+        "conv4": (2048, 4096, 1, 1), "bn4": 2048,  # defined, never used in the reference forward
+        "bn_layer.0.conv1": (1024, 3072, 1, 1), "bn_layer.0.bn1": 1024,
+        "bn_layer.0.conv2": (1024, 1024, 3, 3), "bn_layer.0.bn2": 1024,
+        "bn_layer.0.conv3": (2048, 1024, 1, 1), "bn_layer.0.bn3": 2048,
+        "bn_layer.0.downsample.0": (2048, 3072, 1, 1), "bn_layer.0.downsample.1": 2048,
+        **_each("bn_layer", (1, 2), {"conv1": (1024, 2048, 1, 1), "bn1": 1024, "conv2": (1024, 1024, 3, 3),
+                                     "bn2": 1024, "conv3": (2048, 1024, 1, 1), "bn3": 2048}),
+    },
+    "decoder": {
+        "layer1.0.conv1": (512, 2048, 1, 1), "layer1.0.bn1": 512,
+        "layer1.0.conv2": (512, 512, 2, 2), "layer1.0.bn2": 512,
+        "layer1.0.conv3": (1024, 512, 1, 1), "layer1.0.bn3": 1024,
+        "layer1.0.upsample.0": (2048, 1024, 2, 2), "layer1.0.upsample.1": 1024,
+        **_each("layer1", (1, 2), {"conv1": (512, 1024, 1, 1), "bn1": 512, "conv2": (512, 512, 3, 3),
+                                   "bn2": 512, "conv3": (1024, 512, 1, 1), "bn3": 1024}),
+        "layer2.0.conv1": (256, 1024, 1, 1), "layer2.0.bn1": 256,
+        "layer2.0.conv2": (256, 256, 2, 2), "layer2.0.bn2": 256,
+        "layer2.0.conv3": (512, 256, 1, 1), "layer2.0.bn3": 512,
+        "layer2.0.upsample.0": (1024, 512, 2, 2), "layer2.0.upsample.1": 512,
+        **_each("layer2", (1, 2, 3), {"conv1": (256, 512, 1, 1), "bn1": 256, "conv2": (256, 256, 3, 3),
+                                      "bn2": 256, "conv3": (512, 256, 1, 1), "bn3": 512}),
+        "layer3.0.conv1": (128, 512, 1, 1), "layer3.0.bn1": 128,
+        "layer3.0.conv2": (128, 128, 2, 2), "layer3.0.bn2": 128,
+        "layer3.0.conv3": (256, 128, 1, 1), "layer3.0.bn3": 256,
+        "layer3.0.upsample.0": (512, 256, 2, 2), "layer3.0.upsample.1": 256,
+        **_each("layer3", (1, 2, 3, 4, 5), {"conv1": (128, 256, 1, 1), "bn1": 128, "conv2": (128, 128, 3, 3),
+                                            "bn2": 128, "conv3": (256, 128, 1, 1), "bn3": 256}),
+    },
+}
 
-def _reference_layout(model) -> dict[str, dict[str, torch.Tensor]]:
-    """Our student weights renamed to the reference layout, plus its unused conv4/bn4."""
-    bn = {k: v.clone() for k, v in model.bottleneck.state_dict().items()}
-    c3 = model.teacher.channels[2]
-    out = model.bottleneck.out_channels
-    bn["conv4.weight"] = torch.randn(out, 2 * out, 1, 1)
-    for name, value in (("weight", torch.ones(out)), ("bias", torch.zeros(out)),
-                        ("running_mean", torch.zeros(out)), ("running_var", torch.ones(out)),
-                        ("num_batches_tracked", torch.tensor(0))):
-        bn[f"bn4.{name}"] = value
-    assert c3 > 0
-    return {"bn": bn, "decoder": {k: v.clone() for k, v in model.decoder.state_dict().items()}}
+REFERENCES = {"resnet18": RESNET18_REFERENCE, "wide_resnet50_2": WIDE_RESNET50_2_REFERENCE}
+
+#: Reference keys the loader must drop (the unused conv4 / bn4 of ``BN_layer``).
+UNUSED_REFERENCE_KEYS = ["bn.bn4.bias", "bn.bn4.num_batches_tracked", "bn.bn4.running_mean",
+                         "bn.bn4.running_var", "bn.bn4.weight", "bn.conv4.weight"]
 
 
-def test_wide_resnet_matches_reference_shapes() -> None:
+def _random_state(layout: dict[str, tuple[int, ...] | int], seed: int) -> dict[str, torch.Tensor]:
+    """A state dict with ``layout``'s keys and shapes and seeded random values (positive
+    BatchNorm variances and scales, so a forward pass stays finite)."""
+    g = torch.Generator().manual_seed(seed)
+    out: dict[str, torch.Tensor] = {}
+    for path, spec in layout.items():
+        if isinstance(spec, int):
+            out[f"{path}.weight"] = torch.rand(spec, generator=g) + 0.5
+            out[f"{path}.bias"] = 0.1 * torch.randn(spec, generator=g)
+            out[f"{path}.running_mean"] = 0.1 * torch.randn(spec, generator=g)
+            out[f"{path}.running_var"] = torch.rand(spec, generator=g) + 0.5
+            out[f"{path}.num_batches_tracked"] = torch.tensor(17)
+        else:
+            out[f"{path}.weight"] = 0.05 * torch.randn(spec, generator=g)
+    return out
+
+
+def _reference_checkpoint(arch: str, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """What the reference code saves: ``{'bn': bn.state_dict(), 'decoder': decoder.state_dict()}``."""
+    ref = REFERENCES[arch]
+    return {"bn": _random_state(ref["bn"], seed), "decoder": _random_state(ref["decoder"], seed + 1)}
+
+
+def test_reference_tables_are_consistent() -> None:
+    """The hand-written tables chain up: each stage's input is the previous stage's output."""
+    for ref in REFERENCES.values():
+        dec = ref["decoder"]
+        bottleneck_out = ref["bn"]["bn_layer.0.downsample.1"]
+        assert dec["layer1.0.upsample.0"][0] == bottleneck_out
+        assert dec["layer2.0.upsample.0"][0] == dec["layer1.0.upsample.1"]
+        assert dec["layer3.0.upsample.0"][0] == dec["layer2.0.upsample.1"]
+    assert sum(1 for k in WIDE_RESNET50_2_REFERENCE["decoder"] if k.endswith(".conv1")) == 3 + 4 + 6
+
+
+@pytest.mark.parametrize("arch", list(REFERENCES))
+def test_reference_checkpoint_loads_key_for_key(arch: str) -> None:
     torch.manual_seed(0)
-    model = build_model("wide_resnet50_2", "rd4ad", teacher_weights=None)
-    ref = _reference_layout(model)
-    flat = {f"{g}.{k}": v for g, sd in ref.items() for k, v in sd.items()}
-    for key, shape in WIDE_REFERENCE_SHAPES.items():
-        assert tuple(flat[key].shape) == shape, key
-    # the reference has 3 bottleneck blocks and 3/4/6 decoder blocks
-    assert {k.split(".")[2] for k in flat if k.startswith("bn.bn_layer.")} == {"0", "1", "2"}
-    assert max(int(k.split(".")[2]) for k in flat if k.startswith("decoder.layer3.")) == 5
+    model = build_model(arch, "rd4ad", teacher_weights=None)
+    ref = _reference_checkpoint(arch, seed=5)
+    expected_bn = {k: v for k, v in ref["bn"].items() if f"bn.{k}" not in UNUSED_REFERENCE_KEYS}
+    assert set(model.bottleneck.state_dict()) == set(expected_bn)
+    assert set(model.decoder.state_dict()) == set(ref["decoder"])
+    dropped = load_reference_state_dict(model, ref)
+    assert sorted(dropped) == UNUSED_REFERENCE_KEYS
+    for ours, theirs in ((model.bottleneck.state_dict(), expected_bn), (model.decoder.state_dict(), ref["decoder"])):
+        for k, v in theirs.items():
+            assert torch.equal(ours[k], v), k
 
 
 @pytest.mark.parametrize("variant", ["rd4ad", "skrd4ad"])
-def test_load_reference_state_dict_gives_same_outputs(variant: str, tmp_path) -> None:
+def test_reference_weights_determine_the_outputs(variant: str, tmp_path) -> None:
+    """Two differently initialised models with the same teacher give identical maps once the
+    same reference file is loaded (saved plainly and as from nn.DataParallel)."""
     torch.manual_seed(0)
-    source = build_model("resnet18", variant, teacher_weights=None).eval()
-    for p in source.student_parameters():  # make weights distinct from a fresh init
-        p.data.add_(0.01 * torch.randn_like(p))
-    path = tmp_path / "reference.pth"
-    torch.save(_reference_layout(source), path)
+    a = build_model("resnet18", variant, teacher_weights=None).eval()
     torch.manual_seed(123)
-    target = build_model("resnet18", variant, teacher_weights=None).eval()
-    target.teacher.load_state_dict(source.teacher.state_dict())
-    dropped = load_reference_state_dict(target, path)
-    assert sorted(dropped) == sorted(f"bn.{k}" for k in _reference_layout(source)["bn"]
-                                     if k.startswith(UNUSED_REFERENCE_PREFIXES))
+    b = build_model("resnet18", variant, teacher_weights=None).eval()
+    b.teacher.load_state_dict(a.teacher.state_dict())
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        for a, b in zip(source(x)[1], target(x)[1]):
-            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        before = b(x)[1]
+    ref = _reference_checkpoint("resnet18", seed=9)
+    torch.save(ref, tmp_path / "reference.pth")
+    assert sorted(load_reference_state_dict(a, tmp_path / "reference.pth")) == UNUSED_REFERENCE_KEYS
+    parallel = {group: {f"module.{k}": v for k, v in sd.items()} for group, sd in ref.items()}
+    assert sorted(load_reference_state_dict(b, parallel)) == UNUSED_REFERENCE_KEYS
+    with torch.no_grad():
+        out_a, out_b = a(x)[1], b(x)[1]
+    for fa, fb, fb_before in zip(out_a, out_b, before, strict=True):
+        assert torch.isfinite(fa).all()
+        torch.testing.assert_close(fa, fb, rtol=0, atol=0)
+        assert not torch.equal(fb, fb_before)  # the load changed the student
 
 
 def test_load_bare_reference_decoder_and_shape_errors() -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", "rd4ad", teacher_weights=None)
-    dec = {f"module.{k}": torch.full_like(v, 0.5) if v.is_floating_point() else v
-           for k, v in model.decoder.state_dict().items()}
+    bottleneck_before = {k: v.clone() for k, v in model.bottleneck.state_dict().items()}
+    decoder = _reference_checkpoint("resnet18", seed=3)["decoder"]
     with pytest.warns(UserWarning, match="bottleneck keeps its current"):
-        assert load_reference_state_dict(model, dec) == []
-    assert torch.all(model.decoder.layer1[0].conv1.weight == 0.5)
-    bad = dict(model.decoder.state_dict())
-    bad["layer1.0.conv1.weight"] = torch.zeros(1, 1, 2, 2)
-    with pytest.raises(ValueError, match="layer1.0.conv1.weight"):
+        assert load_reference_state_dict(model, {f"module.{k}": v for k, v in decoder.items()}) == []
+    assert torch.equal(model.decoder.layer1[0].conv1.weight, decoder["layer1.0.conv1.weight"])
+    for k, v in model.bottleneck.state_dict().items():
+        assert torch.equal(v, bottleneck_before[k]), k
+    bad = dict(decoder, **{"layer1.0.conv1.weight": torch.zeros(1, 1, 2, 2)})
+    with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight.*\(1, 1, 2, 2\).*\(512, 256, 2, 2\)"):
         load_reference_state_dict(model, bad)
-    wrong_arch = build_model("resnet34", "rd4ad", teacher_weights=None)
-    with pytest.raises(KeyError, match="missing keys"):
-        load_reference_state_dict(wrong_arch, {"decoder": dict(model.decoder.state_dict())})
+    wrong_arch = build_model("resnet34", "rd4ad", teacher_weights=None)  # 3/4/6 decoder blocks, not 2/2/2
+    with pytest.raises(KeyError, match=r"missing keys \['layer1\.2\."):
+        load_reference_state_dict(wrong_arch, {"decoder": decoder})
 
 
 def test_dynamic_size_export_keeps_the_size_check_out_of_the_graph() -> None:
