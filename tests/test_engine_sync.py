@@ -87,7 +87,7 @@ def test_dvc_stage_depends_on_exactly_the_code_it_runs(name: str) -> None:
 
 def test_import_closure_follows_relative_and_lazy_imports() -> None:
     closure = package_closure(REPO / "workflow" / "scripts" / "evaluate.py")
-    assert {"skrd4ad/evaluate.py", "skrd4ad/metrics.py", "skrd4ad/models/rd4ad.py", "skrd4ad/__init__.py",
+    assert {"skrd4ad/evaluate.py", "skrd4ad/metrics/__init__.py", "skrd4ad/metrics/seed.py", "skrd4ad/models/rd4ad.py", "skrd4ad/__init__.py",
             "skrd4ad/models/__init__.py", "skrd4ad/pipeline.py"} <= closure
     assert "skrd4ad/train.py" not in closure and "skrd4ad/cli.py" not in closure
 

@@ -142,7 +142,7 @@ def test_aupro_chunked_scan_matches(monkeypatch: pytest.MonkeyPatch) -> None:
     masks[2, 2, 2] = 1
     expected = M.aupro(maps, masks), M.pixel_auroc(maps, masks), M.pro_curve(maps, masks)
     for chunk in (1, 3, 17):
-        monkeypatch.setattr(M, "_CHUNK", chunk)
+        monkeypatch.setattr("skrd4ad.metrics.ranking._CHUNK", chunk)
         assert M.aupro(maps, masks) == pytest.approx(expected[0], abs=1e-12)
         assert M.pixel_auroc(maps, masks) == pytest.approx(expected[1], abs=1e-12)
         got = M.pro_curve(maps, masks)
