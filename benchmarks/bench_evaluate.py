@@ -184,7 +184,7 @@ def warm_up(checkpoint: Path, data_dir: Path, tmp: Path, device: str) -> None:
     torch.manual_seed(MODEL_SEED)
     model, _ = load_checkpoint(checkpoint, device=device)
     data = PreparedClass(data_dir)
-    maps, _ = predict_batch(model, np.asarray(data.test_images[:2]))
+    maps, _ = predict_batch(model, np.asarray(data.test_images[:2]), EvalConfig(device=device))
     maps = maps.cpu()
     save_triptych(tmp / "warmup.png", np.asarray(data.test_images[0]), np.asarray(data.test_masks[0]),
                   maps[0].numpy(), title="warm-up")

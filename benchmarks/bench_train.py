@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from _common import interleaved, machine, ratio_summary, side_summary, write_result
-from skrd4ad.config import TrainConfig
+from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
@@ -105,8 +105,9 @@ def bench_inference(arch: str, size: int, device: torch.device, amp: str, rounds
     out: dict = {"arch": arch, "image_size": size, "device": str(device), "amp": amp, "rounds": rounds}
     for batch in (1, 16):
         data = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
-        times, _ = interleaved({"folded": lambda: predict_batch(model, data, amp=amp),
-                                "unfolded": lambda: predict_batch(unfolded, data, amp=amp)},
+        settings = EvalConfig(amp=amp)
+        times, _ = interleaved({"folded": lambda: predict_batch(model, data, settings),
+                                "unfolded": lambda: predict_batch(unfolded, data, settings)},
                                rounds, sync=lambda: _sync(device))
         out[f"batch{batch}"] = {
             "seconds": {k: side_summary(v) for k, v in times.items()},

@@ -139,6 +139,21 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from .export import export_onnx
+
+    given = {k: getattr(args, k) for k in ("combine", "sigma", "score", "topk") if getattr(args, k) is not None}
+    out = export_onnx(args.checkpoint, args.out, teacher_weights=args.teacher_weights, thresholds=args.thresholds,
+                      config=given, opset=args.opset, dynamo=args.dynamo)
+    sidecar = out.with_suffix(".json")
+    check = json.loads(sidecar.read_text())["parity_check"]
+    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB) and {sidecar}; onnxruntime vs PyTorch: max map difference "
+          f"{check['max_map_diff_rel']:.1e} of the map range")
+    return 0
+
+
 def _cmd_params(args: argparse.Namespace) -> int:
     from .pipeline import write_params
 
@@ -276,6 +291,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
     _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures"))
     p.set_defaults(func=_cmd_predict)
+
+    p = add("export", help="ONNX model of the whole inference path (uint8 images in, scores and maps out) + sidecar JSON")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="ONNX file to write (the sidecar: same name, .json)")
+    p.add_argument("--thresholds", type=Path,
+                   help="thresholds file for the sidecar (default: <checkpoint stem>.thresholds.json, or the pipeline's)")
+    p.add_argument("--combine", choices=COMBINES, help="map settings (default: those of the thresholds, else the defaults)")
+    p.add_argument("--sigma", type=float)
+    p.add_argument("--score", choices=SCORE_KINDS)
+    p.add_argument("--topk", type=int)
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--dynamo", action="store_true", help="use torch.export (slower to export; same model)")
+    add_teacher_option(p)
+    p.set_defaults(func=_cmd_export)
 
     p = add("params", help="merge overlays into params.yaml as snakemake --configfile does (for DVC), validated")
     p.add_argument("overlays", nargs="+", type=Path, help="overlay files, applied in order (e.g. workflow/config/*.yaml)")

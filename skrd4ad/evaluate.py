@@ -51,8 +51,7 @@ def compute_maps(model: torch.nn.Module, images: np.ndarray, config: EvalConfig)
     n, h, w = images.shape[:3]
     maps = torch.empty((n, h, w), dtype=torch.float32, device=device)
     scores = torch.empty((n,), dtype=torch.float32, device=device)
-    for sl, m, s in predict_array(model, images, batch_size=config.batch_size, combine=config.combine,
-                                  sigma=config.sigma, score=config.score, topk=config.topk, amp=config.amp):
+    for sl, m, s in predict_array(model, images, config):
         maps[sl] = m
         scores[sl] = s
     return maps, scores

@@ -8,33 +8,34 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .config import EvalConfig
 from .data.prepared import to_model_input
+from .device import autocast
 from .models.anomaly_map import anomaly_map, image_scores
 from .models.rd4ad import ReverseDistillation
-from .device import autocast
 
 
 @torch.inference_mode()
-def predict_batch(model: ReverseDistillation, images: Tensor | np.ndarray, *, combine: str = "sum",
-                  sigma: float = 4.0, score: str = "max", topk: int = 100,
-                  amp: str = "none") -> tuple[Tensor, Tensor]:
-    """Anomaly maps ``(B, H, W)`` float32 and scores ``(B,)`` for uint8 images ``(B, H, W, 3)``.
+def predict_batch(model: ReverseDistillation, images: Tensor | np.ndarray,
+                  settings: EvalConfig) -> tuple[Tensor, Tensor]:
+    """Anomaly maps ``(B, H, W)`` float32 and scores ``(B,)`` for uint8 images ``(B, H, W, 3)``,
+    with the map, score and precision settings of ``settings`` (combine, sigma, score, topk, amp).
 
     Results stay on the model's device (no host sync here)."""
     device = next(model.bottleneck.parameters()).device
     batch = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # writable copy
     x = to_model_input(batch, device).contiguous(memory_format=torch.channels_last)
-    with autocast(device, amp):
+    with autocast(device, settings.amp):
         t, s = model(x)
-    maps = anomaly_map(t, s, (x.shape[-2], x.shape[-1]), combine=combine, sigma=sigma)
-    return maps, image_scores(maps, score, min(topk, maps[0].numel()))
+    maps = anomaly_map(t, s, (x.shape[-2], x.shape[-1]), combine=settings.combine, sigma=settings.sigma)
+    return maps, image_scores(maps, settings.score, min(settings.topk, maps[0].numel()))
 
 
-def predict_array(model: ReverseDistillation, images: np.ndarray, *, batch_size: int = 32,
-                  **kwargs) -> Iterator[tuple[slice, Tensor, Tensor]]:
-    """Run :func:`predict_batch` over ``images`` (N,H,W,3) uint8 (memmap fine) in batches;
-    yields ``(slice, maps, scores)`` with maps and scores still on the device."""
-    for start in range(0, len(images), batch_size):
-        sl = slice(start, min(start + batch_size, len(images)))
-        maps, scores = predict_batch(model, images[sl], **kwargs)
+def predict_array(model: ReverseDistillation, images: np.ndarray,
+                  settings: EvalConfig) -> Iterator[tuple[slice, Tensor, Tensor]]:
+    """Run :func:`predict_batch` over ``images`` (N,H,W,3) uint8 (memmap fine) in batches of
+    ``settings.batch_size``; yields ``(slice, maps, scores)`` with maps and scores still on the device."""
+    for start in range(0, len(images), settings.batch_size):
+        sl = slice(start, min(start + settings.batch_size, len(images)))
+        maps, scores = predict_batch(model, images[sl], settings)
         yield sl, maps, scores

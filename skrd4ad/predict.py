@@ -19,7 +19,6 @@ PosixPath('out/scores.csv')
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -32,13 +31,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .checkpoint import load_checkpoint
-from .config import EvalConfig, from_dict
+from .config import EvalConfig
 from .data.layout import IMAGE_EXTENSIONS
 from .data.prepare import resize_image, to_rgb
 from .inference import predict_batch
 from .io import StagingDir, replace_dir, sha256_file, write_text_atomic
 from .models.fold import fold_batchnorm
-from .thresholds import MAP_SETTINGS, Thresholds, find_thresholds
+from .thresholds import find_thresholds, settings_for
 from .viz import save_overlay_png
 
 log = logging.getLogger(__name__)
@@ -102,25 +101,6 @@ def _readable_batches(images: list[tuple[Path, str]], size: int, batch_size: int
             idx, arrays = [], []
 
 
-def _settings(given: EvalConfig | Mapping[str, Any] | None, found: Thresholds | None,
-              overridden: bool) -> EvalConfig:
-    """The evaluate config of this run: explicitly given keys, the map settings the thresholds were
-    chosen with for the others.  A given map setting that differs from the thresholds' is an
-    error unless the thresholds are overridden (a threshold only holds on its own scale)."""
-    if isinstance(given, EvalConfig):  # a map setting left at its default counts as not given
-        given = {k: v for k, v in dataclasses.asdict(given).items()
-                 if k not in MAP_SETTINGS or v != getattr(EvalConfig, k)}
-    values = dict(given or {})
-    if found is not None and not overridden:
-        for key in MAP_SETTINGS:
-            if key in values and values[key] != found.settings[key]:
-                raise ValueError(f"{key}={values[key]!r} differs from {key}={found.settings[key]!r} that the "
-                                 f"thresholds in {found.source} were chosen with; drop --{key.replace('_', '-')}, "
-                                 "or pass --threshold (and --pixel-threshold with --masks)")
-            values.setdefault(key, found.settings[key])
-    return from_dict(EvalConfig, values, "evaluate")
-
-
 def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str | Path,
             config: EvalConfig | Mapping[str, Any] | None = None, *, overlays: bool = True, masks: bool = False,
             threshold: float | None = None, pixel_threshold: float | None = None,
@@ -141,7 +121,7 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
                          "be replaced: choose a new or empty folder")
     digest = sha256_file(checkpoint) if checkpoint.is_file() else None
     found = find_thresholds(checkpoint, thresholds, digest) if digest else None
-    config = _settings(config, found, overridden=threshold is not None)
+    config = settings_for(config, found, own_threshold=threshold is not None)
     model, ckpt = load_checkpoint(checkpoint, device=config.device, teacher_weights=teacher_weights)
     fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions
     size = int(ckpt["image_size"])
@@ -164,8 +144,7 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
                                          shape=(len(images), size, size))  # on disk: any number of images
         scores = np.zeros(len(images), dtype=np.float32)
         for idx, batch in _readable_batches(images, size, config.batch_size, skipped):
-            m, s = predict_batch(model, batch, combine=config.combine, sigma=config.sigma, score=config.score,
-                                 topk=config.topk, amp=config.amp)
+            m, s = predict_batch(model, batch, config)
             maps[idx], scores[idx] = m.cpu().numpy(), s.cpu().numpy()
             kept += idx
         bad = [i for i in kept if not (np.isfinite(scores[i]) and np.isfinite(maps[i]).all())]

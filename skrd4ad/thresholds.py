@@ -16,14 +16,17 @@ checkpoint, and the evaluation folder the pipeline wrote for a pipeline checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import EvalConfig, from_dict
 from .io import sha256_file, write_json_atomic
 
 THRESHOLDS_FORMAT = "skrd4ad-thresholds-v1"
@@ -111,6 +114,30 @@ def read_thresholds(path: str | os.PathLike[str], checkpoint_sha256: str | None 
         raise ValueError(f"thresholds file {path} belongs to another checkpoint (sha256 {digest[:12]}..., this one "
                          f"{checkpoint_sha256[:12]}...); evaluate this checkpoint, or pass --threshold")
     return Thresholds(image=image, pixel=pixel, settings=settings, checkpoint_sha256=digest, source=str(path))
+
+
+def settings_for(given: EvalConfig | Mapping[str, Any] | None, found: Thresholds | None, *,
+                 own_threshold: bool = False) -> EvalConfig:
+    """The evaluate settings to predict or export with: the keys ``given`` sets, the map settings
+    the thresholds ``found`` were chosen with for the others, then the defaults.
+
+    A map setting (combine, sigma, score, topk) that ``given`` sets to another value than the
+    thresholds' raises ValueError naming the key, because a threshold only holds on the scale it
+    was chosen on; with ``own_threshold`` (the caller brings its own) the thresholds do not count.
+    In an :class:`EvalConfig` a map setting equal to its default counts as not set; a mapping
+    sets exactly its keys."""
+    if isinstance(given, EvalConfig):
+        given = {k: v for k, v in dataclasses.asdict(given).items()
+                 if k not in MAP_SETTINGS or v != getattr(EvalConfig, k)}
+    values = dict(given or {})
+    if found is not None and not own_threshold:
+        for key in MAP_SETTINGS:
+            if key in values and values[key] != found.settings[key]:
+                raise ValueError(f"{key}={values[key]!r} differs from {key}={found.settings[key]!r} that the thresholds "
+                                 f"in {found.source} were chosen with; drop {key}, evaluate the checkpoint with "
+                                 f"{key}={values[key]!r} first, or give your own threshold (predict --threshold)")
+            values.setdefault(key, found.settings[key])
+    return from_dict(EvalConfig, values, "evaluate")
 
 
 def find_thresholds(checkpoint: str | os.PathLike[str], explicit: str | os.PathLike[str] | None = None,

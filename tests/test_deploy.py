@@ -263,3 +263,47 @@ def test_killed_runs_leave_no_temporary_folders_behind(project: dict[str, Path],
     predict(project["model"], [next(project["test"].rglob("*.png"))], tmp_path / "pred", threshold=1.0)
     assert not stale_fig.exists() and not stale_pred.exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+def _readme_onnx_example() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Deploying a model"):]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_outside_the_repository_export_and_the_readme_example_agree_with_predict(
+        project: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's "done when": a checkpoint trained in the repository, moved out with its
+    thresholds, exported and predicted with only --teacher-weights; the README's onnxruntime
+    example (numpy + Pillow + onnxruntime) gives predict's score and label."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    alone = tmp_path / "deploy" / "gravel.pt"
+    alone.parent.mkdir()
+    shutil.copy(project["model"], alone)
+    shutil.copy(companion_path(project["model"]), companion_path(alone))
+    teacher = str(project["root"] / "teacher/mnv2.pth")
+    assert cli_main(["export", "--checkpoint", str(alone), "--out", "deploy/gravel.onnx", "--teacher-weights",
+                     teacher]) == 0
+    assert "onnxruntime vs PyTorch: max map difference" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "deploy/gravel.json").read_text())
+    record = json.loads(companion_path(alone).read_text())
+    assert meta["thresholds"]["image"] == record["image_threshold"] and meta["image_size"] == 64
+    assert meta["checkpoint"]["sha256"] == sha256_file(alone)
+
+    image = sorted(project["test"].rglob("*.png"))[-1]
+    assert cli_main(["predict", "--checkpoint", str(alone), "--out", "pred", "--teacher-weights", teacher,
+                     "--no-overlays", str(image)]) == 0
+    want = pd.read_csv(tmp_path / "pred/scores.csv").iloc[0]
+    script = tmp_path / "example.py"
+    script.write_text(_readme_onnx_example())
+    proc = subprocess.run([sys.executable, str(script), "deploy/gravel.onnx", str(image)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    words = proc.stdout.split()  # "<image>: score <s> <label> (threshold <t>); map (1, 64, 64)"
+    assert float(words[2]) == pytest.approx(want["score"], rel=1e-4) and words[3] == want["label"]
+    assert proc.stdout.strip().endswith("map (1, 64, 64)")

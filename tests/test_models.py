@@ -174,12 +174,12 @@ def test_anomaly_map_upsamples_with_align_corners() -> None:
     s = [torch.randn(2, 4, 4, 4)]
     d = 1 - F.cosine_similarity(t[0], s[0], dim=1)
     expected = F.interpolate(d[:, None], size=(16, 16), mode="bilinear", align_corners=True)[:, 0]
-    torch.testing.assert_close(anomaly_map(t, s, (16, 16), sigma=0), expected)
+    torch.testing.assert_close(anomaly_map(t, s, (16, 16), combine="sum", sigma=0), expected)
 
 
 def test_image_scores() -> None:
     maps = torch.tensor([[[1.0, 5.0], [2.0, 3.0]], [[0.0, 0.0], [0.0, 4.0]]])
-    torch.testing.assert_close(image_scores(maps, "max"), torch.tensor([5.0, 4.0]))
+    torch.testing.assert_close(image_scores(maps, "max", 1), torch.tensor([5.0, 4.0]))
     torch.testing.assert_close(image_scores(maps, "topk_mean", 2), torch.tensor([4.0, 2.0]))
     with pytest.raises(ValueError, match="topk"):
         image_scores(maps, "topk_mean", 5)

@@ -145,7 +145,9 @@ def to_model_input(batch_uint8: torch.Tensor, device: torch.device | str) -> tor
         )
     x = batch_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2)
     x = x.to(torch.float32, memory_format=torch.contiguous_format)
-    mean, std = _imagenet_constants(x.device)
+    # under torch.compile / torch.export the cache would keep the tracer's fake tensors for later eager calls
+    make = _imagenet_constants.__wrapped__ if torch.compiler.is_compiling() else _imagenet_constants
+    mean, std = make(x.device)
     return x.div_(255.0).sub_(mean).div_(std)
 
 

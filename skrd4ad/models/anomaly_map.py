@@ -50,19 +50,36 @@ def blur_matrix(n: int, sigma: float, truncate: float = 4.0, *, device=None,
 _MATMUL_MAX_SIDE = 512
 
 
-def gaussian_blur(maps: Tensor, sigma: float = 4.0, truncate: float = 4.0) -> Tensor:
+def blur_matrices(h: int, w: int, sigma: float, truncate: float = 4.0, *,
+                  device=None) -> tuple[Tensor, Tensor] | None:
+    """``(K_h, K_w)`` float32 blur matrices that :func:`gaussian_blur` uses for ``(B, h, w)`` maps
+    (``K_h @ M @ K_w^T``), or None where it uses no matrices (``sigma <= 0``: no blur; a side
+    above 512 px: separable convolution).  Cached tensors: clone them before modifying."""
+    if sigma <= 0 or max(h, w) > _MATMUL_MAX_SIDE:
+        return None
+    # under torch.compile / torch.export the cache would keep the tracer's fake tensors for later eager calls
+    make = blur_matrix.__wrapped__ if torch.compiler.is_compiling() else blur_matrix
+    kh = make(h, sigma, truncate, device=device)
+    return kh, (kh if w == h else make(w, sigma, truncate, device=device))
+
+
+def gaussian_blur(maps: Tensor, sigma: float, truncate: float = 4.0, *,
+                  matrices: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Separable Gaussian blur of ``(B, H, W)`` maps, equal to ``scipy.ndimage.gaussian_filter``
     applied to each map with the same sigma (``mode='reflect'``).  Runs on ``maps.device``.
 
     Up to 512 px a side it is two batched matrix products ``K_h @ M @ K_w^T`` (run by BLAS or
-    tensor cores, unlike a one-channel convolution), above that a separable convolution."""
+    tensor cores, unlike a one-channel convolution), above that a separable convolution.
+    ``matrices``: the :func:`blur_matrices` of this size and sigma, precomputed by the caller
+    (an exported model holds them as buffers); None looks them up."""
     if sigma <= 0:
         return maps
     b, h, w = maps.shape
     x = maps.float()
-    if max(h, w) <= _MATMUL_MAX_SIDE:
-        kh = blur_matrix(h, sigma, truncate, device=x.device)
-        kw = kh if w == h else blur_matrix(w, sigma, truncate, device=x.device)
+    if matrices is None:
+        matrices = blur_matrices(h, w, sigma, truncate, device=x.device)
+    if matrices is not None:
+        kh, kw = matrices
         return (kh @ x @ kw.T).to(maps.dtype)
     k = gaussian_kernel1d(sigma, truncate, device=x.device)
     r = (k.numel() - 1) // 2
@@ -73,9 +90,10 @@ def gaussian_blur(maps: Tensor, sigma: float = 4.0, truncate: float = 4.0) -> Te
     return x.to(maps.dtype)
 
 
-def anomaly_map(teacher: list[Tensor], student: list[Tensor], out_size: tuple[int, int],
-                combine: str = "sum", sigma: float = 4.0) -> Tensor:
-    """``(B, H, W)`` float32 anomaly maps at ``out_size`` from teacher/student maps (fine to coarse)."""
+def anomaly_map(teacher: list[Tensor], student: list[Tensor], out_size: tuple[int, int], *,
+                combine: str, sigma: float, blur: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """``(B, H, W)`` float32 anomaly maps at ``out_size`` from teacher/student maps (fine to coarse).
+    ``blur``: precomputed :func:`blur_matrices` for ``out_size`` and ``sigma`` (optional)."""
     if combine not in COMBINES:
         raise ValueError(f"unknown map combination {combine!r}; choose one of {', '.join(COMBINES)}")
     total: Tensor | None = None
@@ -87,10 +105,10 @@ def anomaly_map(teacher: list[Tensor], student: list[Tensor], out_size: tuple[in
         else:
             total = total + d if combine == "sum" else total * d
     assert total is not None
-    return gaussian_blur(total, sigma)
+    return gaussian_blur(total, sigma, matrices=blur)
 
 
-def image_scores(maps: Tensor, kind: str = "max", topk: int = 1) -> Tensor:
+def image_scores(maps: Tensor, kind: str, topk: int) -> Tensor:
     """``(B,)`` image scores: the map's maximum, or the mean of its ``topk`` largest pixels."""
     flat = maps.flatten(1)
     if kind == "max":
