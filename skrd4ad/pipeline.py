@@ -312,3 +312,20 @@ def run_script(stage: str, body: Callable[[], object], log_file: str | Path | No
         log.error("%s", format_error(exc))
         raise SystemExit(1) from None
     log.info("%s done in %.1f s", stage, time.perf_counter() - t0)
+
+
+def out_stage(stage: str, run: Callable[[dict[str, Any], Path], None], script_globals: dict[str, Any]) -> None:
+    """Entry point of a stage script whose only argument is its output: under Snakemake (``snakemake``
+    in the script's globals) ``run(config, output[0])``; run as ``python script.py --out X`` (DVC)
+    ``run(params, X)``; imported, nothing."""
+    if "snakemake" in script_globals:
+        sm = script_globals["snakemake"]
+        run_script(stage, lambda: run(sm.config, Path(sm.output[0])), sm.log[0])
+    elif script_globals.get("__name__") == "__main__":
+        def main() -> None:
+            parser = argparse.ArgumentParser(description=script_globals.get("__doc__"))
+            parser.add_argument("--out", type=Path, required=True)
+            args, params = parse_script_args(parser)
+            run(params, args.out)
+
+        run_script(stage, main)

@@ -5,7 +5,6 @@ checksum-verified) and extracted; folder: the user's MVTec-layout folder copied 
 versions exactly what was used.  Called by Snakemake (``script:``) and DVC (command line).
 """
 
-import argparse
 import logging
 import os
 import shutil
@@ -68,15 +67,4 @@ def _copy_tree(src: Path, out: Path, link: bool = False) -> None:
     replace_dir(tmp, out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    args, params = pipeline.parse_script_args(parser, argv)
-    run(params, args.out)
-
-
-if "snakemake" in globals():
-    sm = snakemake  # noqa: F821
-    pipeline.run_script("download", lambda: run(sm.config, Path(sm.output[0])), sm.log[0])
-elif __name__ == "__main__":
-    pipeline.run_script("download", main)
+pipeline.out_stage("download", run, globals())

@@ -5,7 +5,6 @@ reachable); imagenet: torchvision's download; none: a randomly initialised teach
 saved like the others so every later step reads one file (tests only: a random teacher is useless).
 """
 
-import argparse
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,15 +36,4 @@ def _fetch(teacher: dict[str, Any], out: Path) -> None:
     fetch_teacher(teacher["arch"], teacher["source"], out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    args, params = pipeline.parse_script_args(parser, argv)
-    run(params, args.out)
-
-
-if "snakemake" in globals():
-    sm = snakemake  # noqa: F821
-    pipeline.run_script("fetch_teacher", lambda: run(sm.config, Path(sm.output[0])), sm.log[0])
-elif __name__ == "__main__":
-    pipeline.run_script("fetch_teacher", main)
+pipeline.out_stage("fetch_teacher", run, globals())

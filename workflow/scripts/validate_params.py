@@ -9,7 +9,6 @@ Its output is constant, so a valid change re-runs only the stages that read the 
 Snakemake validates while parsing the Snakefile; its job only writes the same file.
 """
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -24,15 +23,5 @@ def write_ok(out: Path) -> None:
     log.info("params are valid: wrote %s", out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, required=True)
-    args, _ = pipeline.parse_script_args(parser, argv)  # a bad value raises ParamsError: one line, no traceback
-    write_ok(args.out)
-
-
-if "snakemake" in globals():
-    sm = snakemake  # noqa: F821
-    pipeline.run_script("validate_params", lambda: write_ok(Path(sm.output[0])), sm.log[0])
-elif __name__ == "__main__":
-    pipeline.run_script("validate_params", main)
+# a bad params.yaml raises ParamsError while the arguments are read: one line, no traceback
+pipeline.out_stage("validate_params", lambda params, out: write_ok(out), globals())
