@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .io import StagingDir, atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
-from .pipeline import PLOT_KINDS  # noqa: E402
+from .pipeline import PLOT_KINDS, under_results  # noqa: E402
 from .stats import MIN_PAIRS, paired_difference  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def collect(results: Path, classes: list[str], variants: list[str], seeds: list[
     for variant in variants:
         for seed in seeds:
             for cls in classes:
-                path = results / "eval" / variant / f"seed{seed}" / cls / "metrics.json"
+                path = under_results("eval", results, variant=variant, seed=seed, cls=cls) / "metrics.json"
                 if not path.is_file():
                     raise FileNotFoundError(f"{path} is missing; run the evaluate step for "
                                             f"{cls}/{variant}/seed {seed} first")
@@ -148,10 +148,10 @@ def write_plot_data(results: Path, classes: list[str], variants: list[str], seed
                 per_seed = []
                 for seed in seeds:
                     if kind == "loss":
-                        log = pd.read_csv(results / "train" / variant / f"seed{seed}" / f"{cls}.tsv", sep="\t")
+                        log = pd.read_csv(under_results("train_log", results, variant=variant, seed=seed, cls=cls), sep="\t")
                         per_seed.append(log.set_index("epoch")["loss"])
                         continue
-                    curve = pd.read_csv(results / "eval" / variant / f"seed{seed}" / cls / f"{kind}.csv")
+                    curve = pd.read_csv(under_results("eval", results, variant=variant, seed=seed, cls=cls) / f"{kind}.csv")
                     if curve.empty:  # image-level-only dataset: no PRO curve
                         continue
                     y = curve.columns[1]
@@ -252,7 +252,7 @@ def plot_losses(results: Path, classes: list[str], variants: list[str], seeds: l
     for ax, cls in zip(axes.flat, classes):
         for variant in variants:
             for seed in seeds:
-                tsv = results / "train" / variant / f"seed{seed}" / f"{cls}.tsv"
+                tsv = under_results("train_log", results, variant=variant, seed=seed, cls=cls)
                 if not tsv.is_file():
                     raise FileNotFoundError(f"{tsv} is missing; run the train step first")
                 frame = pd.read_csv(tsv, sep="\t")
@@ -303,7 +303,8 @@ def plot_gallery(results: Path, classes: list[str], variants: list[str], seed: i
         for j, variant in enumerate(variants):
             ax = axes[i][j]
             ax.axis("off")
-            found = sorted((results / "eval" / variant / f"seed{seed}" / cls / "figures").glob("top_anomalous_00_*.png"))
+            found = sorted((under_results("eval", results, variant=variant, seed=seed, cls=cls) / "figures").glob(
+                "top_anomalous_00_*.png"))
             if found:
                 ax.imshow(plt.imread(found[0]))
             else:

@@ -19,12 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from . import pipeline
 from .stats import PairedDifference, paired_difference
 
 JobKey = tuple[str, str, str, int]  # (name, variant, class, seed)
 Jobs = dict[JobKey, dict[str, float]]  # job -> {metric: value}
 
-_JOB = re.compile(r"(?P<name>[^/]+)/eval/(?P<variant>[^/]+)/seed(?P<seed>\d+)/(?P<cls>[^/]+)/metrics\.json")
+#: A job's metrics file, relative to ``results/`` (from the one path table, pipeline.PATHS).
+_JOB = re.compile(pipeline.path_regex("eval").removeprefix("results/") + r"/metrics\.json")
 _FIRST = ("image_auroc", "pixel_auroc", "aupro", "aupro_seed", "image_f1_max", "pixel_f1_max")
 FORMS = "an existing results directory, a git revision or a `dvc exp` name"
 
@@ -90,11 +92,12 @@ def _add_job(jobs: Jobs, rel: str, text: str, where: str) -> None:
 def _read_dir(root: Path) -> Jobs:
     """``root`` is ``results/`` (``<name>/eval/...`` inside) or ``results/<name>`` (``eval/...``)."""
     jobs: Jobs = {}
-    if (root / "eval").is_dir():
-        for f in sorted(root.glob("eval/*/seed*/*/metrics.json")):
+    below = pipeline.path_glob("eval").removeprefix("results/") + "/metrics.json"  # */eval/*/seed*/*/metrics.json
+    if (root / below.split("/")[1]).is_dir():  # results/<name>: the jobs one level down
+        for f in sorted(root.glob(below.split("/", 1)[1])):
             _add_job(jobs, f"{root.resolve().name}/{f.relative_to(root).as_posix()}", f.read_text(), str(f))
     else:
-        for f in sorted(root.glob("*/eval/*/seed*/*/metrics.json")):
+        for f in sorted(root.glob(below)):
             _add_job(jobs, f.relative_to(root).as_posix(), f.read_text(), str(f))
     return jobs
 

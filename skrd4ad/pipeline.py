@@ -12,6 +12,7 @@ import copy
 import errno
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -199,6 +200,30 @@ PLOT_KINDS = {"roc_image": "fpr", "pro": "fpr", "loss": "epoch"}
 def path(kind: str, **fields: Any) -> str:
     """One output path, e.g. ``path("checkpoint", name="synthetic", variant="rd4ad", seed=111, cls="brick")``."""
     return PATHS[kind].format(**fields)
+
+
+_FIELD_REGEX = {"seed": r"\d+"}
+
+
+def path_regex(kind: str) -> str:
+    """A regular expression matching every ``PATHS[kind]``, one named group per field
+    (``results/{name}/eval/...`` -> ``results/(?P<name>[^/]+)/eval/...``)."""
+    parts = re.split(r"\{(\w+)\}", PATHS[kind])  # text, field, text, field, ..., text
+    return "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>{_FIELD_REGEX.get(p, '[^/]+')})"
+                   for i, p in enumerate(parts))
+
+
+def path_glob(kind: str) -> str:
+    """``PATHS[kind]`` with every field as ``*`` (a glob pattern)."""
+    return re.sub(r"\{\w+\}", "*", PATHS[kind])
+
+
+def under_results(kind: str, results: str | Path, **fields: Any) -> Path:
+    """A job's ``PATHS[kind]`` below a results folder ``results/<name>`` given as ``results``."""
+    prefix = PATHS["results"] + "/"
+    if not PATHS[kind].startswith(prefix):
+        raise ValueError(f"PATHS[{kind!r}] is not below PATHS['results']")
+    return Path(results) / PATHS[kind][len(prefix):].format(**fields)
 
 
 def teacher_path(arch: str) -> Path:

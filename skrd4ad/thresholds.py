@@ -74,19 +74,13 @@ def companion_path(checkpoint: str | os.PathLike[str]) -> Path:
 def pipeline_eval_path(checkpoint: str | os.PathLike[str]) -> Path | None:
     """``.../results/<name>/checkpoints/<variant>/seed<N>/<cls>.pt`` -> the pipeline's
     ``.../results/<name>/eval/<variant>/seed<N>/<cls>/thresholds.json``; None for other paths."""
-    from .pipeline import PATHS
+    from .pipeline import path, path_regex
 
-    parts = Path(checkpoint).parts
-    pattern = PATHS["checkpoint"].split("/")
-    if len(parts) < len(pattern):
-        return None
-    head, tail = parts[:len(parts) - len(pattern)], parts[len(parts) - len(pattern):]
-    regex = "/".join(re.escape(p).replace(r"\{", "{").replace(r"\}", "}") for p in pattern)
-    regex = re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", regex)
-    match = re.fullmatch(regex, "/".join(tail))
+    text = Path(checkpoint).as_posix()
+    match = re.search("(?:^|/)" + path_regex("checkpoint") + "$", text)
     if match is None:
         return None
-    return Path(*head, PATHS["eval"].format(**match.groupdict()), FILE_NAME)
+    return Path(text[:match.start("name")].removesuffix("results/") + path("eval", **match.groupdict()), FILE_NAME)
 
 
 def write_thresholds(record: dict[str, Any], *paths: str | os.PathLike[str]) -> None:
