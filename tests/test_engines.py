@@ -218,7 +218,9 @@ def test_dvc_refuses_to_start_while_snakemake_runs(tmp_path: Path) -> None:
     repo = make_copy(tmp_path, copy.deepcopy(LONG))
     log = tmp_path / "snakemake.log"
     with started([SNAKEMAKE, "--cores", "1"], repo, log) as snakemake:
-        done = [f"(Rule: {rule})" for rule in ("validate_params", "download", "fetch_teacher", "prepare")]
+        # Snakemake orders independent jobs as it likes (validate_params may come last): wait until the
+        # inputs of the long train job are done and the job has started
+        done = [*(f"(Rule: {rule})" for rule in ("download", "fetch_teacher", "prepare")), "Training rd4ad on"]
         wait_for(lambda: all(d in log.read_text() for d in done), snakemake, log)  # now in the long train job
         assert (repo / engines.DVC_LOCK).read_text() == f" {snakemake.pid} snakemake\n"
         before = {p: p.stat().st_mtime_ns for p in (repo / "data").rglob("*")}
