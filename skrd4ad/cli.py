@@ -15,46 +15,43 @@ import dataclasses
 import logging
 import sys
 import traceback
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import AMPS, SCHEMA, EvalConfig, TrainConfig, from_dict, schema_defaults
-from .models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
+from .config import SCHEMA, EvalConfig, TrainConfig, from_dict, schema_defaults
+from .models.choices import COMBINES, SCORE_KINDS, TEACHER_ARCHS
 from .pipeline import format_error
-
-#: Options whose values are a fixed set: ``--help`` lists them and argparse refuses others.
-CHOICES: dict[str, tuple[str, ...]] = {"arch": TEACHER_ARCHS, "variant": VARIANTS, "loss": LOSS_KINDS, "amp": AMPS,
-                                       "combine": COMBINES, "score": SCORE_KINDS}
 
 log = logging.getLogger("skrd4ad")
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One ``--option`` per dataclass field, defaulting to None (= the dataclass default, which is
-    the params schema's); the value type is the field's annotation."""
-    hints = typing.get_type_hints(cls)
+    the params schema's): its choices (listed by ``--help``) and type come from the schema."""
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        if f.name == "betas":
-            parser.add_argument(flag, type=float, nargs=2, default=None, help=f"default {default}")
-        elif f.name == "channels_last":
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                                help="NHWC memory layout (default: on)")
-        elif f.name in CHOICES:
-            parser.add_argument(flag, choices=CHOICES[f.name], default=None, help=f"default {default}")
+        schema = f.metadata.get("schema", {})
+        text = f"default {str(default).lower() if isinstance(default, bool) else default}"
+        if "enum" in schema:  # values as written in params.yaml (true/false for booleans)
+            values = {str(v).lower() if isinstance(v, bool) else str(v): v for v in schema["enum"]}
+            parser.add_argument(flag, choices=list(values), type=str, default=None, help=text)
+            parser.set_defaults(**{f"_convert_{f.name}": values})
+        elif f.type is tuple:
+            parser.add_argument(flag, type=float, nargs=schema.get("minItems", 2), default=None, help=text)
+        elif f.type is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            kind = hints[f.name] if hints[f.name] in (int, float) else str
-            parser.add_argument(flag, type=kind, default=None, help=f"default {default}")
+            parser.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None, help=text)
 
 
 def _given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    """The dataclass options given on the command line (the others are None)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    """The dataclass options given on the command line (the others are None), as typed values."""
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return {k: getattr(args, f"_convert_{k}", {}).get(v, v) if isinstance(v, str) else v for k, v in given.items()}
 
 
 def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:

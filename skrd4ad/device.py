@@ -28,3 +28,27 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
         raise ValueError("amp: fp16 autocast needs a CUDA device; use bf16 or none on CPU")
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def memory_format_for(spec: str, device: torch.device, arch: str) -> torch.memory_format:
+    """The training layout for ``train.memory_format`` (auto|channels_last|contiguous).
+
+    ``auto``: channels_last on a GPU (what cuDNN's tensor-core kernels prefer), and on a CPU the
+    layout ``benchmarks/bench_layout.py`` measured faster for the teacher: channels_last for
+    mobilenet_v2 (depthwise convolutions), contiguous for the ResNets.  A fixed rule, not a probe
+    at run time, so the same settings give the same weights on the same machine."""
+    if spec == "channels_last":
+        return torch.channels_last
+    if spec == "contiguous":
+        return torch.contiguous_format
+    if spec != "auto":
+        raise ValueError(f"memory_format {spec!r} is not auto, channels_last or contiguous")
+    if device.type == "cuda" or arch == "mobilenet_v2":
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+def compile_for(spec: str | bool, device: torch.device) -> bool:
+    """Whether ``train.compile`` (auto|true|false) compiles the model: auto is off until measured
+    to pay off (on 2 CPU cores the compile time is not won back in short runs)."""
+    return spec is True

@@ -100,7 +100,7 @@ def test_dvc_train_params_are_the_ones_snakemake_reruns_on() -> None:
         keys = [k.replace("${item.cls}", cls).replace("${item.variant}", variant) for k in declared]
         assert keys == pipeline.train_param_keys(cls, variant)
     assert "train.device" not in declared and "train.checkpoint_every" not in declared
-    assert "train.channels_last" not in declared  # a layout choice, left out of the model's identity
+    assert "train.memory_format" not in declared and "train.compile" not in declared  # how, not what, a job trains
     for key in ("train.epochs", "train.lr", "train.consistency_weight", "train.amp", "teacher.source"):
         assert key in declared  # they change the weights
 
@@ -133,7 +133,7 @@ def test_every_param_a_training_job_uses_changes_its_rerun_trigger() -> None:
             assert params["teacher"]["source"] != base["teacher"]["source"]
             continue
         assert identity(params) != identity(base), key
-    for key, value in (("device", "cpu"), ("checkpoint_every", 99), ("channels_last", False)):
+    for key, value in (("device", "cpu"), ("checkpoint_every", 99), ("memory_format", "contiguous"), ("compile", True)):
         params = copy.deepcopy(base)
         params["train"][key] = value
         assert identity(params) == identity(base), key
@@ -277,3 +277,26 @@ def test_snakemake_files_are_snakefmt_clean() -> None:
     proc = subprocess.run([snakefmt, "--check", "Snakefile", "workflow/rules"], cwd=REPO, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_new_setting_needs_only_the_schema(tmp_path: Path) -> None:
+    """A key added to the schema's train section is at once a TrainConfig field with its default,
+    checked against its range, part of the model's identity (so of DVC's train params and
+    Snakemake's rerun trigger) unless marked ``x-changes-model: false``: nothing else to edit."""
+    import importlib.util
+    import shutil
+
+    schema = yaml.safe_load((REPO / "skrd4ad" / "params.schema.yaml").read_text())
+    train = schema["properties"]["train"]["properties"]
+    train["new_knob"] = {"type": "integer", "minimum": 0, "default": 3}
+    train["new_switch"] = {"type": "boolean", "default": False, "x-changes-model": False}
+    (tmp_path / "params.schema.yaml").write_text(yaml.safe_dump(schema))
+    shutil.copy(REPO / "skrd4ad" / "config.py", tmp_path / "config.py")
+    spec = importlib.util.spec_from_file_location("config_with_new_keys", tmp_path / "config.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.TrainConfig().new_knob == 3 and probe.TrainConfig(new_knob=5).new_knob == 5
+    with pytest.raises(probe.ConfigError, match="train.new_knob: -1 is less than the minimum of 0"):
+        probe.TrainConfig(new_knob=-1)
+    identity = probe.TrainConfig().model_identity()
+    assert identity["new_knob"] == 3 and "new_switch" not in identity
