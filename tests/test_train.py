@@ -173,3 +173,29 @@ def test_bf16_autocast_trains_on_cpu(prepared_brick: Path, tmp_path: Path) -> No
 def test_missing_prepared_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="prepare"):
         train(tiny_config(), tmp_path / "nope", tmp_path / "m.pt", progress=False)
+
+
+def test_memory_format_auto_follows_the_measured_rule() -> None:
+    from skrd4ad.device import compile_for, memory_format_for
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert memory_format_for("auto", cpu, "mobilenet_v2") == torch.channels_last
+    assert memory_format_for("auto", cpu, "resnet18") == torch.channels_last
+    assert memory_format_for("auto", cpu, "wide_resnet50_2") == torch.contiguous_format
+    assert memory_format_for("auto", cuda, "wide_resnet50_2") == torch.channels_last
+    assert memory_format_for("contiguous", cuda, "mobilenet_v2") == torch.contiguous_format
+    assert memory_format_for("channels_last", cpu, "resnet50") == torch.channels_last
+    with pytest.raises(ValueError, match="memory_format 'nhwc'"):
+        memory_format_for("nhwc", cpu, "resnet18")
+    assert (compile_for("auto", cuda), compile_for(True, cpu), compile_for(False, cuda)) == (False, True, False)
+    with pytest.raises(ConfigError, match="train.memory_format: 'nhwc' is not one of"):
+        TrainConfig(memory_format="nhwc")
+
+
+def test_layout_does_not_change_the_resume_identity(prepared_brick: Path, tmp_path: Path) -> None:
+    """A run interrupted in one layout resumes in the other (how a job runs, not what it trains)."""
+    train(tiny_config(epochs=2, memory_format="contiguous"), prepared_brick, tmp_path / "m.pt", progress=False,
+          max_epochs_this_run=1)
+    second = train(tiny_config(epochs=2, memory_format="channels_last"), prepared_brick, tmp_path / "m.pt",
+                   progress=False)
+    assert second.resumed_from == 1 and second.epochs_run == 1
