@@ -91,10 +91,14 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def write_result(path: str | os.PathLike[str], result: Mapping[str, Any]) -> None:
-    """Write the benchmark's JSON (atomically; the folder is created)."""
+def write_result(path: str | os.PathLike[str], result: Mapping[str, Any], summary: str | None = None) -> Any:
+    """Write the benchmark's JSON (atomically; the folder is created), print ``summary -> path``
+    when given, and return ``result``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, dict(result, loadavg_1_5_15_at_end=os.getloadavg()))
+    if summary:
+        print(f"{summary} -> {path}")
+    return result
 
 
 def fmt_ratio(summary: Mapping[str, float]) -> str:

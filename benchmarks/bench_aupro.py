@@ -228,10 +228,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "aupro_equal_numpy": res["checks"]["aupro_equal_numpy_1e-9"],
         "aupro_seed_equal_seed_loop": res["checks"]["aupro_seed_equal_seed_loop_1e-9"],
     }
-    write_result(args.out, res)
-    print(f"numpy / ours aupro {fmt_ratio(res['ratios']['numpy_over_ours_aupro'])}; "
-          f"seed loop / ours aupro_seed {fmt_ratio(res['ratios']['seed_loop_over_ours_aupro_seed'])} -> {args.out}")
-    return res
+    return write_result(args.out, res, f"numpy / ours aupro {fmt_ratio(res['ratios']['numpy_over_ours_aupro'])}; "
+                        f"seed loop / ours aupro_seed {fmt_ratio(res['ratios']['seed_loop_over_ours_aupro_seed'])}")
 
 
 if __name__ == "__main__":

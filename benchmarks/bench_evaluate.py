@@ -303,10 +303,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res["checks"].update({f"{k}_equal_seed_code_on_our_maps_1e-9": bool(d <= 1e-9)
                           for k, d in res["diagnostics"]["ours_minus_seed_metrics_on_our_maps"].items()})
     res["goals"] = {"seed_loop_over_ours_median>=10": bool(res["ratios"]["seed_loop_over_ours"]["median"] >= 10)}
-    write_result(args.out, res)
-    print(f"seed loop / ours without figures {fmt_ratio(res['ratios']['seed_loop_over_ours_no_figures'])}, "
-          f"/ ours with figures {fmt_ratio(res['ratios']['seed_loop_over_ours'])} -> {args.out}")
-    return res
+    return write_result(args.out, res, f"seed loop / ours without figures "
+                        f"{fmt_ratio(res['ratios']['seed_loop_over_ours_no_figures'])}, / ours with figures "
+                        f"{fmt_ratio(res['ratios']['seed_loop_over_ours'])}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
@@ -238,24 +239,15 @@ def render_triptych(
     return np.asarray(pil), boxes
 
 
-def save_triptych(
-    path: str | os.PathLike[str],
-    image: np.ndarray,
-    mask: np.ndarray | None,
-    amap: np.ndarray,
-    *,
-    title: str,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    alpha: float = 0.5,
-) -> None:
+def save_triptych(path: str | os.PathLike[str], image: np.ndarray, mask: np.ndarray | None, amap: np.ndarray,
+                  **style: Any) -> None:
     """Write one PNG with three panels: image | ground truth | overlay (with a colour bar).
 
     Args: image uint8 (H, W, 3); mask (H, W) nonzero = anomalous, or None (the panel then
-    says "no mask"); amap float (H, W); title: figure title; vmin/vmax/alpha as in
-    :func:`overlay` (pass the same vmin/vmax for every image of a run to compare them).
-    Layout: :func:`render_triptych`.
+    says "no mask"); amap float (H, W); ``style``: the keywords of :func:`render_triptych`
+    (``title``, ``vmin``/``vmax``/``alpha`` as in :func:`overlay`: pass the same vmin/vmax for
+    every image of a run to compare them).
     """
-    canvas, _ = render_triptych(image, mask, amap, title=title, vmin=vmin, vmax=vmax, alpha=alpha)
+    canvas, _ = render_triptych(image, mask, amap, **style)
     with atomic_path(path) as tmp:
         Image.fromarray(canvas).save(tmp, format="PNG", compress_level=_PNG_COMPRESS_LEVEL)
