@@ -1,0 +1,353 @@
+"""Peer benchmark: our training step and inference against anomalib's ReverseDistillation.
+
+Runs only where ``anomalib`` is installed (``pip install anomalib``: an optional tool of this
+benchmark, never a dependency of ``skrd4ad``); without it, it prints one line saying so, writes
+a JSON that says ``skipped`` and exits 0.
+
+Three models, all with the wide_resnet50_2 teacher/encoder and random weights (nothing is
+downloaded), float32, the same batch of random uint8 images (default 8 images of 256 px), in one
+process with one thread count:
+
+- ``ours``: ``build_model("wide_resnet50_2", "rd4ad")`` as :func:`skrd4ad.train.train` sets it up
+  for training (teacher BatchNorm folded, in the memory layout ``train()`` picks for this
+  architecture and device with the default settings) and as :func:`skrd4ad.evaluate.evaluate`
+  does for inference (all BatchNorm folded, channels_last);
+- ``anomalib_equal_width``: anomalib's ``ReverseDistillationModel`` with its OCBE bottleneck
+  rebuilt at ``width_per_group=128`` (anomalib's ``get_bottleneck_layer(backbone, **kwargs)``
+  takes it, but ``ReverseDistillationModel`` calls it without arguments, so the benchmark replaces
+  ``model.bottleneck`` after construction); its decoder is already at 128.  This is the width of
+  ours and of the reference RD4AD code, and the same network as ours: the benchmark loads our
+  (unfolded) weights into it and checks that both give the same loss and anomaly maps;
+- ``anomalib_default``: ``ReverseDistillationModel`` as anomalib builds it (bottleneck at width
+  64: fewer FLOPs than ours); our encoder and decoder weights, its own bottleneck.
+
+Training step: ours is :func:`skrd4ad.train.train_step` (uint8 batch -> normalised on the
+device -> teacher under no_grad -> bottleneck + decoder -> cosine loss -> backward -> Adam);
+anomalib's is the bare loop its Lightning module runs, without Lightning: uint8 -> float in
+[0, 1] (``to_dtype(scale=True)``, as anomalib's datasets read images) -> its default
+pre-processor transform (Resize, a no-op at the same size, + Normalize) -> model in train mode
+(its encoder switches itself to eval and runs under no_grad) -> ``ReverseDistillationLoss`` ->
+backward -> Adam.  Both use Adam(lr=0.005, betas=(0.5, 0.999)) over bottleneck + decoder
+(anomalib's own module uses betas (0.5, 0.99): same cost).
+
+Inference: ours is :func:`skrd4ad.inference.predict_batch` (maps summed over the layers, Gaussian
+sigma 4 as two matrix products with scipy's 'reflect' border, max score); anomalib's is its model
+in eval mode under inference_mode, returning ``InferenceBatch(pred_score, anomaly_map)``
+(default "add" mode = sum, sigma 4 as a 33x33 2-D convolution with torch's 'reflect' border,
+max score), after the same uint8 -> float -> pre-processor conversion.  Anomalib's
+post-processor (score normalisation, thresholds) is not timed: it is not part of the map.
+
+Sides run interleaved round by round after one untimed warm-up round (order alternating, see
+``_common``).  The JSON holds each side's median seconds with min/max and, per comparison, the
+per-round ratio anomalib / ours (> 1: ours is faster) as median [min, max], next to the goals of
+issue 14: training step >= 1.3x at equal width and >= 1.0x at anomalib's default width,
+inference >= 1.5x (read here as: at both widths).
+
+    pip install anomalib                       # in a separate environment; see the docstring above
+    python benchmarks/bench_peer.py            # CPU, 2 cores: 5-10 minutes (more when the cores are shared)
+    python benchmarks/bench_peer.py --quick    # smoke run: 64 px, batch 2, 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
+from skrd4ad.config import EvalConfig, TrainConfig
+from skrd4ad.data.prepared import to_model_input
+from skrd4ad.inference import predict_batch
+from skrd4ad.models.fold import fold_batchnorm
+from skrd4ad.models.loss import distillation_loss
+from skrd4ad.models.rd4ad import build_model
+from skrd4ad.train import train_step
+
+ARCH = "wide_resnet50_2"
+LAYERS = ("layer1", "layer2", "layer3")
+LR, BETAS = 0.005, (0.5, 0.999)
+EQUAL_WIDTH = 128  # our OCBE width for wide_resnet50_2 (ARCH_SPECS) and the reference RD4AD code's
+SIDES = ("ours", "anomalib_equal_width", "anomalib_default")
+GOALS = {("training", "anomalib_equal_width"): 1.3, ("training", "anomalib_default"): 1.0,
+         ("inference", "anomalib_equal_width"): 1.5, ("inference", "anomalib_default"): 1.5}
+NOT_INSTALLED = ("anomalib is not installed: pip install anomalib (optional, never a dependency of skrd4ad; "
+                 "see benchmarks/bench_peer.py) -- skipping the peer benchmark")
+
+
+def _import_anomalib() -> dict[str, Any] | None:
+    """anomalib's pieces, or None when anomalib is not installed (a broken install raises)."""
+    try:
+        import anomalib  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] == "anomalib":
+            return None
+        raise
+    with warnings.catch_warnings():  # its deprecation notices on import say nothing about this benchmark
+        warnings.simplefilter("ignore", FutureWarning)
+        from anomalib.models.image.reverse_distillation import ReverseDistillation
+        from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
+        from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
+        from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
+    return {"ReverseDistillationModel": ReverseDistillationModel, "get_bottleneck_layer": get_bottleneck_layer,
+            "ReverseDistillationLoss": ReverseDistillationLoss,
+            "pre_processor": ReverseDistillation.configure_pre_processor}
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in ("skrd4ad", "anomalib", "torch", "torchvision", "timm", "lightning"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _load_log() -> tuple[list[float], Any]:
+    """A list and an ``interleaved(between=...)`` hook that appends the 1-minute load average
+    before each timed call: other processes on the cores show up there, not in the times."""
+    loads: list[float] = []
+    return loads, lambda _round, _side: loads.append(round(os.getloadavg()[0], 2))
+
+
+def _train_memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
+    """The layout :func:`skrd4ad.train.train` trains in for ``config`` on ``device``."""
+    try:
+        from skrd4ad.device import memory_format_for  # train.memory_format: auto|channels_last|contiguous
+    except ImportError:  # older skrd4ad: a train.channels_last flag
+        return torch.channels_last if getattr(config, "channels_last", True) else torch.contiguous_format
+    return memory_format_for(config.memory_format, device, config.arch)
+
+
+def _n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_sides(an: dict[str, Any], size: int, seed: int = 0) -> dict[str, torch.nn.Module]:
+    """Our unfolded model and anomalib's two (on the CPU, as built), sharing weights where the
+    shapes allow: the encoder and decoder everywhere, the bottleneck at equal width."""
+    torch.manual_seed(seed)
+    ours = build_model(ARCH, "rd4ad", teacher_weights=None)
+
+    def peer(width: int | None) -> torch.nn.Module:
+        model = an["ReverseDistillationModel"](backbone=ARCH, input_size=(size, size), layers=list(LAYERS),
+                                               anomaly_map_mode="add", pre_trained=False)
+        model.encoder.feature_extractor.load_state_dict(ours.teacher.state_dict())
+        model.decoder.load_state_dict(ours.decoder.state_dict())
+        if width is not None:
+            model.bottleneck = an["get_bottleneck_layer"](ARCH, width_per_group=width)
+            missing, unexpected = model.bottleneck.load_state_dict(ours.bottleneck.state_dict(), strict=False)
+            # anomalib's OCBE builds a conv4/bn4 that its forward never uses; nothing else may differ
+            if unexpected or any(not k.startswith(("conv4.", "bn4.")) for k in missing):
+                raise RuntimeError(f"bottleneck weights do not map: missing {missing}, unexpected {unexpected}")
+        return model
+
+    torch.manual_seed(seed + 1)  # anomalib's default bottleneck: its own initialisation
+    return {"ours": ours, "anomalib_equal_width": peer(EQUAL_WIDTH), "anomalib_default": peer(None)}
+
+
+def _peer_input(pre, batch_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """anomalib's path from uint8 images to model input: float in [0, 1], then its transform."""
+    from torchvision.transforms.v2.functional import to_dtype
+
+    # anomalib's datasets hand over contiguous (B, 3, H, W) images: its loss needs .view()-able maps
+    x = batch_uint8.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+    return pre.transform(to_dtype(x, torch.float32, scale=True))
+
+
+def peer_train_step(model, optimizer, criterion, pre, batch_uint8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """What anomalib's Lightning loop does per batch, without Lightning."""
+    loss = criterion(*model(_peer_input(pre, batch_uint8, device)))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+@torch.inference_mode()
+def peer_predict(model, pre, batch_uint8: torch.Tensor, device: torch.device):
+    return model(_peer_input(pre, batch_uint8, device))
+
+
+def bench_training(an, size: int, batch: int, device: torch.device, rounds: int, data: torch.Tensor) -> dict:
+    models = build_sides(an, size)
+    parameters = {name: {"encoder": _n_params(m.teacher if name == "ours" else m.encoder),
+                         "bottleneck": _n_params(m.bottleneck), "decoder": _n_params(m.decoder)}
+                  for name, m in models.items()}  # anomalib's bottleneck counts its unused conv4/bn4
+    ours = models["ours"]
+    ours.eval()
+    fold_batchnorm(ours.teacher)  # as train() does
+    config = TrainConfig(arch=ARCH, variant="rd4ad", teacher_weights=None, device=str(device))
+    fmt = _train_memory_format(config, device)  # as train() does, with TrainConfig's defaults
+    ours = ours.to(device).to(memory_format=fmt).train()
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    opts = {"ours": torch.optim.Adam(ours.student_parameters(), lr=LR, betas=BETAS)}
+    criterion = an["ReverseDistillationLoss"]()
+    pre = an["pre_processor"]((size, size))
+    for name in SIDES[1:]:
+        models[name] = models[name].to(device).train()
+        opts[name] = torch.optim.Adam([*models[name].decoder.parameters(), *models[name].bottleneck.parameters()],
+                                      lr=LR, betas=BETAS)
+
+    # like with like: the same weights give the same loss (ours: folded teacher, its own loss code)
+    with torch.no_grad():
+        t, s = ours(to_model_input(data, device).contiguous(memory_format=fmt))
+        loss_ours = float(distillation_loss(t, s, "cosine").total)
+        loss_peer = float(criterion(*models["anomalib_equal_width"](_peer_input(pre, data, device))))
+    check = {"first_loss_ours": loss_ours, "first_loss_anomalib_equal_width": loss_peer,
+             "abs_diff": abs(loss_ours - loss_peer)}
+    if check["abs_diff"] > 1e-3 * max(1.0, abs(loss_ours)):
+        raise RuntimeError(f"equal-width models disagree: loss {loss_ours} (ours) vs {loss_peer} (anomalib)")
+
+    m = models
+    loads, log_load = _load_log()
+    times, _ = interleaved({
+        "ours": lambda: train_step(ours, opts["ours"], scaler, data, config, fmt),
+        "anomalib_equal_width": lambda: peer_train_step(m["anomalib_equal_width"], opts["anomalib_equal_width"],
+                                                        criterion, pre, data, device),
+        "anomalib_default": lambda: peer_train_step(m["anomalib_default"], opts["anomalib_default"],
+                                                    criterion, pre, data, device),
+    }, rounds, sync=lambda: _sync(device), between=log_load)
+    seconds = {k: side_summary(v) for k, v in times.items()}
+    return {
+        "what": ("one optimisation step on the same uint8 batch; ours: skrd4ad.train.train_step on "
+                 "build_model('wide_resnet50_2', 'rd4ad') with the teacher's BatchNorm folded, in the memory "
+                 "layout train() picks with TrainConfig's defaults (ours_memory_format), as train() runs it; anomalib: the bare loop of its Lightning module without Lightning "
+                 "(to_dtype(scale=True) + its pre-processor's Resize/Normalize, ReverseDistillationModel in train "
+                 "mode, ReverseDistillationLoss, backward, Adam), contiguous (NCHW) layout, BatchNorm unfolded, "
+                 "as anomalib ships it. Adam(lr=0.005, betas=(0.5, 0.999)) over bottleneck + decoder on every "
+                 "side; anomalib's OCBE also holds an unused conv4/bn4 (no gradient, skipped by Adam). "
+                 "anomalib_equal_width holds our weights (same network, same loss checked), "
+                 "anomalib_default has its own bottleneck at width 64 (fewer FLOPs than ours)"),
+        "rounds": rounds, "ours_memory_format": str(fmt).replace("torch.", ""), "step_seconds": seconds,
+        "images_per_s_of_median_step": {k: batch / v["median_s"] for k, v in seconds.items()},
+        "anomalib_equal_width_over_ours": ratio_summary(times["anomalib_equal_width"], times["ours"]),
+        "anomalib_default_over_ours": ratio_summary(times["anomalib_default"], times["ours"]),
+        "check": check, "parameters": parameters, "loadavg_1min_before_each_timed_call": loads,
+    }
+
+
+def bench_inference(an, size: int, batch: int, device: torch.device, rounds: int, data: torch.Tensor) -> dict:
+    models = build_sides(an, size)
+    ours = models["ours"].eval()
+    fold_batchnorm(ours)  # as evaluate() does
+    ours = ours.to(device, memory_format=torch.channels_last)  # as load_checkpoint() does
+    settings = EvalConfig()  # sum of the layers, sigma 4, max score
+    pre = an["pre_processor"]((size, size))
+    for name in SIDES[1:]:
+        models[name] = models[name].to(device).eval()
+
+    # like with like: same weights -> the same maps, up to the blur's border rule (scipy's
+    # 'reflect' repeats the edge pixel, torch's does not) within the blur radius of the edge
+    maps_ours, scores_ours = predict_batch(ours, data, settings)
+    peer_out = peer_predict(models["anomalib_equal_width"], pre, data, device)
+    maps_peer = peer_out.anomaly_map.reshape(maps_ours.shape).float()
+    radius = int(4.0 * settings.sigma + 0.5)
+    inner = (slice(None), slice(radius, -radius), slice(radius, -radius))
+    scale = float(maps_ours.abs().max())
+    check = {"map_max_abs_diff": float((maps_ours - maps_peer).abs().max()),
+             "map_max_abs_diff_inside_blur_radius_of_border": float((maps_ours[inner] - maps_peer[inner]).abs().max()),
+             "map_max_abs": scale,
+             "score_max_abs_diff": float((scores_ours - peer_out.pred_score.reshape(scores_ours.shape)).abs().max())}
+    if check["map_max_abs_diff_inside_blur_radius_of_border"] > 1e-3 * max(scale, 1e-6):
+        raise RuntimeError(f"equal-width models disagree on the anomaly maps: {check}")
+
+    m = models
+    loads, log_load = _load_log()
+    times, _ = interleaved({
+        "ours": lambda: predict_batch(ours, data, settings),
+        "anomalib_equal_width": lambda: peer_predict(m["anomalib_equal_width"], pre, data, device),
+        "anomalib_default": lambda: peer_predict(m["anomalib_default"], pre, data, device),
+    }, rounds, sync=lambda: _sync(device), between=log_load)
+    seconds = {k: side_summary(v) for k, v in times.items()}
+    return {
+        "what": ("uint8 batch to anomaly maps (B, H, W) and max scores; ours: skrd4ad.inference.predict_batch on "
+                 "the model with all BatchNorm folded, channels_last (as evaluate() runs it); Gaussian sigma 4 as "
+                 "two matrix products (scipy 'reflect' border). anomalib: ReverseDistillationModel in eval mode "
+                 "under inference_mode after to_dtype(scale=True) + its pre-processor, BatchNorm unfolded, NCHW, "
+                 "'add' mode (its default; = our 'sum'), Gaussian sigma 4 as a 33x33 2-D convolution built on "
+                 "every call (torch 'reflect' border), max score; its post-processor (normalisation, "
+                 "thresholds) is not timed. anomalib_equal_width holds our weights (maps checked equal up to "
+                 "the blur border), anomalib_default has its own bottleneck at width 64"),
+        "rounds": rounds, "batch_seconds": seconds,
+        "ms_per_image_of_median": {k: 1000 * v["median_s"] / batch for k, v in seconds.items()},
+        "anomalib_equal_width_over_ours": ratio_summary(times["anomalib_equal_width"], times["ours"]),
+        "anomalib_default_over_ours": ratio_summary(times["anomalib_default"], times["ours"]),
+        "check": check, "loadavg_1min_before_each_timed_call": loads,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/out/bench_peer.json"))
+    parser.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 2, 1 round each")
+    parser.add_argument("--size", type=int, default=256, help="image side in px (a multiple of 32)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--train-rounds", type=int, default=None,
+                        help="timed training rounds after 1 warm-up (default 3 on the CPU, 20 on CUDA)")
+    parser.add_argument("--infer-rounds", type=int, default=None,
+                        help="timed inference rounds after 1 warm-up (default 5 on the CPU, 30 on CUDA)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if args.quick:
+        args.size, args.batch = 64, 2
+        args.train_rounds, args.infer_rounds = args.train_rounds or 1, args.infer_rounds or 1
+    cpu = device.type == "cpu"
+    args.train_rounds = args.train_rounds or (3 if cpu else 20)
+    args.infer_rounds = args.infer_rounds or (5 if cpu else 30)
+    result: dict[str, Any] = {"benchmark": "bench_peer", "machine": machine(), "versions": _versions(),
+                              "config": {k: str(v) for k, v in vars(args).items()}}
+
+    an = _import_anomalib()
+    if an is None:
+        print(NOT_INSTALLED)
+        write_result(args.out, dict(result, skipped=True, reason=NOT_INSTALLED))
+        print(f"wrote {args.out}")
+        return 0
+
+    torch.manual_seed(0)
+    data = torch.randint(0, 256, (args.batch, args.size, args.size, 3), dtype=torch.uint8)
+    if device.type == "cuda":
+        data = data.pin_memory()
+    result.update(skipped=False, setup={
+        "arch": ARCH, "variant": "rd4ad", "weights": "random (torch.manual_seed(0)); encoder and decoder weights "
+        "shared by all sides, bottleneck shared at equal width", "image_size": args.size, "batch_size": args.batch,
+        "dtype": "float32 (no autocast)", "input": "the same random uint8 batch (B, H, W, 3), converted by each "
+        "side's own normalisation inside the timed call", "device": str(device), "torch_threads": torch.get_num_threads(),
+        "bottleneck_width": {"ours": EQUAL_WIDTH, "anomalib_equal_width": EQUAL_WIDTH, "anomalib_default": 64}})
+
+    result["training"] = bench_training(an, args.size, args.batch, device, args.train_rounds, data)
+    print(json.dumps({"training": {k: fmt_ratio(result["training"][f"{k}_over_ours"]) for k in SIDES[1:]},
+                      "median_s": {k: round(v["median_s"], 3) for k, v in result["training"]["step_seconds"].items()}}),
+          flush=True)
+    result["inference"] = bench_inference(an, args.size, args.batch, device, args.infer_rounds, data)
+    print(json.dumps({"inference": {k: fmt_ratio(result["inference"][f"{k}_over_ours"]) for k in SIDES[1:]},
+                      "median_s": {k: round(v["median_s"], 3) for k, v in result["inference"]["batch_seconds"].items()}}),
+          flush=True)
+
+    result["goals"] = []
+    for (part, peer), target in GOALS.items():
+        r = result[part][f"{peer}_over_ours"]
+        result["goals"].append({"comparison": f"{part} vs {peer}", "target_ratio": target, "median": r["median"],
+                                "min": r["min"], "max": r["max"], "met": r["median"] >= target})
+        print(f"{part:9s} vs {peer:20s}: {fmt_ratio(r)} (goal >= {target}x: {'met' if r['median'] >= target else 'NOT met'})")
+    write_result(args.out, result)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
