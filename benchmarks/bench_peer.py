@@ -122,6 +122,14 @@ def _load_log() -> tuple[list[float], Any]:
     return loads, lambda _round, _side: loads.append(round(os.getloadavg()[0], 2))
 
 
+def _timed(sides: dict[str, Any], rounds: int, device: torch.device) -> tuple[dict[str, list[float]], dict, list]:
+    """Interleaved rounds of ``sides`` (see ``_common``): per-side times, their summaries, and the
+    1-minute load average logged before each timed call."""
+    loads, log_load = _load_log()
+    times, _ = interleaved(sides, rounds, sync=lambda: _sync(device), between=log_load)
+    return times, {k: side_summary(v) for k, v in times.items()}, loads
+
+
 def _train_memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
     """The layout :func:`skrd4ad.train.train` trains in for ``config`` on ``device``."""
     try:
@@ -212,15 +220,13 @@ def bench_training(an, size: int, batch: int, device: torch.device, rounds: int,
         raise RuntimeError(f"equal-width models disagree: loss {loss_ours} (ours) vs {loss_peer} (anomalib)")
 
     m = models
-    loads, log_load = _load_log()
-    times, _ = interleaved({
+    times, seconds, loads = _timed({
         "ours": lambda: train_step(ours, opts["ours"], scaler, data, config, fmt),
         "anomalib_equal_width": lambda: peer_train_step(m["anomalib_equal_width"], opts["anomalib_equal_width"],
                                                         criterion, pre, data, device),
         "anomalib_default": lambda: peer_train_step(m["anomalib_default"], opts["anomalib_default"],
                                                     criterion, pre, data, device),
-    }, rounds, sync=lambda: _sync(device), between=log_load)
-    seconds = {k: side_summary(v) for k, v in times.items()}
+    }, rounds, device)
     return {
         "what": ("one optimisation step on the same uint8 batch; ours: skrd4ad.train.train_step on "
                  "build_model('wide_resnet50_2', 'rd4ad') with the teacher's BatchNorm folded, in the memory "
@@ -265,13 +271,11 @@ def bench_inference(an, size: int, batch: int, device: torch.device, rounds: int
         raise RuntimeError(f"equal-width models disagree on the anomaly maps: {check}")
 
     m = models
-    loads, log_load = _load_log()
-    times, _ = interleaved({
+    times, seconds, loads = _timed({
         "ours": lambda: predict_batch(ours, data, settings),
         "anomalib_equal_width": lambda: peer_predict(m["anomalib_equal_width"], pre, data, device),
         "anomalib_default": lambda: peer_predict(m["anomalib_default"], pre, data, device),
-    }, rounds, sync=lambda: _sync(device), between=log_load)
-    seconds = {k: side_summary(v) for k, v in times.items()}
+    }, rounds, device)
     return {
         "what": ("uint8 batch to anomaly maps (B, H, W) and max scores; ours: skrd4ad.inference.predict_batch on "
                  "the model with all BatchNorm folded, channels_last (as evaluate() runs it); Gaussian sigma 4 as "
