@@ -187,7 +187,7 @@ def test_build_random_and_from_file(tmp_path: Path) -> None:
 
 
 def test_build_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match=r"'imagnet'.*'imagenet', 'none' or a path"):
+    with pytest.raises(FileNotFoundError, match=r"'imagnet'.*'imagenet', 'pypi', 'none' or a path"):
         build_teacher("resnet18", "imagnet")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a torch file")
