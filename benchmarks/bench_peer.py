@@ -28,7 +28,8 @@ anomalib's is the bare loop its Lightning module runs, without Lightning: uint8 
 pre-processor transform (Resize, a no-op at the same size, + Normalize) -> model in train mode
 (its encoder switches itself to eval and runs under no_grad) -> ``ReverseDistillationLoss`` ->
 backward -> Adam.  Both use Adam(lr=0.005, betas=(0.5, 0.999)) over bottleneck + decoder
-(anomalib's own module uses betas (0.5, 0.99): same cost).
+(anomalib's own module uses betas (0.5, 0.99): same cost); ours with the fused kernel
+:func:`skrd4ad.train.make_optimizer` picks, anomalib's with PyTorch's default, as each trains.
 
 Inference: ours is :func:`skrd4ad.inference.predict_batch` (maps summed over the layers, Gaussian
 sigma 4 as two matrix products with scipy's 'reflect' border, max score); anomalib's is its model
@@ -64,11 +65,12 @@ import torch
 from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.prepared import to_model_input
+from skrd4ad.device import memory_format_for
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
 from skrd4ad.models.rd4ad import build_model
-from skrd4ad.train import train_step
+from skrd4ad.train import make_optimizer, train_step
 
 ARCH = "wide_resnet50_2"
 LAYERS = ("layer1", "layer2", "layer3")
@@ -130,15 +132,6 @@ def _timed(sides: dict[str, Any], rounds: int, device: torch.device) -> tuple[di
     return times, {k: side_summary(v) for k, v in times.items()}, loads
 
 
-def _train_memory_format(config: TrainConfig, device: torch.device) -> torch.memory_format:
-    """The layout :func:`skrd4ad.train.train` trains in for ``config`` on ``device``."""
-    try:
-        from skrd4ad.device import memory_format_for  # train.memory_format: auto|channels_last|contiguous
-    except ImportError:  # older skrd4ad: a train.channels_last flag
-        return torch.channels_last if getattr(config, "channels_last", True) else torch.contiguous_format
-    return memory_format_for(config.memory_format, device, config.arch)
-
-
 def _n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -198,10 +191,10 @@ def bench_training(an, size: int, batch: int, device: torch.device, rounds: int,
     ours.eval()
     fold_batchnorm(ours.teacher)  # as train() does
     config = TrainConfig(arch=ARCH, variant="rd4ad", teacher_weights=None, device=str(device))
-    fmt = _train_memory_format(config, device)  # as train() does, with TrainConfig's defaults
+    fmt = memory_format_for(config.memory_format, device, config.arch, config.amp)  # as train() does
     ours = ours.to(device).to(memory_format=fmt).train()
     scaler = torch.amp.GradScaler(device.type, enabled=False)
-    opts = {"ours": torch.optim.Adam(ours.student_parameters(), lr=LR, betas=BETAS)}
+    opts = {"ours": make_optimizer(ours, config, device)}  # as train() does
     criterion = an["ReverseDistillationLoss"]()
     pre = an["pre_processor"]((size, size))
     for name in SIDES[1:]:

@@ -41,7 +41,8 @@ from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
 from skrd4ad.models.rd4ad import build_model
-from skrd4ad.train import train_step
+from skrd4ad.device import memory_format_for
+from skrd4ad.train import make_optimizer, train_step
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -70,14 +71,14 @@ def bench_training(arch: str, size: int, batch: int, device: torch.device, amp: 
     torch.manual_seed(0)
     model = build_model(arch, "skrd4ad", teacher_weights=None)
     fold_batchnorm(model.teacher)  # as train() does
-    fmt = torch.channels_last  # TrainConfig's default
-    ours_model = model.to(device).train().to(memory_format=fmt)
-    opt_ours = torch.optim.Adam(ours_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
     config = TrainConfig(arch=arch, teacher_weights=None, amp=amp, device=str(device))
+    fmt = memory_format_for(config.memory_format, device, arch, amp)  # as train() does
+    ours_model = model.to(device).train().to(memory_format=fmt)
+    opt_ours = make_optimizer(ours_model, config, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
     torch.manual_seed(0)
     unfolded_model = build_model(arch, "skrd4ad", teacher_weights=None).to(device, memory_format=fmt).train()
-    opt_unfolded = torch.optim.Adam(unfolded_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))
+    opt_unfolded = make_optimizer(unfolded_model, config, device)
     torch.manual_seed(1)
     plain_model = build_model(arch, "skrd4ad", teacher_weights=None).to(device).train()
     opt_plain = torch.optim.Adam(plain_model.student_parameters(), lr=0.005, betas=(0.5, 0.999))

@@ -83,7 +83,7 @@ from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.rd4ad import build_model
-from skrd4ad.train import train_step
+from skrd4ad.train import make_optimizer, train_step
 
 #: Prefix of the protocol lines a worker writes on stdout (anything else there is ignored).
 MARK = "GPUCHECK "
@@ -174,9 +174,9 @@ def train_setup(arch: str, variant: str, size: int, batch: int, device: torch.de
     torch.manual_seed(seed)
     model = build_model(arch, variant, teacher_weights=None)
     fold_batchnorm(model.teacher)  # as train() does
-    model = model.to(device).to(memory_format=torch.channels_last).train()
-    defaults = TrainConfig(arch=arch, teacher_weights=None)
-    optimizer = torch.optim.Adam(model.student_parameters(), lr=defaults.lr, betas=defaults.betas)
+    config = TrainConfig(arch=arch, teacher_weights=None)
+    model = model.to(device).to(memory_format=torch.channels_last).train()  # what auto picks on a GPU
+    optimizer = make_optimizer(model, config, device)
     scaler = torch.amp.GradScaler(device.type, enabled=False)  # only fp16 uses one
     data = torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8,
                          generator=torch.Generator().manual_seed(seed))

@@ -30,21 +30,24 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def memory_format_for(spec: str, device: torch.device, arch: str) -> torch.memory_format:
-    """The training layout for ``train.memory_format`` (auto|channels_last|contiguous).
+def memory_format_for(spec: str, device: torch.device, arch: str, amp: str = "none") -> torch.memory_format:
+    """The training layout for ``train.memory_format`` (auto|channels_last|contiguous) under
+    ``train.amp`` (none|bf16|fp16).
 
     ``auto``: channels_last on a GPU (what cuDNN's tensor-core kernels prefer); on a CPU the layout
-    ``benchmarks/bench_layout.py`` measured faster (2 cores with AVX-512, contiguous / channels_last
-    step time, median of interleaved rounds): channels_last for mobilenet_v2 (1.18x) and resnet18
-    (1.07x), contiguous for wide_resnet50_2 (0.96x) and, by its same bottleneck blocks, resnet50.
-    A fixed rule, not a probe at run time, so the same settings give the same weights on the same machine."""
+    ``benchmarks/bench_layout.py`` measured faster (2 cores with AVX-512 and AMX, contiguous /
+    channels_last step time, median of interleaved rounds): in float32 channels_last for
+    mobilenet_v2 (1.18x) and resnet18 (1.07x), contiguous for wide_resnet50_2 (0.96x) and, by its
+    same bottleneck blocks, resnet50; under bf16 autocast channels_last for all (wide_resnet50_2
+    1.05x, mobilenet_v2 1.47x).  A fixed rule, not a probe at run time, so the same settings give
+    the same weights on the same machine."""
     if spec == "channels_last":
         return torch.channels_last
     if spec == "contiguous":
         return torch.contiguous_format
     if spec != "auto":
         raise ValueError(f"memory_format {spec!r} is not auto, channels_last or contiguous")
-    if device.type == "cpu" and arch in ("resnet50", "wide_resnet50_2"):
+    if device.type == "cpu" and amp == "none" and arch in ("resnet50", "wide_resnet50_2"):
         return torch.contiguous_format
     return torch.channels_last
 

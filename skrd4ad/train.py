@@ -88,6 +88,17 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def make_optimizer(model: ReverseDistillation, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
+    """Adam over the student (bottleneck + decoder) with the configured lr and betas.
+
+    Uses PyTorch's fused kernel on CPU and CUDA instead of its default per-tensor loop (CPU) or
+    foreach (CUDA): training steps 1.05-1.18x faster on 2 CPU cores (``benchmarks/bench_optimizer.py``);
+    it rounds differently from the loop, so weights differ in the last bits from runs made with
+    the loop (runs of the same code stay bitwise reproducible)."""
+    fused = True if device.type in ("cpu", "cuda") else None
+    return torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas, fused=fused)
+
+
 def train_step(model: ReverseDistillation, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                batch_uint8: torch.Tensor, config: TrainConfig,
                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
@@ -131,7 +142,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
                 "image_size": image_size}
 
     device = resolve_device(config.device)
-    memory_format = memory_format_for(config.memory_format, device, config.arch)
+    memory_format = memory_format_for(config.memory_format, device, config.arch, config.amp)
 
     def fresh() -> tuple[ReverseDistillation, dict[str, torch.Tensor] | None, torch.optim.Optimizer,
                          torch.amp.GradScaler, torch.Generator]:
@@ -145,7 +156,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
         model = model.to(device, memory_format=memory_format)
         if compile_for(config.compile, device):
             model.compile()  # in place: state_dict keys unchanged
-        optimizer = torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas)
+        optimizer = make_optimizer(model, config, device)
         scaler = torch.amp.GradScaler(device.type, enabled=config.amp == "fp16")
         return model, teacher_state, optimizer, scaler, torch.Generator().manual_seed(config.seed)
 

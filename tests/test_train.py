@@ -182,6 +182,7 @@ def test_memory_format_auto_follows_the_measured_rule() -> None:
     assert memory_format_for("auto", cpu, "mobilenet_v2") == torch.channels_last
     assert memory_format_for("auto", cpu, "resnet18") == torch.channels_last
     assert memory_format_for("auto", cpu, "wide_resnet50_2") == torch.contiguous_format
+    assert memory_format_for("auto", cpu, "wide_resnet50_2", "bf16") == torch.channels_last  # AMX kernels
     assert memory_format_for("auto", cuda, "wide_resnet50_2") == torch.channels_last
     assert memory_format_for("contiguous", cuda, "mobilenet_v2") == torch.contiguous_format
     assert memory_format_for("channels_last", cpu, "resnet50") == torch.channels_last
