@@ -34,7 +34,7 @@ def _stepper(arch: str, variant: str, options: dict, batch: torch.Tensor):
     torch.manual_seed(0)
     model = build_model(arch, variant, teacher_weights=None)
     fold_batchnorm(model.teacher)
-    fmt = memory_format_for("auto", torch.device("cpu"), arch)
+    fmt = memory_format_for("auto", torch.device("cpu"), arch, "none")
     model = model.to(memory_format=fmt)
     optimizer = torch.optim.Adam(model.student_parameters(), lr=0.005, betas=(0.5, 0.999), **options)
     scaler = torch.amp.GradScaler("cpu", enabled=False)

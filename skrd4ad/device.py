@@ -30,7 +30,7 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def memory_format_for(spec: str, device: torch.device, arch: str, amp: str = "none") -> torch.memory_format:
+def memory_format_for(spec: str, device: torch.device, arch: str, amp: str) -> torch.memory_format:
     """The training layout for ``train.memory_format`` (auto|channels_last|contiguous) under
     ``train.amp`` (none|bf16|fp16).
 

@@ -179,15 +179,15 @@ def test_memory_format_auto_follows_the_measured_rule() -> None:
     from skrd4ad.device import compile_for, memory_format_for
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert memory_format_for("auto", cpu, "mobilenet_v2") == torch.channels_last
-    assert memory_format_for("auto", cpu, "resnet18") == torch.channels_last
-    assert memory_format_for("auto", cpu, "wide_resnet50_2") == torch.contiguous_format
+    assert memory_format_for("auto", cpu, "mobilenet_v2", "none") == torch.channels_last
+    assert memory_format_for("auto", cpu, "resnet18", "none") == torch.channels_last
+    assert memory_format_for("auto", cpu, "wide_resnet50_2", "none") == torch.contiguous_format
     assert memory_format_for("auto", cpu, "wide_resnet50_2", "bf16") == torch.channels_last  # AMX kernels
-    assert memory_format_for("auto", cuda, "wide_resnet50_2") == torch.channels_last
-    assert memory_format_for("contiguous", cuda, "mobilenet_v2") == torch.contiguous_format
-    assert memory_format_for("channels_last", cpu, "resnet50") == torch.channels_last
+    assert memory_format_for("auto", cuda, "wide_resnet50_2", "none") == torch.channels_last
+    assert memory_format_for("contiguous", cuda, "mobilenet_v2", "none") == torch.contiguous_format
+    assert memory_format_for("channels_last", cpu, "resnet50", "none") == torch.channels_last
     with pytest.raises(ValueError, match="memory_format 'nhwc'"):
-        memory_format_for("nhwc", cpu, "resnet18")
+        memory_format_for("nhwc", cpu, "resnet18", "none")
     assert (compile_for("auto", cuda), compile_for(True, cpu), compile_for(False, cuda)) == (False, True, False)
     with pytest.raises(ConfigError, match="train.memory_format: 'nhwc' is not one of"):
         TrainConfig(memory_format="nhwc")
