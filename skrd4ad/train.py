@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .checkpoint import DAMAGED_FILE_ERRORS, save_checkpoint, short_error
 from .config import TrainConfig
 from .data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
-from .device import autocast, compile_for, memory_format_for, resolve_device
+from .device import autocast, compile_for, memory_format_for, resolve_device, slow_bf16_warning
 from .io import save_torch_atomic, write_text_atomic
 from .models.loss import distillation_loss
 from .models.fold import fold_batchnorm
@@ -143,6 +143,8 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
 
     device = resolve_device(config.device)
     memory_format = memory_format_for(config.memory_format, device, config.arch, config.amp)
+    if (warning := slow_bf16_warning(device, config.amp)) is not None:
+        log.warning("%s", warning)
 
     def fresh() -> tuple[ReverseDistillation, dict[str, torch.Tensor] | None, torch.optim.Optimizer,
                          torch.amp.GradScaler, torch.Generator]:

@@ -193,6 +193,18 @@ def test_memory_format_auto_follows_the_measured_rule() -> None:
         TrainConfig(memory_format="nhwc")
 
 
+def test_bf16_on_a_cpu_without_native_kernels_is_warned(monkeypatch: pytest.MonkeyPatch) -> None:
+    from skrd4ad import device as dev
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert "amp: bf16 on a CPU without native bf16" in dev.slow_bf16_warning(cpu, "bf16")
+    assert dev.slow_bf16_warning(cpu, "none") is None
+    assert dev.slow_bf16_warning(torch.device("cuda"), "bf16") is None
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert dev.slow_bf16_warning(cpu, "bf16") is None
+
+
 def test_layout_does_not_change_the_resume_identity(prepared_brick: Path, tmp_path: Path) -> None:
     """A run interrupted in one layout resumes in the other (how a job runs, not what it trains)."""
     train(tiny_config(epochs=2, memory_format="contiguous"), prepared_brick, tmp_path / "m.pt", progress=False,
