@@ -37,11 +37,11 @@ import torch
 
 from _common import interleaved, machine, ratio_summary, side_summary, write_result
 from skrd4ad.config import EvalConfig, TrainConfig
+from skrd4ad.device import memory_format_for
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
 from skrd4ad.models.rd4ad import build_model
-from skrd4ad.device import memory_format_for
 from skrd4ad.train import make_optimizer, train_step
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
