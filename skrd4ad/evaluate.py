@@ -47,7 +47,7 @@ CURVE_COLUMNS = {"image_roc": ["fpr", "tpr"], "pixel_roc": ["fpr", "tpr"], "pro"
 def compute_maps(model: torch.nn.Module, images: np.ndarray, config: EvalConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Anomaly maps ``(N, H, W)`` float32 and scores ``(N,)`` for uint8 images ``(N, H, W, 3)``,
     batched, kept on the model's device."""
-    device = next(model.bottleneck.parameters()).device
+    device = next(model.student.parameters()).device
     n, h, w = images.shape[:3]
     maps = torch.empty((n, h, w), dtype=torch.float32, device=device)
     scores = torch.empty((n,), dtype=torch.float32, device=device)

@@ -22,7 +22,7 @@ def predict_batch(model: ReverseDistillation, images: Tensor | np.ndarray,
     with the map, score and precision settings of ``settings`` (combine, sigma, score, topk, amp).
 
     Results stay on the model's device (no host sync here)."""
-    device = next(model.bottleneck.parameters()).device
+    device = next(model.student.parameters()).device
     batch = torch.from_numpy(np.array(images)) if isinstance(images, np.ndarray) else images  # writable copy
     x = to_model_input(batch, device).contiguous(memory_format=torch.channels_last)
     with autocast(device, settings.amp):

@@ -22,6 +22,7 @@ from typing import Any
 import yaml
 
 from .config import SCHEMA_PATH, EvalConfig, TrainConfig, from_dict
+from .models import variants
 
 
 
@@ -140,10 +141,12 @@ def train_config(params: Mapping[str, Any], cls: str, variant: str, seed: int) -
     overrides = {**train.pop("variant_overrides").get(variant, {}),
                  **train.pop("class_overrides").get(cls, {})}
     train.pop("seeds")
-    train.update(overrides)
+    own = variants.settings_schema(variant)
+    train.update({k: v for k, v in overrides.items() if k not in own})
     teacher = params["teacher"]
     return from_dict(TrainConfig, {**train, "arch": teacher["arch"], "variant": variant, "seed": int(seed),
-                                   "teacher_weights": str(teacher_path(teacher["arch"]))}, "train")
+                                   "teacher_weights": str(teacher_path(teacher["arch"])),
+                                   "settings": {k: v for k, v in overrides.items() if k in own}}, "train")
 
 
 def train_param_keys(cls: str, variant: str) -> list[str]:
@@ -151,7 +154,8 @@ def train_param_keys(cls: str, variant: str) -> list[str]:
     declares and what Snakemake's train rule reruns on (tests/test_engine_sync.py checks both).
     Settings that do not change the weights (``TrainConfig.model_identity`` leaves them out:
     the schema's ``x-changes-model: false`` keys: device, checkpoint_every, memory_format, compile) are not among them."""
-    from_train = [k for k in TrainConfig().model_identity() if k not in ("arch", "variant", "seed", "teacher_weights")]
+    from_train = [k for k in TrainConfig().model_identity()
+                  if k not in ("arch", "variant", "seed", "teacher_weights", "settings")]
     return ["teacher.arch", "teacher.source", *(f"train.{k}" for k in from_train),
             f"train.class_overrides.{cls}", f"train.variant_overrides.{variant}"]
 

@@ -1,4 +1,8 @@
-"""Training: Adam over bottleneck + decoder on a prepared class, resumable, seeded.
+"""Training: Adam over the student of the configured variant on a prepared class, resumable, seeded.
+
+The variant (:mod:`skrd4ad.models.variants`) supplies the forward pass, the loss and its named
+terms (the training-log columns, after ``epoch``), the parameter groups and how many batches
+each optimiser step accumulates; this loop is the same for every variant.
 
 On CPU the same seed gives bitwise the same weights, also across a kill and resume: the
 resume state holds the student, optimiser and both RNG states, and is written atomically every
@@ -31,14 +35,12 @@ from .config import TrainConfig
 from .data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
 from .device import autocast, compile_for, memory_format_for, resolve_device, slow_bf16_warning
 from .io import save_torch_atomic, write_text_atomic
-from .models.loss import distillation_loss
 from .models.fold import fold_batchnorm
 from .models.rd4ad import ReverseDistillation, build_model
 
 log = logging.getLogger(__name__)
 
 STATE_FORMAT = "skrd4ad-train-state-v1"
-LOG_COLUMNS = ("epoch", "loss", "loss_layer1", "loss_layer2", "loss_layer3", "consistency", "seconds")
 
 
 @dataclass
@@ -64,12 +66,14 @@ def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.de
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+def _write_log(path: Path, history: list[dict[str, float]], terms: tuple[str, ...]) -> None:
+    """The TSV ``epoch, <terms>``: values only (no timings), so an identical rerun writes the same bytes."""
+    columns = ("epoch", *terms)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, delimiter="\t", lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: (f"{row[k]:.8g}" if k != "epoch" else int(row[k])) for k in LOG_COLUMNS})
+        writer.writerow({k: (f"{row[k]:.8g}" if k != "epoch" else int(row[k])) for k in columns})
     write_text_atomic(path, buf.getvalue())
 
 
@@ -89,31 +93,42 @@ def _duration(seconds: float) -> str:
 
 
 def make_optimizer(model: ReverseDistillation, config: TrainConfig, device: torch.device) -> torch.optim.Adam:
-    """Adam over the student (bottleneck + decoder) with the configured lr and betas.
+    """One Adam over the variant's parameter groups (``Variant.param_groups``; a group without its
+    own ``lr`` gets the configured one) with the configured betas.
 
     Uses PyTorch's fused kernel on CPU and CUDA instead of its default per-tensor loop (CPU) or
     foreach (CUDA): training steps 1.05-1.18x faster on 2 CPU cores (``benchmarks/bench_optimizer.py``);
     it rounds differently from the loop, so weights differ in the last bits from runs made with
     the loop (runs of the same code stay bitwise reproducible)."""
     fused = True if device.type in ("cpu", "cuda") else None
-    return torch.optim.Adam(model.student_parameters(), lr=config.lr, betas=config.betas, fused=fused)
+    groups = model.impl.param_groups(model.student, config)
+    return torch.optim.Adam(groups, lr=config.lr, betas=config.betas, fused=fused)
 
 
 def train_step(model: ReverseDistillation, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
                batch_uint8: torch.Tensor, config: TrainConfig,
-               memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """One optimisation step on a uint8 batch ``(B, H, W, 3)``; returns the detached losses
-    ``[total, layer1, layer2, layer3, consistency]`` on the device (no host sync)."""
-    device = next(model.bottleneck.parameters()).device
+               memory_format: torch.memory_format = torch.contiguous_format, *,
+               zero_grad: bool = True, step: bool = True) -> torch.Tensor:
+    """Forward, loss and backward on a uint8 batch ``(B, H, W, 3)``: gradients are cleared first
+    when ``zero_grad`` (else added to), the optimiser steps when ``step``.  Returns the detached
+    loss terms ``(len(log_columns),)`` of the variant on the device (no host sync)."""
+    variant = model.impl
+    device = next(model.student.parameters()).device
     x = to_model_input(batch_uint8, device).contiguous(memory_format=memory_format)
     with autocast(device, config.amp):
-        t_feats, s_feats = model(x)
-    out = distillation_loss(t_feats, s_feats, config.loss, config.consistency_weight)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(out.total).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    return torch.cat([out.total.detach().reshape(1), out.per_layer, out.consistency.reshape(1)])
+        outputs = variant.training_forward(model, x)
+    terms = variant.loss(outputs, config)
+    columns = variant.log_columns(config)
+    if set(terms) != set(columns):
+        raise KeyError(f"variant {variant.name}: loss() returned terms {sorted(terms)} but log_columns() names "
+                       f"{sorted(columns)}; make them the same")
+    if zero_grad:
+        optimizer.zero_grad(set_to_none=True)
+    scaler.scale(terms["loss"]).backward()
+    if step:
+        scaler.step(optimizer)
+        scaler.update()
+    return torch.stack([terms[k].detach().reshape(()).float() for k in columns])
 
 
 def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
@@ -150,7 +165,8 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
                          torch.amp.GradScaler, torch.Generator]:
         """Model, random-teacher weights, optimiser, scaler and shuffle generator at epoch 0 (seeded)."""
         torch.manual_seed(config.seed)
-        model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights)
+        model = build_model(config.arch, config.variant, teacher_weights=config.teacher_weights,
+                            settings=config.settings)
         # a random teacher cannot be rebuilt from a name: its (unfolded) weights go into the checkpoint
         teacher_state = model.teacher.state_dict() if config.teacher_weights is None else None  # folding
         # replaces the modules but leaves these tensors as they are
@@ -207,29 +223,31 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
              "device %s, %d threads, %s layout", model_path, config.variant, config.arch, data_dir, n, image_size,
              start + 1, stop, config.epochs, config.batch_size, device, torch.get_num_threads(),
              "channels_last" if memory_format == torch.channels_last else "contiguous")
+    terms = model.impl.log_columns(config)
+    accumulate = model.impl.accumulate
+    n_batches = math.ceil(n / config.batch_size)
     run_t0 = time.perf_counter()
     epochs = tqdm(range(start, stop), initial=start, total=stop, desc="train", unit="epoch", dynamic_ncols=True,
                   disable=not show)
     for epoch in epochs:
-        t0 = time.perf_counter()
-        sums = torch.zeros(5, device=device)  # total, 3 layers, consistency (weighted by batch size)
-        for idx in iterate_batches(n, config.batch_size, shuffle=True, generator=gen):
+        sums = torch.zeros(len(terms), device=device)  # the variant's loss terms, weighted by batch size
+        for i, idx in enumerate(iterate_batches(n, config.batch_size, shuffle=True, generator=gen)):
             batch = batch_from(images, idx, pin_memory=device.type == "cuda")
-            sums += train_step(model, optimizer, scaler, batch, config, memory_format) * len(idx)
+            # with accumulate N: gradients summed over N batches (and the epoch's last few), then one step
+            sums += train_step(model, optimizer, scaler, batch, config, memory_format, zero_grad=i % accumulate == 0,
+                               step=(i + 1) % accumulate == 0 or i + 1 == n_batches) * len(idx)
         means = (sums / n).tolist()  # one host sync per epoch
         if not all(math.isfinite(v) for v in means):
             raise FloatingPointError(f"training diverged at epoch {epoch + 1} of {model_path}: loss "
                                      f"{means[0]}; lower the learning rate (train.lr, --lr) or set amp to none")
-        history.append({"epoch": epoch + 1, "loss": means[0], "loss_layer1": means[1],
-                        "loss_layer2": means[2], "loss_layer3": means[3], "consistency": means[4],
-                        "seconds": time.perf_counter() - t0})
+        history.append({"epoch": epoch + 1, **dict(zip(terms, means, strict=True))})
         per_epoch = (time.perf_counter() - run_t0) / (epoch + 1 - start)
         if show:
             epochs.set_postfix(loss=f"{means[0]:.5f}", refresh=False)
         else:
             log.info("epoch %d/%d loss %.5f (%.1f s/epoch, ETA %s)", epoch + 1, config.epochs, means[0], per_epoch,
                      _duration(per_epoch * (stop - epoch - 1)))
-        _write_log(log_path, history)
+        _write_log(log_path, history, terms)
         done = epoch + 1
         if done % config.checkpoint_every == 0 or done == stop:
             save_state(done)

@@ -1,4 +1,5 @@
-"""The named choices of the models (architectures, variants, losses, map options), without
+"""The named choices of the models (architectures, losses, map options; the variants are
+in the registry :mod:`skrd4ad.models.variants`), without
 importing torch: :mod:`skrd4ad.config` and the Snakefile (through :mod:`skrd4ad.pipeline`) read
 them on every invocation, where importing torch would add seconds."""
 
@@ -8,9 +9,6 @@ from typing import Literal, get_args
 
 TeacherArch = Literal["resnet18", "resnet34", "resnet50", "wide_resnet50_2", "mobilenet_v2"]
 TEACHER_ARCHS: tuple[str, ...] = get_args(TeacherArch)
-
-Variant = Literal["rd4ad", "skrd4ad"]
-VARIANTS: tuple[str, ...] = get_args(Variant)
 
 LossKind = Literal["cosine", "mse", "mse_cosine"]
 LOSS_KINDS: tuple[str, ...] = get_args(LossKind)

@@ -1,4 +1,4 @@
-"""The full reverse-distillation network: frozen teacher -> OCBE -> student decoder.
+"""The full reverse-distillation network: frozen teacher -> the student of a registered variant.
 
 >>> model = build_model("resnet18", "skrd4ad", teacher_weights=None)  # random teacher: tests only
 >>> t, s = model(torch.zeros(2, 3, 64, 64))
@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from . import variants
 from .blocks import BasicBlock, Bottleneck, DecoderBasicBlock, DecoderBottleneck, _Block
-from .bottleneck import OCBE
-from .choices import VARIANTS, Variant  # noqa: F401 (re-exported)
-from .decoder import Decoder
 from .teacher import Teacher, build_teacher
 
 
@@ -57,54 +56,38 @@ def check_image_size(size: int, what: str = "image_size") -> int:
     return size
 
 
-def check_variant(variant: str) -> Variant:
-    """Return ``variant`` if valid, else raise naming the valid choices."""
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown model variant {variant!r}; choose one of {', '.join(VARIANTS)} "
-                         "(rd4ad = baseline, skrd4ad = with skip connections)")
-    return variant  # type: ignore[return-value]
-
-
 class ReverseDistillation(nn.Module):
-    """Teacher (frozen) + OCBE + decoder.  ``forward(x)`` returns ``(teacher_maps, student_maps)``,
-    both fine to coarse; only the student side carries gradients."""
+    """Frozen teacher + the trained ``student`` of a registered variant
+    (:mod:`skrd4ad.models.variants`).  ``forward(x)`` is the variant's: ``(teacher_maps,
+    student_maps)``, both fine to coarse; only the student side carries gradients.
 
-    def __init__(self, teacher: Teacher, variant: Variant = "rd4ad") -> None:
+    ``variant``: the variant's name; ``settings``: its own settings (defaults filled in, checked)."""
+
+    def __init__(self, teacher: Teacher, variant: str, settings: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.variant = check_variant(variant)
+        self.impl = variants.get(variant)
+        self.variant = self.impl.name
+        self.settings = variants.check_settings(variant, settings)
         spec = ARCH_SPECS.get(teacher.arch)
         if spec is None:
             raise ValueError(f"no bottleneck/decoder spec for teacher {teacher.arch!r}; "
                              f"known: {', '.join(ARCH_SPECS)}")
         self.arch = teacher.arch
         self.teacher = teacher
-        self.bottleneck = OCBE(teacher.channels, spec.block, spec.bottleneck_blocks, spec.base_width)
-        self.decoder = Decoder(self.bottleneck.out_channels, teacher.channels, spec.decoder_block,
-                               spec.decoder_layers, spec.base_width)
-
-    @property
-    def skip(self) -> bool:
-        return self.variant == "skrd4ad"
+        self.student = self.impl.build_student(teacher, spec, self.settings)
 
     def student_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters: bottleneck + decoder (the teacher is never trained)."""
-        return [*self.bottleneck.parameters(), *self.decoder.parameters()]
+        """Trainable parameters: the student's (the teacher is never trained)."""
+        return list(self.student.parameters())
 
     def student_state_dict(self) -> dict[str, Tensor]:
-        """``{'bottleneck.*': ..., 'decoder.*': ...}``: everything that training changes."""
-        sd = {f"bottleneck.{k}": v for k, v in self.bottleneck.state_dict().items()}
-        sd.update({f"decoder.{k}": v for k, v in self.decoder.state_dict().items()})
-        return sd
+        """The student's state dict (for RD4AD's student ``{'bottleneck.*': ..., 'decoder.*': ...}``):
+        everything that training changes."""
+        return dict(self.student.state_dict())
 
     def load_student_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Inverse of :meth:`student_state_dict` (strict)."""
-        bn = {k[len("bottleneck."):]: v for k, v in state.items() if k.startswith("bottleneck.")}
-        de = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
-        other = [k for k in state if not k.startswith(("bottleneck.", "decoder."))]
-        if other:
-            raise KeyError(f"unexpected keys in student state dict: {other[:5]}")
-        self.bottleneck.load_state_dict(bn)
-        self.decoder.load_state_dict(de)
+        """Inverse of :meth:`student_state_dict` (strict: a missing or unexpected key raises)."""
+        self.student.load_state_dict(state)
 
     def forward(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling()):  # export keeps sizes symbolic
@@ -112,18 +95,16 @@ class ReverseDistillation(nn.Module):
             if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < SIZE_MULTIPLE:
                 bad = w if h % SIZE_MULTIPLE == 0 and h >= SIZE_MULTIPLE else h
                 check_image_size(bad, f"input of {h}x{w} px: side")
-        with torch.no_grad():
-            t = self.teacher(x)
-        s = self.decoder(self.bottleneck(t), (t[1], t[2]) if self.skip else None)
-        return t, s
+        return self.impl.forward(self, x)
 
 
-def build_model(arch: str, variant: str = "rd4ad", *,
-                teacher_weights: str | Path | None = "imagenet") -> ReverseDistillation:
-    """Build teacher + student for ``arch`` (see ``ARCH_SPECS``) and ``variant``.
+def build_model(arch: str, variant: str, *, teacher_weights: str | Path | None = "imagenet",
+                settings: dict[str, Any] | None = None) -> ReverseDistillation:
+    """Build teacher + the student of ``variant`` (a registered name) for ``arch`` (see ``ARCH_SPECS``).
 
     ``teacher_weights``: ``"imagenet"``, a local ``.pth`` file, or ``None`` (random: tests only).
-    Student weights are initialised from the global torch RNG (seed it first).
+    ``settings``: the variant's own settings.  Student weights are initialised from the global
+    torch RNG (seed it first).
     """
-    check_variant(variant)
-    return ReverseDistillation(build_teacher(arch, teacher_weights), variant)  # type: ignore[arg-type]
+    variants.get(variant)
+    return ReverseDistillation(build_teacher(arch, teacher_weights), variant, settings)

@@ -76,11 +76,11 @@ def load_reference_state_dict(model: ReverseDistillation,
                     dropped.append(f"bn.{k}")
                 else:
                     bn_sd[k] = v
-            _load_checked(model.bottleneck, bn_sd, "reference 'bn'")
+            _load_checked(model.student.bottleneck, bn_sd, "reference 'bn'")
     else:
         decoder_sd = _strip_module(state)  # type: ignore[arg-type]
         bn_sd_raw = None
-    _load_checked(model.decoder, decoder_sd, "reference 'decoder'")
+    _load_checked(model.student.decoder, decoder_sd, "reference 'decoder'")
     if bn_sd_raw is None:
         warnings.warn(f"{source} holds no 'bn' (bottleneck) weights, only the decoder: the bottleneck keeps its "
                       "current (random) weights, so outputs will not match the reference; load a file saved as "

@@ -1,0 +1,31 @@
+"""SK-RD4AD: RD4AD whose decoder also reads the teacher's layer2/layer3 maps as skip connections
+(``Decoder.forward(z, skips=(t2, t3))``: ``layer2`` reads ``relu(layer1_out + t3)``, ``layer3``
+reads ``relu(layer2_out + t2)``).  Same student weights, loss and optimiser as RD4AD."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Variant
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+    from ..rd4ad import ReverseDistillation
+
+
+class SKRD4AD(Variant):
+    name = "skrd4ad"
+    label = "SK-RD4AD"
+    description = "RD4AD with skip connections from the teacher's layer2/layer3 into the decoder"
+
+    def forward(self, model: ReverseDistillation, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        import torch
+
+        with torch.no_grad():
+            t = model.teacher(x)
+        s = model.student.decoder(model.student.bottleneck(t), (t[1], t[2]))  # the SK wiring
+        return t, s
+
+
+VARIANT = SKRD4AD()
