@@ -146,10 +146,10 @@ def build_sides(an: dict[str, Any], size: int, seed: int = 0) -> dict[str, torch
         model = an["ReverseDistillationModel"](backbone=ARCH, input_size=(size, size), layers=list(LAYERS),
                                                anomaly_map_mode="add", pre_trained=False)
         model.encoder.feature_extractor.load_state_dict(ours.teacher.state_dict())
-        model.decoder.load_state_dict(ours.decoder.state_dict())
+        model.decoder.load_state_dict(ours.student.decoder.state_dict())
         if width is not None:
             model.bottleneck = an["get_bottleneck_layer"](ARCH, width_per_group=width)
-            missing, unexpected = model.bottleneck.load_state_dict(ours.bottleneck.state_dict(), strict=False)
+            missing, unexpected = model.bottleneck.load_state_dict(ours.student.bottleneck.state_dict(), strict=False)
             # anomalib's OCBE builds a conv4/bn4 that its forward never uses; nothing else may differ
             if unexpected or any(not k.startswith(("conv4.", "bn4.")) for k in missing):
                 raise RuntimeError(f"bottleneck weights do not map: missing {missing}, unexpected {unexpected}")
@@ -185,7 +185,8 @@ def peer_predict(model, pre, batch_uint8: torch.Tensor, device: torch.device):
 def bench_training(an, size: int, batch: int, device: torch.device, rounds: int, data: torch.Tensor) -> dict:
     models = build_sides(an, size)
     parameters = {name: {"encoder": _n_params(m.teacher if name == "ours" else m.encoder),
-                         "bottleneck": _n_params(m.bottleneck), "decoder": _n_params(m.decoder)}
+                         "bottleneck": _n_params((m.student if name == "ours" else m).bottleneck),
+                         "decoder": _n_params((m.student if name == "ours" else m).decoder)}
                   for name, m in models.items()}  # anomalib's bottleneck counts its unused conv4/bn4
     ours = models["ours"]
     ours.eval()

@@ -58,7 +58,7 @@ def plain_step(model, optimizer, batch_uint8: torch.Tensor, device: torch.device
     x = x.to(device)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp == "bf16"):  # as ours (same dtype)
         t = model.teacher(x)  # autograd on, as the reference code runs its encoder
-        s = model.decoder(model.bottleneck(t), (t[1], t[2]) if model.skip else None)
+        s = model.student.decoder(model.student.bottleneck(t), (t[1], t[2]))  # the SK wiring (models below)
     loss = distillation_loss(t, s, "cosine").total
     optimizer.zero_grad()
     loss.backward()

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from .models import variants
+from skrd4ad.models import variants  # absolute: config.py also loads as a lone file (tests)
 
 #: The params schema, shipped inside the package (workflow/schemas/params.schema.yaml links to it).
 SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")

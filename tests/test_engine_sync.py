@@ -29,7 +29,8 @@ def _module_name(path: Path) -> str:
 
 def package_closure(script: Path) -> set[str]:
     """Repository-relative files of every ``skrd4ad`` module ``script`` imports, directly or
-    through other modules, at top level or inside functions (parent packages' ``__init__`` too)."""
+    through other modules, at top level or inside functions (parent packages' ``__init__`` too;
+    not the imports under ``if TYPE_CHECKING:``, which never run)."""
     seen: set[Path] = set()
     todo = [script]
     while todo:
@@ -40,7 +41,13 @@ def package_closure(script: Path) -> set[str]:
         is_pkg = path.name == "__init__.py"
         here = _module_name(path) if path.is_relative_to(REPO / "skrd4ad") else ""
         names: list[str] = []
-        for node in ast.walk(ast.parse(path.read_text())):
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)  # never run
+                       and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                       for stmt in node.body for n in ast.walk(stmt)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
             if isinstance(node, ast.Import):
                 names += [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom):
@@ -227,16 +234,17 @@ def test_config_fields_are_the_schemas_keys_and_choices() -> None:
     import dataclasses
 
     from skrd4ad.config import AMPS, SCHEMA, EvalConfig, TrainConfig
-    from skrd4ad.models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS, VARIANTS
+    from skrd4ad.models import variants
+    from skrd4ad.models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS
 
     props = {s: SCHEMA["properties"][s]["properties"] for s in ("teacher", "train", "evaluate", "model")}
     train_keys = set(props["train"]) - {"seeds", "class_overrides", "variant_overrides"}
     assert {f.name for f in dataclasses.fields(TrainConfig)} == train_keys | {"arch", "variant", "seed",
-                                                                              "teacher_weights"}
+                                                                              "teacher_weights", "settings"}
     assert {f.name for f in dataclasses.fields(EvalConfig)} == set(props["evaluate"])
     for cls, section in ((TrainConfig, "train"), (EvalConfig, "evaluate")):
         for f in dataclasses.fields(cls):
-            if f.name in props[section]:
+            if f.name in props[section]:  # (settings: the variant's, from its own schema)
                 want = props[section][f.name]["default"]
                 assert f.default == (tuple(want) if isinstance(want, list) else want), f.name
     assert TrainConfig().arch == props["teacher"]["arch"]["default"] == "mobilenet_v2"  # no internet needed
@@ -246,7 +254,7 @@ def test_config_fields_are_the_schemas_keys_and_choices() -> None:
              "loss": props["train"]["loss"]["enum"], "amp": props["train"]["amp"]["enum"],
              "amp_eval": props["evaluate"]["amp"]["enum"], "combine": props["evaluate"]["combine"]["enum"],
              "score": props["evaluate"]["score"]["enum"]}
-    assert enums == {"arch": list(TEACHER_ARCHS), "variant": list(VARIANTS), "loss": list(LOSS_KINDS),
+    assert enums == {"arch": list(TEACHER_ARCHS), "variant": list(variants.names()), "loss": list(LOSS_KINDS),
                      "amp": list(AMPS), "amp_eval": list(AMPS), "combine": list(COMBINES), "score": list(SCORE_KINDS)}
 
 

@@ -25,6 +25,7 @@ from skrd4ad.data.synthetic import generate
 from skrd4ad.export import ONNX_FORMAT, export_onnx, verify_onnx
 from skrd4ad.inference import predict_batch
 from skrd4ad.io import sha256_file
+from skrd4ad.models import variants
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.thresholds import CHOSEN_ON, find_thresholds, settings_for, thresholds_record, write_thresholds
 from skrd4ad.train import train
@@ -32,16 +33,18 @@ from skrd4ad.train import train
 pytest.importorskip("onnxruntime")  # a guard only: the test extra installs the export extra
 
 SIZE = 64
-#: (arch, variant, map settings): together they cover both archs and variants, sum and product ("mul"),
-#: max and top-k scores, and sigma 0 (no blur buffers).  Each case also gets its thresholds file
-#: from these settings, except the last one, exported without thresholds (settings via config).
+#: Map settings that together cover sum and product ("mul"), max and top-k scores, and sigma 0 (no
+#: blur buffers); each (arch, variant) case of every registered variant gets one, in turn.  Each case
+#: also gets its thresholds file from these settings, except NO_THRESHOLDS, exported without
+#: thresholds (settings via config).
+MAP_SETTINGS = [{"combine": "sum", "sigma": 4.0, "score": "max", "topk": 100},
+                {"combine": "sum", "sigma": 4.0, "score": "topk_mean", "topk": 50},
+                {"combine": "mul", "sigma": 2.0, "score": "max", "topk": 100},
+                {"combine": "sum", "sigma": 0.0, "score": "topk_mean", "topk": 10}]
 CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
-    "mobilenet_v2-skrd4ad": ("mobilenet_v2", "skrd4ad", {"combine": "sum", "sigma": 4.0, "score": "max", "topk": 100}),
-    "mobilenet_v2-rd4ad": ("mobilenet_v2", "rd4ad", {"combine": "sum", "sigma": 4.0, "score": "topk_mean", "topk": 50}),
-    "resnet18-skrd4ad": ("resnet18", "skrd4ad", {"combine": "mul", "sigma": 2.0, "score": "max", "topk": 100}),
-    "resnet18-rd4ad": ("resnet18", "rd4ad", {"combine": "sum", "sigma": 0.0, "score": "topk_mean", "topk": 10}),
-}
-NO_THRESHOLDS = "resnet18-rd4ad"
+    f"{arch}-{variant}": (arch, variant, MAP_SETTINGS[(2 * i + j + 1) % len(MAP_SETTINGS)])
+    for j, arch in enumerate(("mobilenet_v2", "resnet18")) for i, variant in enumerate(variants.names())}
+NO_THRESHOLDS = f"resnet18-{variants.names()[0]}"
 REL_TOL = 1e-4
 
 
@@ -176,7 +179,7 @@ def with_thresholds(trained: Callable[[str, str], Path],
                     tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A checkpoint and its companion thresholds file (found without being named), chosen with
     the default settings (sigma 4, score max)."""
-    checkpoint = _copy(trained("mobilenet_v2", "rd4ad"), tmp_path_factory.mktemp("companion"))
+    checkpoint = _copy(trained("mobilenet_v2", variants.names()[0]), tmp_path_factory.mktemp("companion"))
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     path = checkpoint.with_name("model.thresholds.json")
     write_thresholds(thresholds_record({"image_f1_threshold": 1.0}, EvalConfig().__dict__, sha256_file(checkpoint),
@@ -236,7 +239,7 @@ def test_json_output_name_is_refused(with_thresholds: tuple[Path, Path], tmp_pat
 def test_dynamo_exporter_matches_too(prepared: Path, trained: Callable[[str, str], Path], tmp_path: Path) -> None:
     """The torch.export-based exporter (slower: 10-30 s on 2 cores), on the cheapest arch."""
     pytest.importorskip("onnxscript")
-    checkpoint = _copy(trained("resnet18", "rd4ad"), tmp_path)
+    checkpoint = _copy(trained("resnet18", variants.names()[0]), tmp_path)
     out = export_onnx(checkpoint, tmp_path / "d.onnx", dynamo=True)
     images = np.array(PreparedClass(prepared).test_images)
     ref_maps, ref_scores = _eager(checkpoint, images, {})  # after the export: eager still right

@@ -146,11 +146,11 @@ def test_bare_reference_decoder_warns_that_the_bottleneck_stays_random(tmp_path:
     torch.manual_seed(0)
     model = build_model("mobilenet_v2", "rd4ad", teacher_weights=None)
     path = tmp_path / "seed_seg1.pth"
-    torch.save(dict(model.decoder.state_dict()), path)
+    torch.save(dict(model.student.decoder.state_dict()), path)
     with pytest.warns(UserWarning, match=r"reference checkpoint .*seed_seg1.pth holds no 'bn' \(bottleneck\) "
                                          r"weights.*random"):
         load_reference_state_dict(model, path)
-    full = {"bn": dict(model.bottleneck.state_dict()), "decoder": dict(model.decoder.state_dict())}
+    full = {"bn": dict(model.student.bottleneck.state_dict()), "decoder": dict(model.student.decoder.state_dict())}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_reference_state_dict(model, full) == []

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from skrd4ad.models import variants
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.rd4ad import ARCH_SPECS, build_model
 
@@ -27,8 +28,8 @@ def _count_bn(model: nn.Module) -> int:
     return sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
 
 
-CASES = [(arch, "rd4ad") for arch in ARCH_SPECS] + [("resnet18", "skrd4ad"), ("mobilenet_v2", "skrd4ad"),
-                                                     ("resnet50", "skrd4ad")]
+CASES = [(arch, variants.names()[0]) for arch in ARCH_SPECS] + [
+    (arch, variant) for variant in variants.names()[1:] for arch in ("resnet18", "mobilenet_v2", "resnet50")]
 
 
 @pytest.mark.parametrize(("arch", "variant"), CASES)

@@ -8,32 +8,41 @@ import scipy.ndimage as ndi
 import torch
 import torch.nn.functional as F
 
+from skrd4ad.models import variants
 from skrd4ad.models.anomaly_map import anomaly_map, gaussian_blur, image_scores
 from skrd4ad.models.loss import consistency_term, distillation_loss
 from skrd4ad.models.rd4ad import ARCH_SPECS, build_model
 from skrd4ad.models.reference import load_reference_state_dict
 
 
+@pytest.mark.parametrize("variant", variants.names())
 @pytest.mark.parametrize("arch", list(ARCH_SPECS))
-def test_student_maps_match_teacher_shapes(arch: str) -> None:
+def test_student_maps_match_teacher_shapes(arch: str, variant: str) -> None:
     torch.manual_seed(0)
-    model = build_model(arch, "skrd4ad", teacher_weights=None).eval()
+    model = build_model(arch, variant, teacher_weights=None).eval()
     with torch.no_grad():
         t, s = model(torch.randn(2, 3, 64, 64))
     assert [f.shape for f in s] == [f.shape for f in t]
     assert [f.shape[-1] for f in t] == [16, 8, 4]
-    assert model.bottleneck.out_channels == 2 * model.teacher.channels[2]
-    # only the student is trainable
+    # only the student is trainable, and its state dict is what a checkpoint stores
     assert all(not p.requires_grad for p in model.teacher.parameters())
-    assert len(model.student_parameters()) == len(list(model.bottleneck.parameters())) + len(
-        list(model.decoder.parameters()))
+    assert all(p.requires_grad for p in model.student_parameters())
+    assert model.student_state_dict().keys() == model.student.state_dict().keys()
+
+
+@pytest.mark.parametrize("arch", list(ARCH_SPECS))
+def test_rd4ad_student_is_ocbe_and_decoder(arch: str) -> None:
+    model = build_model(arch, "rd4ad", teacher_weights=None)
+    assert model.student.bottleneck.out_channels == 2 * model.teacher.channels[2]
+    assert len(model.student_parameters()) == len(list(model.student.bottleneck.parameters())) + len(
+        list(model.student.decoder.parameters()))
 
 
 def _capture_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
     seen: dict[str, torch.Tensor] = {}
     hooks = []
     for name in ("layer1", "layer2", "layer3"):
-        layer = getattr(model.decoder, name)
+        layer = getattr(model.student.decoder, name)
         hooks.append(layer.register_forward_hook(
             lambda m, inp, out, name=name: seen.update({f"{name}_in": inp[0].clone(), f"{name}_out": out.clone()})))
     with torch.no_grad():
@@ -71,8 +80,19 @@ def test_variants_share_parameter_layout() -> None:
 
 
 def test_unknown_variant_names_choices() -> None:
-    with pytest.raises(ValueError, match="rd4ad, skrd4ad"):
+    with pytest.raises(ValueError, match="unknown model variant 'skip'; choose one of " + ", ".join(variants.names())):
         build_model("resnet18", "skip", teacher_weights=None)
+
+
+def test_registry_lists_the_builtins_first_without_torch() -> None:
+    """Names, labels and settings come from the variant modules; reading them imports no torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from skrd4ad.models import variants as v; "
+            "print(v.names()[:2], v.label('skrd4ad'), v.settings_schema('rd4ad'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "('rd4ad', 'skrd4ad') SK-RD4AD {} False"
 
 
 # ---------------------------------------------------------------- losses
@@ -316,11 +336,11 @@ def test_reference_checkpoint_loads_key_for_key(arch: str) -> None:
     model = build_model(arch, "rd4ad", teacher_weights=None)
     ref = _reference_checkpoint(arch, seed=5)
     expected_bn = {k: v for k, v in ref["bn"].items() if f"bn.{k}" not in UNUSED_REFERENCE_KEYS}
-    assert set(model.bottleneck.state_dict()) == set(expected_bn)
-    assert set(model.decoder.state_dict()) == set(ref["decoder"])
+    assert set(model.student.bottleneck.state_dict()) == set(expected_bn)
+    assert set(model.student.decoder.state_dict()) == set(ref["decoder"])
     dropped = load_reference_state_dict(model, ref)
     assert sorted(dropped) == UNUSED_REFERENCE_KEYS
-    for ours, theirs in ((model.bottleneck.state_dict(), expected_bn), (model.decoder.state_dict(), ref["decoder"])):
+    for ours, theirs in ((model.student.bottleneck.state_dict(), expected_bn), (model.student.decoder.state_dict(), ref["decoder"])):
         for k, v in theirs.items():
             assert torch.equal(ours[k], v), k
 
@@ -353,12 +373,12 @@ def test_reference_weights_determine_the_outputs(variant: str, tmp_path) -> None
 def test_load_bare_reference_decoder_and_shape_errors() -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", "rd4ad", teacher_weights=None)
-    bottleneck_before = {k: v.clone() for k, v in model.bottleneck.state_dict().items()}
+    bottleneck_before = {k: v.clone() for k, v in model.student.bottleneck.state_dict().items()}
     decoder = _reference_checkpoint("resnet18", seed=3)["decoder"]
     with pytest.warns(UserWarning, match="bottleneck keeps its current"):
         assert load_reference_state_dict(model, {f"module.{k}": v for k, v in decoder.items()}) == []
-    assert torch.equal(model.decoder.layer1[0].conv1.weight, decoder["layer1.0.conv1.weight"])
-    for k, v in model.bottleneck.state_dict().items():
+    assert torch.equal(model.student.decoder.layer1[0].conv1.weight, decoder["layer1.0.conv1.weight"])
+    for k, v in model.student.bottleneck.state_dict().items():
         assert torch.equal(v, bottleneck_before[k]), k
     bad = dict(decoder, **{"layer1.0.conv1.weight": torch.zeros(1, 1, 2, 2)})
     with pytest.raises(ValueError, match=r"layer1\.0\.conv1\.weight.*\(1, 1, 2, 2\).*\(512, 256, 2, 2\)"):

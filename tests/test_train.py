@@ -79,7 +79,7 @@ def test_loss_log_has_one_row_per_epoch(prepared_brick: Path, tmp_path: Path) ->
     train(tiny_config(epochs=4, consistency_weight=0.1), prepared_brick, tmp_path / "m.pt",
           log_path=tmp_path / "loss.tsv", progress=False)
     log = pd.read_csv(tmp_path / "loss.tsv", sep="\t")
-    assert list(log.columns) == ["epoch", "loss", "loss_layer1", "loss_layer2", "loss_layer3", "consistency", "seconds"]
+    assert list(log.columns) == ["epoch", "loss", "loss_layer1", "loss_layer2", "loss_layer3", "consistency"]
     assert log["epoch"].tolist() == [1, 2, 3, 4]
     layer_sum = log[["loss_layer1", "loss_layer2", "loss_layer3"]].sum(axis=1)
     assert ((log["loss"] - (layer_sum + 0.1 * log["consistency"])).abs() < 1e-4).all()

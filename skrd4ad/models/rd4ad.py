@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from . import variants
 from .blocks import BasicBlock, Bottleneck, DecoderBasicBlock, DecoderBottleneck, _Block
+from .student import Student
 from .teacher import Teacher, build_teacher
 
 
@@ -29,6 +30,10 @@ class ArchSpec:
     bottleneck_blocks: int
     decoder_layers: tuple[int, int, int]
     base_width: int = 64
+
+    def student(self, teacher: Teacher) -> Student:
+        """RD4AD's student for ``teacher`` with these shapes: OCBE + decoder (random weights)."""
+        return Student(teacher, self)
 
 
 #: Shapes of the reference RD4AD code for ResNets; mobilenet_v2 uses the small BasicBlock form.

@@ -59,10 +59,9 @@ class Variant:
 
     def build_student(self, teacher: Teacher, spec: ArchSpec, settings: dict[str, Any]) -> nn.Module:
         """The trained part: RD4AD's OCBE bottleneck + decoder (``student.bottleneck``,
-        ``student.decoder``; initialised from the global torch RNG in that order)."""
-        from ..student import Student
-
-        return Student(teacher, spec)
+        ``student.decoder``; initialised from the global torch RNG in that order), from
+        :meth:`ArchSpec.student <skrd4ad.models.rd4ad.ArchSpec.student>`."""
+        return spec.student(teacher)
 
     def forward(self, model: ReverseDistillation, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Images ``(B, 3, H, W)`` -> ``(teacher maps, student maps)``, fine to coarse; the
