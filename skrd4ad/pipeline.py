@@ -53,7 +53,7 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     returns ``params``.  Raises :class:`ParamsError` naming the offending key."""
     import jsonschema  # pipeline extra; imported here so the core package does not need it
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = variants.inject_schema(yaml.safe_load(Path(schema_path).read_text()))  # the variants' names, settings
     _fill_defaults(params, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
