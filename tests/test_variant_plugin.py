@@ -92,7 +92,7 @@ def test_toy_variant_trains_evaluates_predicts_and_exports(prepared_brick: Path,
             str(tmp_path / "eval"), "--device", "cpu"], tmp_path, env)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert 0.0 <= metrics["image_auroc"] <= 1.0
-    test_images = prepared_brick.parent.parent / "raw" / "brick" / "test"
+    test_images = prepared_brick.parent / "raw" / "brick" / "test"
     run_in([*cli, "predict", "--checkpoint", str(model), "--out", str(tmp_path / "pred"), "--device", "cpu",
             "--no-overlays", str(test_images)], tmp_path, env)
     assert len(pd.read_csv(tmp_path / "pred" / "scores.csv")) == 5
