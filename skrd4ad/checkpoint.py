@@ -22,23 +22,26 @@ error naming both identities.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import TrainConfig
+from .config import TrainConfig, changes_model
 from .data.prepared import PreparedClass
 from .device import resolve_device
 from .cache import cache_teacher, cached_by_sha256, cached_teacher, teacher_cache_dir  # noqa: F401 (re-exported)
 from .io import save_torch_atomic, sha256_file
 from .models.rd4ad import ReverseDistillation
 from .models.teacher import build_teacher, load_teacher_state_dict
-from .provenance import git_revision, package_versions
+from .provenance import code_provenance, package_versions
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +136,9 @@ def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig,
         "final_loss": history[-1]["loss"] if history else None,
         "data": {"class": data.class_name, "source_digest": data.meta.get("source_digest")},
         "versions": package_versions(),
-        "git": git_revision(),
+        "code": code_provenance(),  # not the git revision: a same-code rerun writes the same bytes
     }
+    ckpt[IDENTITY_KEY] = model_identity(ckpt)
     save_torch_atomic(ckpt, path)
 
 
@@ -187,3 +191,57 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
         raise ValueError(f"{path}: {exc}") from None
     model.load_student_state_dict(ckpt["student"])
     return model.to(resolve_device(device), memory_format=torch.channels_last).eval(), ckpt
+
+
+# ----------------------------------------------------------------------------- identity
+
+#: Where :func:`save_checkpoint` stores :func:`model_identity`.
+IDENTITY_KEY = "identity"
+_IDENTITY_VERSION = "skrd4ad-model-id-v1"
+#: Config keys left out of the identity: the teacher is named by its weights' sha256 (``weights_id``),
+#: not by the path or source it was read from.
+_NOT_IDENTITY = ("teacher_weights",)
+
+
+def tensors_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 hex of ``state`` in sorted key order: each key, dtype, shape and raw bytes (on the CPU).
+
+    >>> tensors_digest({"w": torch.zeros(2)}) == tensors_digest({"w": torch.zeros(2, dtype=torch.float64)})
+    False
+    """
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().to("cpu").contiguous()
+        h.update(json.dumps([key, str(t.dtype), list(t.shape)]).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def model_identity(ckpt: Mapping[str, Any]) -> str:
+    """``"sha256:<hex>"`` of what determines the model a checkpoint dict holds: the student
+    weights (:func:`tensors_digest`), a random teacher's weights, the variant, arch, image size,
+    the teacher's identity (``weights_id``, its sha256) and the config settings that change the
+    model (the schema's ``x-changes-model``).  Not the file's bytes: package versions or the
+    time of writing do not change it, so an identical rerun gives the identical identity."""
+    config = dict(ckpt.get("config") or {})
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    settings = {k: v for k, v in sorted(config.items())
+                if k not in _NOT_IDENTITY and (k not in known or changes_model(TrainConfig, k))}
+    teacher = ckpt.get("teacher") or {}
+    record = {"version": _IDENTITY_VERSION, "variant": ckpt.get("variant"), "arch": teacher.get("arch"),
+              "image_size": int(ckpt["image_size"]), "teacher_id": teacher.get("weights_id"),
+              "settings": settings, "student": tensors_digest(ckpt["student"]),
+              "teacher_state": None if ckpt.get("teacher_state") is None else tensors_digest(ckpt["teacher_state"])}
+    return "sha256:" + hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_identity(ckpt: Mapping[str, Any]) -> str:
+    """The identity stored in a checkpoint dict; recomputed (:func:`model_identity`) for a
+    checkpoint written before identities were stored."""
+    stored = ckpt.get(IDENTITY_KEY)
+    return str(stored) if stored else model_identity(ckpt)
+
+
+def identity_of_file(path: str | os.PathLike[str]) -> str:
+    """:func:`checkpoint_identity` of the checkpoint file ``path`` (errors as :func:`read_checkpoint`)."""
+    return checkpoint_identity(read_checkpoint(path))

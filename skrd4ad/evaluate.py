@@ -4,11 +4,13 @@ Writes into ``out_dir``:
 
 - ``metrics.json``: numbers only, flat keys for ``dvc metrics`` (``image_auroc``, ``pixel_auroc``,
   ``aupro``, ``aupro_seed``, F1-max and its threshold chosen on this test set, per-defect image AUROC);
-- ``thresholds.json``: the image and pixel F1-max thresholds with the map settings and checkpoint
-  sha256 they belong to (:mod:`skrd4ad.thresholds`; ``companion=True`` also writes it beside the
+- ``thresholds.json``: the image and pixel F1-max thresholds with the map settings and the identity
+  of the model they belong to (:mod:`skrd4ad.thresholds`; ``companion=True`` also writes it beside the
   checkpoint, where ``predict`` and ``export`` find it);
-- ``provenance.json``: what produced them (checkpoint sha256, params, dataset digest, package
-  versions, git revision, notes on omitted metrics); not a DVC metric, so diffs stay readable;
+- ``provenance.json``: what produced them (checkpoint identity, params, dataset digest, package
+  versions, the package source's sha256, notes on omitted metrics); not a DVC metric, so diffs stay
+  readable.  Nothing in these files changes on an identical rerun (no git revision, no file sha256
+  of the checkpoint, which records versions): a forced rerun leaves git clean;
 - ``scores.csv``: file, defect_type, label, score per test image;
 - ``roc_image.csv``, ``roc_pixel.csv``, ``pro.csv``: curves (at most ``max_curve_points`` rows;
   the pixel ones are header-only for image-level-only datasets: absent, not faked);
@@ -27,14 +29,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import checkpoint_identity, load_checkpoint
 from .config import EvalConfig
 from .data.prepared import PreparedClass
 from .inference import predict_array
-from .io import StagingDir, replace_dir, sha256_file, write_json_atomic, write_text_atomic
+from .io import StagingDir, replace_dir, write_json_atomic, write_text_atomic
 from .metrics import compute_metrics
 from .models.fold import fold_batchnorm
-from .provenance import git_revision, package_versions
+from .provenance import code_provenance, package_versions
 from .thresholds import FILE_NAME as THRESHOLDS_FILE, companion_path, thresholds_record, write_thresholds
 from .viz import save_triptych
 
@@ -154,10 +156,10 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     for note in result.notes:
         log.warning("%s: %s", data_dir, note)
 
-    checkpoint_sha256 = sha256_file(checkpoint)
+    checkpoint_id = checkpoint_identity(ckpt)
     provenance = {
         "checkpoint": str(checkpoint),
-        "checkpoint_sha256": checkpoint_sha256,
+        "checkpoint_id": checkpoint_id,
         "train_config": ckpt["config"],
         "teacher": ckpt["teacher"],
         "evaluate_config": vars(config),
@@ -166,7 +168,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                     "image_size": size, "n_test": int(len(labels)), "n_anomalous": int(labels.sum()),
                     "image_level_only": bool(data.image_level_only)},
         "versions": package_versions(),
-        "git": git_revision(),
+        "code": code_provenance(),
         "notes": [*data_notes, *result.notes],
     }
     _write_csv(out_dir / "scores.csv", pd.DataFrame({
@@ -176,7 +178,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
     scalars = {k: float(v) for k, v in result.scalars.items()}
     write_json_atomic(out_dir / "provenance.json", provenance)
-    record = thresholds_record(scalars, vars(config), checkpoint_sha256, ckpt)
+    record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt)
     write_thresholds(record, out_dir / THRESHOLDS_FILE, *([companion_path(checkpoint)] if companion else []))
     write_json_atomic(out_dir / "metrics.json", scalars)  # last: the step's result
     log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import identity_of_file, load_checkpoint
 from .config import EvalConfig
 from .data.prepared import to_model_input
 from .io import atomic_path, sha256_file, write_json_atomic
@@ -124,8 +124,8 @@ def export_onnx(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
     sidecar = out.with_suffix(".json")
     if sidecar == out:
         raise ValueError(f"output {out} must not end in .json: the sidecar {sidecar} is written beside it")
-    digest = sha256_file(checkpoint)
-    found = find_thresholds(checkpoint, thresholds, digest)
+    model_id = identity_of_file(checkpoint)
+    found = find_thresholds(checkpoint, thresholds, model_id)
     settings = settings_for(config, found)
     model, ckpt = load_checkpoint(checkpoint, device="cpu", teacher_weights=teacher_weights)
     fold_batchnorm(model)
@@ -169,7 +169,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         "arch": ckpt.get("arch", teacher.get("arch")),
         "teacher": {"arch": teacher.get("arch"), "weights_id": teacher.get("weights_id"),
                     "sha256": teacher_sha.group(1) if teacher_sha else None},
-        "checkpoint": {"file": checkpoint.name, "sha256": digest},
+        "checkpoint": {"file": checkpoint.name, "id": model_id},  # the model's identity, not the file's sha256
         "opset": int(used_opset),
         "exporter": f"torch.onnx.export(dynamo={dynamo})",
         "parity_check": check,

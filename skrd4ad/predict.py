@@ -30,12 +30,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .checkpoint import load_checkpoint
+from .checkpoint import identity_of_file, load_checkpoint
 from .config import EvalConfig
 from .data.layout import IMAGE_EXTENSIONS
 from .data.prepare import resize_image, to_rgb
 from .inference import predict_batch
-from .io import StagingDir, replace_dir, sha256_file, write_text_atomic
+from .io import StagingDir, replace_dir, write_text_atomic
 from .models.fold import fold_batchnorm
 from .thresholds import find_thresholds, settings_for
 from .viz import save_overlay_png
@@ -119,8 +119,8 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
     if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "scores.csv").is_file():
         raise ValueError(f"output folder {out_dir} exists and is not a predict output (no scores.csv); it would "
                          "be replaced: choose a new or empty folder")
-    digest = sha256_file(checkpoint) if checkpoint.is_file() else None
-    found = find_thresholds(checkpoint, thresholds, digest) if digest else None
+    model_id = identity_of_file(checkpoint) if checkpoint.is_file() else None
+    found = find_thresholds(checkpoint, thresholds, model_id) if model_id else None
     config = settings_for(config, found, own_threshold=threshold is not None)
     model, ckpt = load_checkpoint(checkpoint, device=config.device, teacher_weights=teacher_weights)
     fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions

@@ -3,7 +3,11 @@
 ``evaluate`` writes ``thresholds.json`` into its output folder and (from the command line) the
 same file beside the checkpoint as ``<stem>.thresholds.json``, the checkpoint's companion.  It
 holds the image and pixel F1-max thresholds, the map settings they are valid for, and the
-sha256 of the checkpoint they belong to.  They were chosen on the test set, so a label from
+identity of the model they belong to (``checkpoint_id``,
+:func:`skrd4ad.checkpoint.checkpoint_identity`: a digest of the weights and the model's settings,
+not of the file, so an identical rerun writes an identical file).  An older file that records the
+checkpoint file's sha256 instead (``checkpoint_sha256``) is still accepted when that sha256 equals
+the checkpoint file's; otherwise it is refused with the fix (evaluate again).  They were chosen on the test set, so a label from
 them is optimistic on that set: choose them on held-out images before trusting them in production.
 
 :func:`find_thresholds` looks, in order, for an explicit file, the companion beside the
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import re
@@ -26,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .checkpoint import identity_of_file
 from .config import EvalConfig, from_dict
 from .io import sha256_file, write_json_atomic
+
+log = logging.getLogger(__name__)
 
 THRESHOLDS_FORMAT = "skrd4ad-thresholds-v1"
 #: The evaluate settings a threshold depends on: another blur or score changes the scale.
@@ -39,18 +47,21 @@ FILE_NAME = "thresholds.json"
 @dataclass(frozen=True)
 class Thresholds:
     """Image threshold (score >= it: anomalous), pixel threshold (None without masks), the map
-    settings they hold for, and the file they were read from."""
+    settings they hold for, the identity of the model they belong to (None in an older file, which
+    has the checkpoint file's ``checkpoint_sha256`` instead), and the file they were read from."""
 
     image: float
     pixel: float | None
     settings: dict[str, Any]
-    checkpoint_sha256: str
+    checkpoint_id: str | None
     source: str
+    checkpoint_sha256: str | None = None
 
 
-def thresholds_record(metrics: dict[str, float], settings: dict[str, Any], checkpoint_sha256: str,
+def thresholds_record(metrics: dict[str, float], settings: dict[str, Any], checkpoint_id: str,
                       ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The JSON object evaluate writes, from its scalar metrics and the evaluate config."""
+    """The JSON object evaluate writes, from its scalar metrics, the evaluate config and the
+    model's identity (:func:`skrd4ad.checkpoint.checkpoint_identity`)."""
     pixel = metrics.get("pixel_f1_threshold")
     return {
         "format": THRESHOLDS_FORMAT,
@@ -58,7 +69,7 @@ def thresholds_record(metrics: dict[str, float], settings: dict[str, Any], check
         "pixel_threshold": None if pixel is None or not math.isfinite(pixel) else float(pixel),
         "chosen_on": CHOSEN_ON,
         "settings": {k: settings[k] for k in MAP_SETTINGS},
-        "checkpoint_sha256": checkpoint_sha256,
+        "checkpoint_id": checkpoint_id,
         "class": (ckpt.get("data") or {}).get("class"),
         "variant": ckpt.get("variant"),
         "image_size": int(ckpt["image_size"]),
@@ -88,8 +99,12 @@ def write_thresholds(record: dict[str, Any], *paths: str | os.PathLike[str]) -> 
         write_json_atomic(path, record)
 
 
-def read_thresholds(path: str | os.PathLike[str], checkpoint_sha256: str | None = None) -> Thresholds:
-    """Read a thresholds file; errors name the file (unreadable, other format, other checkpoint)."""
+def read_thresholds(path: str | os.PathLike[str], checkpoint_id: str | None = None,
+                    checkpoint: str | os.PathLike[str] | None = None) -> Thresholds:
+    """Read a thresholds file; errors name the file (unreadable, other format, other model).
+
+    With ``checkpoint_id`` the file must belong to that model; an older file (file sha256 only)
+    must then match the sha256 of the file ``checkpoint``."""
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
@@ -98,16 +113,35 @@ def read_thresholds(path: str | os.PathLike[str], checkpoint_sha256: str | None 
         image = float(obj["image_threshold"])
         pixel = None if obj.get("pixel_threshold") is None else float(obj["pixel_threshold"])
         settings = {k: obj["settings"][k] for k in MAP_SETTINGS}
-        digest = str(obj["checkpoint_sha256"])
+        model_id = None if obj.get("checkpoint_id") is None else str(obj["checkpoint_id"])
+        file_sha = None if obj.get("checkpoint_sha256") is None else str(obj["checkpoint_sha256"])
+        if model_id is None and file_sha is None:
+            raise KeyError("checkpoint_id")
     except FileNotFoundError:
         raise FileNotFoundError(f"thresholds file {path} does not exist") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ValueError(f"thresholds file {path} is not valid ({type(exc).__name__}: {exc}); "
                          "run skrd4ad evaluate again to rewrite it") from exc
-    if checkpoint_sha256 is not None and digest != checkpoint_sha256:
-        raise ValueError(f"thresholds file {path} belongs to another checkpoint (sha256 {digest[:12]}..., this one "
-                         f"{checkpoint_sha256[:12]}...); evaluate this checkpoint, or pass --threshold")
-    return Thresholds(image=image, pixel=pixel, settings=settings, checkpoint_sha256=digest, source=str(path))
+    if checkpoint_id is not None:
+        _check_belongs(path, model_id, file_sha, checkpoint_id, checkpoint)
+    return Thresholds(image=image, pixel=pixel, settings=settings, checkpoint_id=model_id, source=str(path),
+                      checkpoint_sha256=file_sha)
+
+
+def _check_belongs(path: Path, model_id: str | None, file_sha: str | None, checkpoint_id: str,
+                   checkpoint: str | os.PathLike[str] | None) -> None:
+    fix = "evaluate this checkpoint (skrd4ad evaluate), or pass --threshold"
+    if model_id is not None:
+        if model_id != checkpoint_id:
+            raise ValueError(f"thresholds file {path} belongs to another checkpoint (model {model_id[:19]}..., this "
+                             f"one {checkpoint_id[:19]}...); {fix}")
+        return
+    actual = sha256_file(checkpoint) if checkpoint is not None and Path(checkpoint).is_file() else None
+    if actual != file_sha:
+        raise ValueError(f"thresholds file {path} belongs to another checkpoint (older file: checkpoint_sha256 "
+                         f"{str(file_sha)[:12]}..., this file's {str(actual)[:12]}...); {fix}")
+    log.info("thresholds file %s: older format (checkpoint file sha256) matches %s; evaluate again to record the "
+             "model identity", path, checkpoint)
 
 
 def settings_for(given: EvalConfig | Mapping[str, Any] | None, found: Thresholds | None, *,
@@ -135,14 +169,14 @@ def settings_for(given: EvalConfig | Mapping[str, Any] | None, found: Thresholds
 
 
 def find_thresholds(checkpoint: str | os.PathLike[str], explicit: str | os.PathLike[str] | None = None,
-                    checkpoint_sha256: str | None = None) -> Thresholds | None:
+                    checkpoint_id: str | None = None) -> Thresholds | None:
     """The thresholds of ``checkpoint``: ``explicit`` (must exist), else its companion file, else
-    the pipeline's evaluation of it; None when there are none.  A file found for another
-    checkpoint (other sha256) is an error, never silently used."""
-    digest = checkpoint_sha256 or sha256_file(checkpoint)
+    the pipeline's evaluation of it; None when there are none.  A file found for another model
+    (other identity; ``checkpoint_id`` default: read from the checkpoint) is an error, never silently used."""
+    model_id = checkpoint_id or identity_of_file(checkpoint)
     if explicit is not None:
-        return read_thresholds(explicit, digest)
+        return read_thresholds(explicit, model_id, checkpoint)
     for cand in (companion_path(checkpoint), pipeline_eval_path(checkpoint)):
         if cand is not None and cand.is_file():
-            return read_thresholds(cand, digest)
+            return read_thresholds(cand, model_id, checkpoint)
     return None

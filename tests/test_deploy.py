@@ -120,7 +120,8 @@ def test_evaluate_writes_thresholds_beside_the_checkpoint(project: dict[str, Pat
     metrics = project["metrics"]
     assert record["image_threshold"] == metrics["image_f1_threshold"]  # type: ignore[index]
     assert record["pixel_threshold"] == metrics["pixel_f1_threshold"]  # type: ignore[index]
-    assert record["checkpoint_sha256"] == sha256_file(project["model"])
+    assert record["checkpoint_id"] == torch.load(project["model"], weights_only=True)["identity"]
+    assert "checkpoint_sha256" not in record  # the file's sha256 changes with versions; the model's identity not
     assert record["settings"] == {"combine": "sum", "sigma": 4.0, "score": "max", "topk": 100}
     assert "test set" in record["chosen_on"]
 
@@ -174,9 +175,15 @@ def test_pixel_threshold_gives_the_masks(project: dict[str, Path], tmp_path: Pat
 def test_thresholds_of_another_checkpoint_or_setting_are_refused(project: dict[str, Path], tmp_path: Path) -> None:
     image = next(project["test"].rglob("*.png"))
     other = tmp_path / "other.pt"
-    shutil.copy(project["model"], other)
-    ckpt = torch.load(other, weights_only=True)
-    ckpt["final_loss"] = 123.0
+    ckpt = torch.load(project["model"], weights_only=True)
+    ckpt["final_loss"] = 123.0  # another file (other sha256), the same model: its thresholds hold
+    torch.save(ckpt, other)
+    assert sha256_file(other) != sha256_file(project["model"])
+    predict(other, [image], tmp_path / "same", thresholds=companion_path(project["model"]), overlays=False,
+            teacher_weights=project["root"] / "teacher/mnv2.pth")
+    key = next(iter(ckpt["student"]))
+    ckpt["student"][key] = ckpt["student"][key] + 1e-3  # other weights
+    del ckpt["identity"]  # as in a checkpoint written before identities: recomputed from the weights
     torch.save(ckpt, other)
     with pytest.raises(ValueError, match="belongs to another checkpoint"):
         predict(other, [image], tmp_path / "a", thresholds=companion_path(project["model"]))
@@ -297,7 +304,7 @@ def test_outside_the_repository_export_and_the_readme_example_agree_with_predict
     meta = json.loads((tmp_path / "deploy/gravel.json").read_text())
     record = json.loads(companion_path(alone).read_text())
     assert meta["thresholds"]["image"] == record["image_threshold"] and meta["image_size"] == 64
-    assert meta["checkpoint"]["sha256"] == sha256_file(alone)
+    assert meta["checkpoint"]["id"] == record["checkpoint_id"]
 
     image = sorted(project["test"].rglob("*.png"))[-1]
     assert cli_main(["predict", "--checkpoint", str(alone), "--out", "pred", "--teacher-weights", teacher,

@@ -109,7 +109,7 @@ def case(request: pytest.FixtureRequest, prepared: Path, trained: Callable[[str,
         # thresholds chosen with these settings (the values only travel into the sidecar)
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
         record = thresholds_record({"image_f1_threshold": 0.125, "pixel_f1_threshold": 0.5}, settings,
-                                   sha256_file(checkpoint), ckpt)
+                                   ckpt["identity"], ckpt)
         thresholds = root / "chosen.thresholds.json"
         write_thresholds(record, thresholds)
         out = export_onnx(checkpoint, root / "deploy" / "brick.onnx", thresholds=thresholds)  # settings from the file
@@ -153,7 +153,7 @@ def test_sidecar_records_settings_thresholds_and_origin(case: dict[str, Any]) ->
     ckpt = torch.load(case["checkpoint"], map_location="cpu", weights_only=True)
     assert meta["format"] == ONNX_FORMAT and meta["onnx_file"] == "brick.onnx"
     assert meta["onnx_sha256"] == sha256_file(case["onnx"])
-    assert meta["checkpoint"]["sha256"] == sha256_file(case["checkpoint"])
+    assert meta["checkpoint"]["id"] == ckpt["identity"] and meta["checkpoint"]["id"].startswith("sha256:")
     assert meta["input"]["name"] == "images" and meta["input"]["dtype"] == "uint8"
     assert meta["input"]["shape"] == ["batch", SIZE, SIZE, 3] and "NHWC RGB" in meta["input"]["layout"]
     assert [o["name"] for o in meta["outputs"]] == ["scores", "maps"]
@@ -182,7 +182,7 @@ def with_thresholds(trained: Callable[[str, str], Path],
     checkpoint = _copy(trained("mobilenet_v2", variants.names()[0]), tmp_path_factory.mktemp("companion"))
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     path = checkpoint.with_name("model.thresholds.json")
-    write_thresholds(thresholds_record({"image_f1_threshold": 1.0}, EvalConfig().__dict__, sha256_file(checkpoint),
+    write_thresholds(thresholds_record({"image_f1_threshold": 1.0}, EvalConfig().__dict__, ckpt["identity"],
                                        ckpt), path)
     return checkpoint, path
 
