@@ -106,9 +106,13 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .io import writable_dir
     from .train import train
 
     config = _dataclass_from_args(TrainConfig, args)
+    for target in (args.out, args.log):  # before any epoch: an unwritable output fails at once
+        if target is not None:
+            writable_dir(target.parent, target)
     result = train(config, args.data, args.out, log_path=args.log, max_epochs_this_run=args.max_epochs_this_run)
     print(f"{result.model_path} ({result.epochs_run} epochs run, resumed from {result.resumed_from}, "
           f"final loss {result.final_loss:.5f})")
@@ -117,8 +121,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
+    from .io import writable_dir
 
     config = _dataclass_from_args(EvalConfig, args)
+    writable_dir(args.out)  # before inference: an unwritable output fails at once
     metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data,
                        companion=not args.no_companion, teacher_weights=args.teacher_weights)
     for k in sorted(metrics):
@@ -140,7 +146,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import json
 
     from .export import export_onnx
+    from .io import writable_dir
 
+    writable_dir(args.out.parent, args.out)  # before the export and its parity check
     given = {k: getattr(args, k) for k in ("combine", "sigma", "score", "topk") if getattr(args, k) is not None}
     out = export_onnx(args.checkpoint, args.out, teacher_weights=args.teacher_weights, thresholds=args.thresholds,
                       config=given, opset=args.opset, dynamo=args.dynamo)
