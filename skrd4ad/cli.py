@@ -58,6 +58,18 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     return from_dict(cls, _given(cls, args), "train" if cls is TrainConfig else "evaluate")
 
 
+TEACHER_INSTEAD = ("pass the .pth file written by `skrd4ad fetch-teacher --out FILE`, or leave --teacher-weights out "
+                   "to use the teacher recorded in the checkpoint")
+
+
+def _check_teacher_file(path: Path | str | None, instead: str = TEACHER_INSTEAD) -> None:
+    """A --teacher-weights file that cannot be a PyTorch file (an image, a YAML): one line, before any work."""
+    from .weights import check_torch_file
+
+    if path is not None and str(path).lower() not in ("none", "imagenet", "pypi"):
+        check_torch_file(path, "PyTorch weights file", instead)
+
+
 def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -110,6 +122,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .train import train
 
     config = _dataclass_from_args(TrainConfig, args)
+    _check_teacher_file(config.teacher_weights, "pass the .pth file written by `skrd4ad fetch-teacher --out FILE`, "
+                        "or one of imagenet, pypi, none")
     for target in (args.out, args.log):  # before any epoch: an unwritable output fails at once
         if target is not None:
             writable_dir(target.parent, target)
@@ -124,6 +138,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .io import writable_dir
 
     config = _dataclass_from_args(EvalConfig, args)
+    _check_teacher_file(args.teacher_weights)
     writable_dir(args.out)  # before inference: an unwritable output fails at once
     metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data,
                        companion=not args.no_companion, teacher_weights=args.teacher_weights)
@@ -135,6 +150,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
+    _check_teacher_file(args.teacher_weights)
     csv_path = predict(args.checkpoint, args.inputs, args.out, _given(EvalConfig, args), overlays=not args.no_overlays,
                        masks=args.masks, threshold=args.threshold, pixel_threshold=args.pixel_threshold,
                        thresholds=args.thresholds, teacher_weights=args.teacher_weights, allow_skip=args.allow_skip)
@@ -148,6 +164,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_onnx
     from .io import writable_dir
 
+    _check_teacher_file(args.teacher_weights)
     writable_dir(args.out.parent, args.out)  # before the export and its parity check
     given = {k: getattr(args, k) for k in ("combine", "sigma", "score", "topk") if getattr(args, k) is not None}
     out = export_onnx(args.checkpoint, args.out, teacher_weights=args.teacher_weights, thresholds=args.thresholds,

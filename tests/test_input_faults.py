@@ -1,0 +1,117 @@
+"""Inputs that used to give a cryptic or silent result (issue 21, items 4, 6, 8-11): each is now one
+line naming the file or key and what to do, or a warning naming the file."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from data_fixtures import make_mvtec_class, save_png
+
+from skrd4ad.cli import main
+from skrd4ad.data.layout import DatasetError
+from skrd4ad.data.prepare import prepare_class
+from skrd4ad.data.prepared import PreparedClass
+from skrd4ad.data.synthetic import generate
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = ["--arch", "mobilenet_v2", "--teacher-weights", "none", "--batch-size", "4", "--device", "cpu",
+         "--seed", "5", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic 'brick' (64 px), its prepared cache and a 1-epoch mobilenet_v2 checkpoint."""
+    root = tmp_path_factory.mktemp("input_faults")
+    raw = generate(root / "raw", ["brick"], seed=1, image_size=64, n_train=8, n_test_good=2, n_test_bad=3)
+    prepared = prepare_class(raw, "brick", root / "prepared", image_size=64, progress=False)
+    assert main(["train", "--data", str(prepared), "--out", str(root / "model.pt"), *TRAIN]) == 0
+    image = next((raw / "brick/test/good").iterdir())
+    return {"raw": raw, "prepared": prepared, "model": root / "model.pt", "image": image}
+
+
+def last_error(capsys: pytest.CaptureFixture[str]) -> str:
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+# 6 ------------------------------------------------------------------------ truncated prepared arrays
+
+
+@pytest.mark.parametrize("name", ["train.npy", "test.npy", "test_masks.npy"])
+def test_truncated_prepared_array_names_the_file_sizes_and_the_command(data: dict[str, Path], tmp_path: Path,
+                                                                        name: str,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    cache = tmp_path / "brick"
+    shutil.copytree(data["prepared"], cache)
+    full = (cache / name).stat().st_size
+    with open(cache / name, "r+b") as fh:
+        fh.truncate(full - 1000)
+    with pytest.raises(DatasetError) as err:
+        PreparedClass(cache)
+    raw = data["raw"].resolve()
+    assert str(err.value) == (
+        f"{cache / name} is truncated ({full - 1000} of {full} bytes); re-run prepare for brick: "
+        f"skrd4ad prepare --root {raw} --classes brick --out {cache} --image-size 64 (or the pipeline's prepare step)")
+    assert main(["evaluate", "--checkpoint", str(data["model"]), "--data", str(cache), "--out",
+                 str(tmp_path / "eval"), "--no-companion"]) == 1
+    assert last_error(capsys) == f"skrd4ad evaluate: error: {err.value}"
+
+
+def test_prepared_array_with_a_damaged_header_names_the_file(data: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    cache = tmp_path / "brick"
+    shutil.copytree(data["prepared"], cache)
+    (cache / "test.npy").write_bytes(b"\x93NUMPY\x01")
+    with pytest.raises(DatasetError, match=rf"^{cache / 'test.npy'} is not a readable \.npy file .*re-run prepare "
+                                           r"for brick: skrd4ad prepare "):
+        PreparedClass(cache)
+
+
+# 9 ------------------------------------------------------------------------ not a torch file
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate", "predict"])
+def test_teacher_weights_that_are_an_image_say_so_without_torch_advice(data: dict[str, Path], tmp_path: Path,
+                                                                      command: str,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    png = data["image"]
+    out = {"export": tmp_path / "m.onnx", "evaluate": tmp_path / "eval", "predict": tmp_path / "pred"}[command]
+    extra = {"export": [], "evaluate": ["--data", str(data["prepared"]), "--no-companion"],
+             "predict": [str(png)]}[command]
+    argv = [command, "--checkpoint", str(data["model"]), "--out", str(out), "--teacher-weights", str(png), *extra]
+    assert main(argv) == 1
+    line = last_error(capsys)
+    assert line == (f"skrd4ad {command}: error: {png} is not a PyTorch weights file (it is a PNG image); pass the "
+                    ".pth file written by `skrd4ad fetch-teacher --out FILE`, "
+                    "or leave --teacher-weights out to use the teacher recorded in the checkpoint"), line
+    assert "weights_only" not in line and not out.exists()
+
+
+def test_train_teacher_weights_that_are_yaml_say_so(data: dict[str, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["train", "--data", str(data["prepared"]), "--out", str(tmp_path / "m.pt"), *TRAIN,
+            "--teacher-weights", str(REPO / "params.yaml")]
+    assert main(argv) == 1
+    line = last_error(capsys)
+    assert line == (f"skrd4ad train: error: {REPO / 'params.yaml'} is not a PyTorch weights file (it is a text file); "
+                    "pass the .pth file written by `skrd4ad fetch-teacher --out FILE`, or one of imagenet, pypi, none")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export"])
+def test_checkpoint_that_is_an_image_says_so_without_torch_advice(data: dict[str, Path], tmp_path: Path,
+                                                                 command: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    png = data["image"]
+    extra = {"export": [], "evaluate": ["--data", str(data["prepared"])], "predict": [str(png)]}[command]
+    assert main([command, "--checkpoint", str(png), "--out", str(tmp_path / "o"), *extra]) == 1
+    line = last_error(capsys)
+    assert line == (f"skrd4ad {command}: error: {png} is not a skrd4ad checkpoint (it is a PNG image); pass the .pt "
+                    "file written by skrd4ad train (its --out)"), line
