@@ -177,8 +177,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from .pipeline import write_params
+    from .pipeline import ParamsError, merged_params, write_params
 
+    if args.check:  # nothing is written or run: what `dvc status` / `dvc repro --dry` do not check
+        files = " + ".join(str(p) for p in [args.base, *args.overlays])
+        try:
+            merged_params(args.base, args.overlays)
+        except ParamsError as err:
+            text = str(err)
+            raise ParamsError(text if text.startswith(tuple(map(str, [args.base, *args.overlays])))
+                              else f"{files}: {text}") from None
+        print(f"{files}: valid")
+        return 0
+    if not args.overlays:
+        raise ValueError("no overlay given: pass overlay files to merge into the params file, or --check")
     out = args.out or args.base
     write_params(args.base, args.overlays, out)
     print(out)
@@ -329,7 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = add("params", help="merge overlays into params.yaml as snakemake --configfile does (for DVC), validated")
-    p.add_argument("overlays", nargs="+", type=Path, help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
+    p.add_argument("overlays", nargs="*", type=Path, help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the params file (with the overlays merged); write nothing, run nothing")
     p.add_argument("--base", type=Path, default=Path("params.yaml"), help="params file to start from")
     p.add_argument("--out", type=Path, help="where to write the result (default: the base file)")
     p.set_defaults(func=_cmd_params)

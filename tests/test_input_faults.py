@@ -115,3 +115,63 @@ def test_checkpoint_that_is_an_image_says_so_without_torch_advice(data: dict[str
     line = last_error(capsys)
     assert line == (f"skrd4ad {command}: error: {png} is not a skrd4ad checkpoint (it is a PNG image); pass the .pt "
                     "file written by skrd4ad train (its --out)"), line
+
+
+# 8, 11 ------------------------------------------------------------------------ params files
+
+
+def params_with(tmp_path: Path, old: str, new: str) -> Path:
+    text = (REPO / "params.yaml").read_text()
+    assert text.count(old) == 1, old
+    path = tmp_path / "params.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_yaml_syntax_error_in_an_overlay_names_the_file_and_line(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    overlay = tmp_path / "a.yaml"
+    overlay.write_text("train:\n  epochs: 3\n  lr: [0.1\n")
+    base = tmp_path / "params.yaml"
+    base.write_text((REPO / "params.yaml").read_text())
+    assert main(["params", "--base", str(base), str(overlay)]) == 1
+    line = last_error(capsys)
+    assert line.startswith(f"skrd4ad params: error: {overlay}, line 4, column 1: invalid YAML ("), line
+    assert line.endswith("; fix the syntax there") and "unicode string" not in line
+    assert base.read_text() == (REPO / "params.yaml").read_text()
+
+
+def test_yaml_syntax_error_in_params_yaml_names_it_in_the_cli_and_the_dvc_stage(tmp_path: Path,
+                                                                               capsys: pytest.CaptureFixture[str]
+                                                                               ) -> None:
+    text = (REPO / "params.yaml").read_text().splitlines(keepends=True)
+    n = next(i for i, line in enumerate(text) if line.startswith("train:"))
+    text.insert(n + 1, "    : oops: [\n")
+    bad = tmp_path / "params.yaml"
+    bad.write_text("".join(text))
+    assert main(["params", "--check", "--base", str(bad)]) == 1
+    assert last_error(capsys).startswith(f"skrd4ad params: error: {bad}, line {n + 2}, column ")
+    proc = subprocess.run([sys.executable, str(REPO / "workflow/scripts/validate_params.py"), "--params", str(bad),
+                           "--out", str(tmp_path / "ok")], capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert f"ERROR skrd4ad.stage.validate_params: {bad}, line {n + 2}, column " in last, proc.stderr
+    assert not (tmp_path / "ok").exists()
+
+
+def test_params_check_names_the_bad_key_and_writes_nothing(tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    bad = params_with(tmp_path, "\n  epochs: ", "\n  epochs: ten #")
+    before = bad.read_bytes()
+    assert main(["params", "--check", "--base", str(bad)]) == 1
+    assert last_error(capsys) == (f"skrd4ad params: error: {bad}: invalid params: train.epochs: 'ten' is not of "
+                                  "type 'integer'")
+    assert bad.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+    good = tmp_path / "good.yaml"
+    good.write_text((REPO / "params.yaml").read_text())
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("train:\n  epochs: -1\n")
+    assert main(["params", "--check", "--base", str(good)]) == 0
+    assert capsys.readouterr().out.strip() == f"{good}: valid"
+    assert main(["params", "--check", "--base", str(good), str(overlay)]) == 1
+    assert last_error(capsys).startswith(f"skrd4ad params: error: {good} + {overlay}: invalid params: train.epochs")
