@@ -216,8 +216,9 @@ def test_failed_snakemake_jobs_write_start_and_error_lines_to_their_logs(tmp_pat
     assert "8 train / 5 test files, 64 px" in prepare_log[0]
     assert f" ERROR skrd4ad.stage.prepare: cannot read data/raw/parts/brick/train/good/{broken.name}: " \
         in prepare_log[-1], prepare_log
-    assert prepare_log[-1].endswith("replace or remove the file, or pass allow_skip=True to skip it "
-                                    "(it is then listed in manifest.csv as skipped)")
+    assert prepare_log[-1].endswith("replace or remove the file, or pass --allow-skip to skrd4ad prepare (Python: "
+                                    "allow_skip=True; the pipeline never skips) to skip it (it is then listed in "
+                                    "manifest.csv as skipped)")
     assert "Traceback (most recent call last)" in "\n".join(prepare_log)  # the file keeps the traceback
 
     train_log = (repo / "logs/train/parts/rd4ad/seed111/grass.log").read_text().strip().splitlines()

@@ -175,3 +175,41 @@ def test_params_check_names_the_bad_key_and_writes_nothing(tmp_path: Path,
     assert capsys.readouterr().out.strip() == f"{good}: valid"
     assert main(["params", "--check", "--base", str(good), str(overlay)]) == 1
     assert last_error(capsys).startswith(f"skrd4ad params: error: {good} + {overlay}: invalid params: train.epochs")
+
+
+# 10 ------------------------------------------------------------------------ opt-outs named as the user types them
+
+
+def test_prepare_opt_outs_name_the_cli_flag_and_the_params_key(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    make_mvtec_class(tmp_path / "empty", size=(20, 24))
+    save_png(tmp_path / "empty/widget/ground_truth/crack/001_mask.png", np.zeros((20, 24), np.uint8))
+    assert main(["prepare", "--root", str(tmp_path / "empty"), "--classes", "widget", "--out", str(tmp_path / "o1"),
+                 "--image-size", "32"]) == 1
+    assert last_error(capsys).endswith("or pass --allow-empty-masks (params: prepare.allow_empty_masks: true) "
+                                       "to keep it")
+
+    make_mvtec_class(tmp_path / "broken", size=(20, 24))
+    broken = next((tmp_path / "broken/widget/train/good").iterdir())
+    broken.write_bytes(b"not an image")
+    assert main(["prepare", "--root", str(tmp_path / "broken"), "--classes", "widget", "--out", str(tmp_path / "o2"),
+                 "--image-size", "32"]) == 1
+    assert last_error(capsys).endswith("or pass --allow-skip to skrd4ad prepare (Python: allow_skip=True; the "
+                                       "pipeline never skips) to skip it (it is then listed in manifest.csv as skipped)")
+
+    make_mvtec_class(tmp_path / "nomask", size=(20, 24))
+    (tmp_path / "nomask/widget/ground_truth/crack/001_mask.png").unlink()
+    assert main(["prepare", "--root", str(tmp_path / "nomask"), "--classes", "widget", "--out", str(tmp_path / "o3"),
+                 "--image-size", "32"]) == 1
+    assert last_error(capsys).endswith("treat the class as image-level only (pass --image-level-only; params: "
+                                       "data.image_level_only: true)")
+
+
+def test_evaluate_on_other_data_names_the_cli_flag_first(data: dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    other = generate(tmp_path / "raw", ["gravel"], seed=2, image_size=64, n_train=2, n_test_good=1, n_test_bad=1)
+    prepared = prepare_class(other, "gravel", tmp_path / "gravel", image_size=64, progress=False)
+    assert main(["evaluate", "--checkpoint", str(data["model"]), "--data", str(prepared), "--out",
+                 str(tmp_path / "e"), "--no-companion"]) == 1
+    assert last_error(capsys).endswith("or pass --allow-other-data (Python: allow_other_data=True) to evaluate "
+                                       "anyway")

@@ -317,7 +317,8 @@ def prepare_class(
                             if not allow_skip:
                                 raise DatasetError(
                                     f"cannot read {sample.path}: {dec.error}; replace or remove the file, or pass "
-                                    "allow_skip=True to skip it (it is then listed in manifest.csv as skipped)"
+                                    "--allow-skip to skrd4ad prepare (Python: allow_skip=True; the pipeline never skips) to skip it "
+                                    "(it is then listed in manifest.csv as skipped)"
                                 )
                             row.update(status="skipped", reason=dec.error, has_mask=False)
                         else:
@@ -327,8 +328,8 @@ def prepare_class(
                                     raise DatasetError(
                                         f"mask {sample.mask_path} of anomalous test image {sample.path} is all zero, "
                                         "so its defect pixels would count as normal; fix the mask, move the image to "
-                                        "test/good if it is normal, or pass allow_empty_masks=True "
-                                        "(--allow-empty-masks) to keep it"
+                                        "test/good if it is normal, or pass --allow-empty-masks "
+                                        "(params: prepare.allow_empty_masks: true) to keep it"
                                     )
                                 row["reason"] = "empty mask kept (allow_empty_masks)"
                                 empty_masks.append(_relative(sample.mask_path, root))  # type: ignore[arg-type]
