@@ -213,3 +213,31 @@ def test_evaluate_on_other_data_names_the_cli_flag_first(data: dict[str, Path], 
                  str(tmp_path / "e"), "--no-companion"]) == 1
     assert last_error(capsys).endswith("or pass --allow-other-data (Python: allow_other_data=True) to evaluate "
                                        "anyway")
+
+
+# 4 ------------------------------------------------------------------------ masks that mix scales
+
+
+def test_mask_with_a_stray_255_keeps_every_defect_pixel_and_warns_naming_it(tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture
+                                                                           ) -> None:
+    make_mvtec_class(tmp_path, size=(32, 32))
+    mixed = np.zeros((32, 32), np.uint8)
+    mixed[10:13, 10:14] = 1  # 12 defect pixels on the 0/1 scale...
+    mixed[11, 12] = 255  # ...one of them written as 255
+    plain = np.zeros((32, 32), np.uint8)
+    plain[2:5, 3:8] = 255  # 15 pixels, 0/255: no warning
+    gt = tmp_path / "widget/ground_truth/crack"
+    masks = sorted(gt.iterdir())
+    save_png(masks[0], mixed)
+    save_png(masks[1], plain)
+    with caplog.at_level(logging.WARNING, logger="skrd4ad.data.prepare"):
+        data = PreparedClass(prepare_class(tmp_path, "widget", tmp_path / "out", image_size=32, progress=False))
+    rows = dict(zip(data.test_manifest["file"], data.test_manifest["index"]))
+    row = {m: rows["widget/test/crack/" + m.name.replace("_mask", "")] for m in masks[:2]}
+    assert int(data.test_masks[row[masks[0]]].sum()) == 12  # half the max (127.5) kept 1
+    assert int(data.test_masks[row[masks[1]]].sum()) == 15
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"mask {masks[0]}: it has 3 distinct values (0, 1, 255), not {{0, max}}; every non-zero "
+                        "pixel counts as defect: if the low values are noise or a second scale, save the mask as "
+                        "0/255"], warnings
