@@ -348,14 +348,22 @@ def run_script(stage: str, body: Callable[[], object], log_file: str | Path | No
     On success the last line is ``<stage> done in <time>``; on an error the traceback is logged at
     DEBUG (into the log file; on stderr only with ``--debug`` / ``SKRD4AD_DEBUG=1``), then the one
     line ``ERROR skrd4ad.stage.<stage>: <message>`` (also on the console), and the process exits
-    with status 1 (130 when interrupted).  Usage errors keep argparse's exit status 2."""
+    with status 1 (130 when interrupted, 143 on SIGTERM). Under an engine the job dies with it
+    (:func:`skrd4ad.lifeline.die_with_parent`).  Usage errors keep argparse's exit status 2."""
+    from .lifeline import Terminated, die_with_parent
+
     setup_logging(log_file)
     log = logging.getLogger(f"{STAGE_LOGGER}.{stage}")
     t0 = time.perf_counter()
     try:
+        die_with_parent()  # a killed Snakemake/DVC takes its jobs along (no orphans)
         body()
     except SystemExit:
         raise
+    except Terminated:
+        log.error("terminated (SIGTERM): stopped; outputs are either complete or absent, training resumes "
+                  "at the next run")
+        raise SystemExit(143) from None
     except KeyboardInterrupt:
         log.error("interrupted")
         raise SystemExit(130) from None
