@@ -86,3 +86,30 @@ def test_run_by_hand_arms_nothing() -> None:
     """Without an engine among the ancestors (pytest here) the job is not tied to its shell (nohup works)."""
     assert lifeline.ancestors() == [] or any(
         os.path.basename(p) in lifeline.ENGINES for p in lifeline._cmdline(lifeline.ancestors()[-1]).split()[:3])
+
+
+@pytest.mark.slow
+def test_snakemake_touch_reconciles_after_dvc_rewrote_identical_inputs(tmp_path: Path) -> None:
+    """Item 13: a forced DVC run rewrites upstream outputs with the same bytes but new mtimes, and
+    Snakemake would re-run what follows; the README's ``snakemake --touch`` marks them current."""
+    repo = make_copy(tmp_path, copy.deepcopy(TINY))
+    target = "data/prepared/synthetic/brick"
+
+    def dry_run() -> str:
+        proc = subprocess.run(["snakemake", "-n", "--cores", "1", target], cwd=repo, env=ENV, capture_output=True,
+                              text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    run = subprocess.run(["snakemake", "--cores", "1", target], cwd=repo, env=ENV, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Nothing to be done" in dry_run()
+    later = time.time() + 5  # what `dvc repro -f` does to an upstream output: same content, newer
+    for path in [repo / "data/raw/synthetic", *(repo / "data/raw/synthetic").rglob("*")]:
+        os.utime(path, (later, later))
+    assert "prepare" in dry_run() and "Nothing to be done" not in dry_run()
+    touched = subprocess.run(["snakemake", "--cores", "1", "--touch", target], cwd=repo, env=ENV,
+                             capture_output=True, text=True, timeout=300)
+    assert touched.returncode == 0, touched.stderr[-3000:]
+    assert "Nothing to be done" in dry_run()
