@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = add("params", help="merge overlays into params.yaml as snakemake --configfile does (for DVC), validated")
-    p.add_argument("overlays", nargs="*", type=Path, help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
+    p.add_argument("overlays", nargs="*", type=Path,
+                   help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
     p.add_argument("--check", action="store_true",
                    help="only validate the params file (with the overlays merged); write nothing, run nothing")
     p.add_argument("--base", type=Path, default=Path("params.yaml"), help="params file to start from")

@@ -8,13 +8,13 @@ import copy
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from pipeline_fixtures import ENV, TINY, make_copy
 
-from skrd4ad import lifeline
 
 CKPT = "results/synthetic/checkpoints/rd4ad/seed111/brick.pt"
 
@@ -69,8 +69,6 @@ def test_sigkill_of_the_engine_stops_the_training_job(tmp_path: Path, engine: st
             time.sleep(0.2)
         left = _train_pids(repo)
         assert not left, f"training job(s) {left} outlived the killed {engine} by 15 s\n{tree}"
-        gone_after = time.monotonic() - t0
-        assert gone_after < 15
     finally:
         for pid in _train_pids(repo):
             os.kill(pid, signal.SIGKILL)
@@ -82,10 +80,18 @@ def test_sigkill_of_the_engine_stops_the_training_job(tmp_path: Path, engine: st
     assert not leftovers, leftovers
 
 
-def test_run_by_hand_arms_nothing() -> None:
-    """Without an engine among the ancestors (pytest here) the job is not tied to its shell (nohup works)."""
-    assert lifeline.ancestors() == [] or any(
-        os.path.basename(p) in lifeline.ENGINES for p in lifeline._cmdline(lifeline.ancestors()[-1]).split()[:3])
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the engine through /proc (Linux)")
+def test_the_guard_is_armed_under_an_engine_only(tmp_path: Path) -> None:
+    """Run by hand (parent: pytest) a job is not tied to its shell (nohup works); started through a
+    shell by a process named ``snakemake``, it is, and it watches the shell and the engine."""
+    code = "from skrd4ad.lifeline import ancestors, die_with_parent; print(die_with_parent(), len(ancestors()))"
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, check=True)
+    assert alone.stdout.split() == ["False", "0"]
+    engine = tmp_path / "snakemake"  # a stand-in engine: the guard goes by the command's name
+    engine.write_text(f"#!/bin/sh\n/bin/sh -c '{sys.executable} -c \"{code}\"; true'\n")
+    engine.chmod(0o755)
+    under = subprocess.run([str(engine)], capture_output=True, text=True, env=ENV, check=True)
+    assert under.stdout.split() == ["True", "2"], under.stderr
 
 
 @pytest.mark.slow

@@ -4,13 +4,13 @@ line naming the file or key and what to do, or a warning naming the file."""
 from __future__ import annotations
 
 import logging
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from data_fixtures import make_mvtec_class, save_png
 
 from skrd4ad.cli import main
@@ -46,8 +46,6 @@ def last_error(capsys: pytest.CaptureFixture[str]) -> str:
 def test_truncated_prepared_array_names_the_file_sizes_and_the_command(data: dict[str, Path], tmp_path: Path,
                                                                         name: str,
                                                                         capsys: pytest.CaptureFixture[str]) -> None:
-    import shutil
-
     cache = tmp_path / "brick"
     shutil.copytree(data["prepared"], cache)
     full = (cache / name).stat().st_size
@@ -65,8 +63,6 @@ def test_truncated_prepared_array_names_the_file_sizes_and_the_command(data: dic
 
 
 def test_prepared_array_with_a_damaged_header_names_the_file(data: dict[str, Path], tmp_path: Path) -> None:
-    import shutil
-
     cache = tmp_path / "brick"
     shutil.copytree(data["prepared"], cache)
     (cache / "test.npy").write_bytes(b"\x93NUMPY\x01")
@@ -195,7 +191,8 @@ def test_prepare_opt_outs_name_the_cli_flag_and_the_params_key(tmp_path: Path,
     assert main(["prepare", "--root", str(tmp_path / "broken"), "--classes", "widget", "--out", str(tmp_path / "o2"),
                  "--image-size", "32"]) == 1
     assert last_error(capsys).endswith("or pass --allow-skip to skrd4ad prepare (Python: allow_skip=True; the "
-                                       "pipeline never skips) to skip it (it is then listed in manifest.csv as skipped)")
+                                       "pipeline never skips) to skip it (it is then listed in manifest.csv as "
+                                       "skipped)")
 
     make_mvtec_class(tmp_path / "nomask", size=(20, 24))
     (tmp_path / "nomask/widget/ground_truth/crack/001_mask.png").unlink()
