@@ -150,6 +150,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     retrain = "delete it and train again (or pass the checkpoint written by skrd4ad train)"
     if path.stat().st_size == 0:
         raise ValueError(f"checkpoint {path} is empty (0 bytes: an interrupted write or a full disk); {retrain}")
+    from .weights import check_torch_file  # a PNG, a YAML...: say so, not torch's weights_only advice
+
+    check_torch_file(path, "skrd4ad checkpoint", "pass the .pt file written by skrd4ad train (its --out)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except torch.cuda.OutOfMemoryError:

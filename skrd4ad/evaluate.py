@@ -93,7 +93,7 @@ def _check_same_data(checkpoint: str | Path, ckpt: dict[str, Any], data_dir: str
             f"holds class {d_cls!r} (source digest {str(d_dig)[:12]})")
     if not allow_other_data and (other_class or not data.image_level_only):
         raise ValueError(f"{what}; evaluate on the prepared data of the training class, or pass "
-                         "allow_other_data=True (--allow-other-data) to evaluate anyway")
+                         "--allow-other-data (Python: allow_other_data=True) to evaluate anyway")
     note = f"other data: {what}"
     log.warning("%s", note)
     return [note]

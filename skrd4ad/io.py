@@ -3,7 +3,9 @@
 Every output the package writes goes through :func:`atomic_path` (or the helpers built on
 it), so an interrupted run never leaves a half-written file under the final name. A full disk
 (``ENOSPC``) or an exceeded quota (``EDQUOT``) while writing raises :class:`DiskFullError`
-naming the final file; the previous file, if any, is kept and no temporary file is left.
+naming the final file; the previous file, if any, is kept and no temporary file is left. An
+output that cannot be written at all (read-only file system, a parent that is a file, permission
+denied) raises :class:`OutputError` naming the final path, the cause and what to do.
 
 Folders built in place and renamed when complete (prepared caches, extracted archives) live in
 a :class:`StagingDir` that the next run of the same kind removes if its owner was killed.
@@ -99,6 +101,76 @@ def disk_full_as_error(path: str | os.PathLike[str], needed: int | None = None) 
         raise
 
 
+# ---------------------------------------------------------------------------------- unwritable output
+
+
+class OutputError(OSError):
+    """An output path that cannot be written: read-only file system, a parent that is a file, or
+    permission denied. ``str(err)`` is one line, ``cannot write <path>: <cause>; <what to do>``;
+    ``err.errno`` is the original one (``EROFS``, ``ENOTDIR``/``EEXIST``, ``EACCES``/``EPERM``)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror) if self.strerror else super().__str__()
+
+
+_UNWRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EEXIST, errno.EISDIR})
+
+
+def _file_in_the_way(path: Path) -> Path | None:
+    """The nearest existing ancestor of ``path`` that is not a folder (a file where a folder must be)."""
+    for parent in path.parents:
+        if os.path.lexists(parent):
+            return None if parent.is_dir() else parent
+    return None
+
+
+def output_error(path: str | os.PathLike[str], err: OSError) -> OSError:
+    """The :class:`OutputError` for ``err`` met while creating ``path`` (or ``err`` itself when it is
+    not one of: read-only file system, a file in place of a parent folder, permission denied)."""
+    path = Path(path)
+    blocker = _file_in_the_way(path)
+    if blocker is not None:
+        why = f"{blocker} is a file, not a folder; move it away or choose another output path"
+    elif err.errno == errno.EISDIR and path.is_dir():
+        why = "a folder of that name is in the way; give a file path or move the folder away"
+    elif err.errno == errno.EROFS:
+        why = "the file system is read-only; choose another output path (or remount it read-write)"
+    elif err.errno in (errno.EACCES, errno.EPERM):
+        where = err.filename if err.filename else path.parent
+        folder = Path(where) if Path(where).is_dir() else Path(where).parent
+        why = f"permission denied in {folder}; choose another output path or fix the folder's permissions"
+    else:
+        return err
+    return OutputError(err.errno, f"cannot write {path}: {why}", str(path))
+
+
+@contextlib.contextmanager
+def unwritable_as_error(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an ``OSError`` raised in the block while creating ``path`` (its folders, a temporary
+    beside it, the final rename) into :class:`OutputError` naming ``path`` and the fix."""
+    try:
+        yield
+    except (OutputError, DiskFullError):
+        raise
+    except OSError as err:
+        if err.errno in _UNWRITABLE_ERRNOS:
+            raise output_error(path, err) from err
+        raise
+
+
+def writable_dir(folder: str | os.PathLike[str], target: str | os.PathLike[str] | None = None) -> Path:
+    """Create ``folder`` and check that it can be written (before a long job or a download):
+    :class:`OutputError` naming ``target`` (default: ``folder``) when it cannot. Returns ``folder``."""
+    folder = Path(folder)
+    with unwritable_as_error(folder if target is None else target):
+        folder.mkdir(parents=True, exist_ok=True)
+        if hasattr(os, "statvfs") and os.statvfs(folder).f_flag & os.ST_RDONLY:
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
+        if not os.access(folder, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(folder))
+    return folder
+
+
 def space_margin(needed: int) -> int:
     """Safety margin added to a size estimate before comparing it with the free space: 1 MiB + 1 %."""
     return (1 << 20) + needed // 100
@@ -129,14 +201,16 @@ def atomic_path(path: str | os.PathLike[str], *, size: int | None = None) -> Ite
     """
     path = Path(path)
     with disk_full_as_error(path, size):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with unwritable_as_error(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
             os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the final file the usual mode
             yield tmp
-            os.replace(tmp, path)
+            with unwritable_as_error(path):  # e.g. a folder where the file goes
+                os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -181,10 +255,12 @@ def replace_dir(staging: str | os.PathLike[str], target: str | os.PathLike[str])
     back, so ``target`` is always either the old or the new directory."""
     staging, target = Path(staging), Path(target)
     if not target.exists():
-        os.replace(staging, target)
+        with unwritable_as_error(target):
+            os.replace(staging, target)
         return
-    trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-    os.replace(target, trash / "old")
+    with unwritable_as_error(target):
+        trash = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, trash / "old")
     try:
         os.replace(staging, target)
     except BaseException:
@@ -327,7 +403,7 @@ class StagingDir:
         self._fd: int | None = None
 
     def __enter__(self) -> StagingDir:
-        with disk_full_as_error(self.parent / self.name):
+        with disk_full_as_error(self.parent / self.name), unwritable_as_error(self.parent / self.name):
             self.parent.mkdir(parents=True, exist_ok=True)
             clean_stale_staging(self.parent, self.name, self.kind)
             self.path = Path(tempfile.mkdtemp(prefix=f".{self.name}.{HOST_TAG}-p{os.getpid()}.",

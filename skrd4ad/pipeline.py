@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +92,27 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     return params
 
 
+def read_yaml(path: str | Path) -> Any:
+    """The YAML document in ``path`` (``None`` when empty); a syntax error raises :class:`ParamsError`
+    naming the file and line: ``<file>, line N, column C: <problem>; fix the YAML syntax there``."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None) or getattr(err, "context_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        context = getattr(err, "context", None)
+        what = f"{context}, {problem}" if context else problem
+        raise ParamsError(f"{path}{where}: invalid YAML ({what}); fix the syntax there") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read and validate a params file (see :func:`validate_params`)."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found (run from the repository root)")
-    params = yaml.safe_load(path.read_text()) or {}
+    params = read_yaml(path) or {}
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
     return validate_params(params)
@@ -115,20 +130,32 @@ def merge_params(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, 
     return merged
 
 
+def merged_params(base: str | Path, overlays: Sequence[str | Path]) -> dict[str, Any]:
+    """``overlays`` (in order) merged onto the params file ``base`` and validated (nothing written);
+    every error names the file (and line) or the key."""
+    base = Path(base)
+    if not base.is_file():
+        raise ParamsError(f"{base}: params file not found (run from the repository root)")
+    params = read_yaml(base) or {}
+    if not isinstance(params, dict):
+        raise ParamsError(f"{base}: expected a mapping at the top level")
+    for overlay in map(Path, overlays):
+        if not overlay.is_file():
+            raise ParamsError(f"{overlay}: overlay file not found")
+        layer = read_yaml(overlay) or {}
+        if not isinstance(layer, dict):
+            raise ParamsError(f"{overlay}: expected a mapping at the top level")
+        params = merge_params(params, layer)
+    validate_params(params)
+    return params
+
+
 def write_params(base: str | Path, overlays: list[str | Path], out: str | Path) -> dict[str, Any]:
     """Merge ``overlays`` (in order) onto the params file ``base``, validate, and write the result
     with every default filled in (DVC tracks a key only when it is in the file) to ``out``."""
     from .io import write_text_atomic
 
-    params = yaml.safe_load(Path(base).read_text()) or {}
-    for overlay in map(Path, overlays):
-        if not overlay.is_file():
-            raise ParamsError(f"{overlay}: overlay file not found")
-        layer = yaml.safe_load(overlay.read_text()) or {}
-        if not isinstance(layer, dict):
-            raise ParamsError(f"{overlay}: expected a mapping at the top level")
-        params = merge_params(params, layer)
-    validate_params(params)
+    params = merged_params(base, overlays)
     header = f"# written by `skrd4ad params`: {Path(base).name} + {' + '.join(str(o) for o in overlays)}\n"
     write_text_atomic(out, header + yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=110))
     return params
@@ -325,14 +352,22 @@ def run_script(stage: str, body: Callable[[], object], log_file: str | Path | No
     On success the last line is ``<stage> done in <time>``; on an error the traceback is logged at
     DEBUG (into the log file; on stderr only with ``--debug`` / ``SKRD4AD_DEBUG=1``), then the one
     line ``ERROR skrd4ad.stage.<stage>: <message>`` (also on the console), and the process exits
-    with status 1 (130 when interrupted).  Usage errors keep argparse's exit status 2."""
+    with status 1 (130 when interrupted, 143 on SIGTERM). Under an engine the job dies with it
+    (:func:`skrd4ad.lifeline.die_with_parent`).  Usage errors keep argparse's exit status 2."""
+    from .lifeline import Terminated, die_with_parent
+
     setup_logging(log_file)
     log = logging.getLogger(f"{STAGE_LOGGER}.{stage}")
     t0 = time.perf_counter()
     try:
+        die_with_parent()  # a killed Snakemake/DVC takes its jobs along (no orphans)
         body()
     except SystemExit:
         raise
+    except Terminated:
+        log.error("terminated (SIGTERM): stopped; outputs are either complete or absent, training resumes "
+                  "at the next run")
+        raise SystemExit(143) from None
     except KeyboardInterrupt:
         log.error("interrupted")
         raise SystemExit(130) from None

@@ -254,3 +254,42 @@ def state_dict_digest(state: Mapping[str, Tensor]) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------- not a torch file
+
+#: First bytes of files people pass by mistake, and what they are.
+_FOREIGN_MAGIC = (
+    (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"BM", "a BMP image"),
+    (b"II*\x00", "a TIFF image"), (b"MM\x00*", "a TIFF image"), (b"\x1f\x8b", "a gzip archive"),
+    (b"\x93NUMPY", "a NumPy .npy array"), (b"%PDF", "a PDF document"), (b"\x08", "an ONNX model or other protobuf"),
+)
+
+
+def describe_foreign(head: bytes) -> str | None:
+    """What the file starting with ``head`` is when it cannot be a file written by ``torch.save``
+    (a zip archive, ``PK``, or a legacy pickle, ``\\x80``); ``None`` when it may be one."""
+    if head.startswith(b"PK") or head.startswith(b"\x80"):
+        return None
+    if not head:
+        return "an empty file"
+    for magic, kind in _FOREIGN_MAGIC:
+        if head.startswith(magic):
+            return kind
+    if all(32 <= b < 127 or b in b"\t\r\n" for b in head):
+        return "a text file"
+    return "not a zip or pickle archive"
+
+
+def check_torch_file(path: str | os.PathLike[str], what: str, instead: str) -> None:
+    """Raise ``ValueError`` when ``path`` cannot be a PyTorch file, before ``torch.load`` (whose
+    advice to retry with ``weights_only=False`` would be misleading and unsafe): the message names
+    the file, what it looks like, and ``instead`` (what to pass). ``what``: e.g. "PyTorch weights file"."""
+    path = Path(path)
+    if not path.is_file():
+        return  # the caller's own "does not exist" message
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    kind = describe_foreign(head)
+    if kind is not None:
+        raise ValueError(f"{path} is not a {what} (it is {kind}); {instead}")

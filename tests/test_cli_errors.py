@@ -89,6 +89,10 @@ def test_damaged_checkpoint_is_one_line_naming_the_file(data: dict[str, Path], t
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(error_lines(err)) == 1, err
     line = error_lines(err)[0]
+    if how == "text":  # not a torch file at all: said before torch.load (issue 21, item 9)
+        assert line == (f"skrd4ad {command}: error: {bad} is not a skrd4ad checkpoint (it is a text file); pass the "
+                        ".pt file written by skrd4ad train (its --out)")
+        return
     assert line.startswith(f"skrd4ad {command}: error: checkpoint {bad} ")
     assert line.endswith("delete it and train again (or pass the checkpoint written by skrd4ad train)")
     expected = "is empty (0 bytes" if how == "empty" else "cannot be read, it is truncated, corrupt or not a checkpoint"
@@ -212,8 +216,9 @@ def test_failed_snakemake_jobs_write_start_and_error_lines_to_their_logs(tmp_pat
     assert "8 train / 5 test files, 64 px" in prepare_log[0]
     assert f" ERROR skrd4ad.stage.prepare: cannot read data/raw/parts/brick/train/good/{broken.name}: " \
         in prepare_log[-1], prepare_log
-    assert prepare_log[-1].endswith("replace or remove the file, or pass allow_skip=True to skip it "
-                                    "(it is then listed in manifest.csv as skipped)")
+    assert prepare_log[-1].endswith("replace or remove the file, or pass --allow-skip to skrd4ad prepare (Python: "
+                                    "allow_skip=True; the pipeline never skips) to skip it (it is then listed in "
+                                    "manifest.csv as skipped)")
     assert "Traceback (most recent call last)" in "\n".join(prepare_log)  # the file keeps the traceback
 
     train_log = (repo / "logs/train/parts/rd4ad/seed111/grass.log").read_text().strip().splitlines()

@@ -47,7 +47,7 @@ def test_empty_mask_of_anomalous_image_is_an_error_unless_allowed(tmp_path: Path
     make_mvtec_class(tmp_path, size=(20, 24))
     save_png(tmp_path / "widget/ground_truth/crack/001_mask.png", np.zeros((20, 24), np.uint8))
     with pytest.raises(DatasetError, match=r"mask .*crack/001_mask.png of anomalous test image .*crack/001.png "
-                                           r"is all zero.*allow_empty_masks=True"):
+                                           r"is all zero.*pass --allow-empty-masks \(params: prepare.allow_empty_masks: true\) to keep it"):
         prepare_class(tmp_path, "widget", tmp_path / "out", image_size=8, progress=False)
     assert not (tmp_path / "out").exists()
     assert cli_main(["prepare", "--root", str(tmp_path), "--classes", "widget", "--out", str(tmp_path / "cli"),

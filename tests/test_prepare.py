@@ -133,18 +133,18 @@ def test_resize_matches_brute_force_and_torchvision(src: int, out: int) -> None:
     assert np.abs(ours.astype(int) - reference.astype(int)).max() <= 1
 
 
-def test_masks_nearest_and_binarised_at_half_max(tmp_path: Path) -> None:
+def test_masks_nearest_and_binarised_nonzero(tmp_path: Path) -> None:
     np.testing.assert_array_equal(binarise_mask(np.array([[0, 1], [1, 0]])), [[0, 1], [1, 0]])  # 0/1 masks
-    np.testing.assert_array_equal(binarise_mask(np.array([[0, 127, 128, 255]], np.uint8)), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(binarise_mask(np.array([[0, 1, 127, 255]], np.uint8)), [[0, 1, 1, 1]])
     np.testing.assert_array_equal(binarise_mask(np.zeros((2, 2), np.uint8)), np.zeros((2, 2)))
     make_mvtec_class(tmp_path, size=(8, 8), defects={"crack": 1})
     mask = np.zeros((8, 8), np.uint8)
     mask[0:4, 2:6] = 255
-    mask[7, 7] = 100  # below half of the max: dropped
+    mask[7, 7] = 100  # below half of the max: kept (any non-zero pixel is defect; issue 21, item 4)
     save_png(tmp_path / "widget/ground_truth/crack/000_mask.png", mask)
     data = _prep(tmp_path, tmp_path / "out", 4)
     i = int(data.test_manifest.index[data.test_manifest["defect_type"] == "crack"][0])
-    expected = (mask >= 128).astype(np.uint8)[1::2, 1::2]  # PIL nearest at factor 2 samples odd pixels
+    expected = (mask > 0).astype(np.uint8)[1::2, 1::2]  # PIL nearest at factor 2 samples odd pixels
     np.testing.assert_array_equal(data.test_masks[i], expected)
     assert set(np.unique(data.test_masks)) <= {0, 1}
 

@@ -24,7 +24,15 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from skrd4ad import __version__
-from skrd4ad.io import STAGING_LOCK, DiskFullError, StagingDir, check_free_space, disk_full_as_error, sha256_file
+from skrd4ad.io import (
+    STAGING_LOCK,
+    DiskFullError,
+    StagingDir,
+    check_free_space,
+    disk_full_as_error,
+    sha256_file,
+    writable_dir,
+)
 
 
 class DownloadError(RuntimeError):
@@ -153,7 +161,7 @@ def download(
             f"{dest} exists but its sha256 is {actual}, expected {expected}; "
             "delete it to download again, or pass the right sha256"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    writable_dir(dest.parent, dest)  # a read-only or unwritable folder: one line naming dest, before any transfer
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:

@@ -141,7 +141,8 @@ def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | No
                     raise DatasetError(
                         f"anomalous test image {image} has no mask: expected "
                         f"{gt_root / defect / (image.stem + '_mask.png')}; "
-                        "add the mask, or treat the class as image-level only (image_level_only=True)"
+                        "add the mask, or treat the class as image-level only (pass --image-level-only; params: "
+                        "data.image_level_only: true)"
                     )
             samples.append(Sample(path=image, split="test", label=label, defect_type=defect, mask_path=mask))
             n_test += 1

@@ -11,8 +11,9 @@ the free space it needs is checked first, a full disk raises :class:`skrd4ad.io.
                      (+ allow_empty_masks and the kept empty_masks, only when that opt-out is used)
 
 Images are converted to RGB (grayscale, 16-bit, RGBA/LA (alpha dropped), palette, CMYK...),
-resized with PIL's antialiased bilinear filter; masks are resized with nearest neighbour and
-binarised at half their maximum value. An all-zero mask of an anomalous test image is an error
+resized with PIL's antialiased bilinear filter; masks are binarised (any non-zero pixel is
+defect, MVTec's convention; a mask of more than two distinct values is logged as a warning naming
+it) and resized with nearest neighbour. An all-zero mask of an anomalous test image is an error
 (its defect pixels would count as normal) unless ``allow_empty_masks``. Read with
 :class:`skrd4ad.data.prepared.PreparedClass`.
 """
@@ -27,6 +28,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,8 @@ from skrd4ad.io import (
     write_json_atomic,
     write_text_atomic,
 )
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST_COLUMNS = ["file", "split", "index", "label", "defect_type", "has_mask", "status", "reason"]
@@ -77,11 +81,22 @@ def mask_values(img: Image.Image) -> np.ndarray:
 
 
 def binarise_mask(values: np.ndarray) -> np.ndarray:
-    """0/1 uint8 mask: 1 where ``values >= 0.5 * values.max()``; all zeros when the max is 0."""
-    peak = values.max() if values.size else 0
-    if peak <= 0:
-        return np.zeros(values.shape, dtype=np.uint8)
-    return (values.astype(np.float64) >= 0.5 * float(peak)).astype(np.uint8)
+    """0/1 uint8 mask: 1 where ``values > 0`` (MVTec's convention: any non-zero pixel is defect).
+
+    A threshold relative to the maximum would keep 1 of 12 pixels of a 0/1 mask with one stray
+    255; :func:`mask_scale_note` says when a mask is not plain {0, max}."""
+    return (values > 0).astype(np.uint8)
+
+
+def mask_scale_note(values: np.ndarray) -> str | None:
+    """Why a mask is suspicious, or ``None`` for a plain two-level mask ({0, v} or all zero): more
+    than two distinct values (scales mixed, e.g. 0/1 with stray 255, or soft/JPEG edges)."""
+    levels = np.unique(values)
+    if len(levels) <= 2:
+        return None
+    shown = ", ".join(str(v) for v in levels[:6].tolist()) + (", ..." if len(levels) > 6 else "")
+    return (f"it has {len(levels)} distinct values ({shown}), not {{0, max}}; every non-zero pixel counts as "
+            "defect: if the low values are noise or a second scale, save the mask as 0/255")
 
 
 def resize_image(img: Image.Image, size: int) -> np.ndarray:
@@ -105,6 +120,7 @@ class _Decoded:
     hashes: list[tuple[Path, str]]
     error: str | None
     empty_mask: bool = False  # the mask file is all zero (before resizing)
+    mask_note: str | None = None  # the mask mixes scales (see mask_scale_note)
 
 
 def _open(data: bytes) -> Image.Image:
@@ -138,8 +154,10 @@ def _decode(sample: Sample, size: int, image_level_only: bool) -> _Decoded:
                 f"mask {sample.mask_path} is {mask_img.size[0]}x{mask_img.size[1]} but its image {sample.path} is "
                 f"{width}x{height}; fix or replace the mask"
             )
-        binary = binarise_mask(mask_values(mask_img))
-        return _Decoded(image, resize_mask(binary, size), hashes, None, empty_mask=not binary.any())
+        values = mask_values(mask_img)
+        binary = binarise_mask(values)
+        return _Decoded(image, resize_mask(binary, size), hashes, None, empty_mask=not binary.any(),
+                        mask_note=mask_scale_note(values))
     return _Decoded(image, None, hashes, None)
 
 
@@ -313,11 +331,14 @@ def prepare_class(
                             "defect_type": sample.defect_type, "has_mask": dec.mask is not None,
                             "status": "ok", "reason": "",
                         }
+                        if dec.mask_note is not None:
+                            log.warning("mask %s: %s", sample.mask_path, dec.mask_note)
                         if dec.error is not None:
                             if not allow_skip:
                                 raise DatasetError(
                                     f"cannot read {sample.path}: {dec.error}; replace or remove the file, or pass "
-                                    "allow_skip=True to skip it (it is then listed in manifest.csv as skipped)"
+                                    "--allow-skip to skrd4ad prepare (Python: allow_skip=True; the pipeline never "
+                                    "skips) to skip it (it is then listed in manifest.csv as skipped)"
                                 )
                             row.update(status="skipped", reason=dec.error, has_mask=False)
                         else:
@@ -327,8 +348,8 @@ def prepare_class(
                                     raise DatasetError(
                                         f"mask {sample.mask_path} of anomalous test image {sample.path} is all zero, "
                                         "so its defect pixels would count as normal; fix the mask, move the image to "
-                                        "test/good if it is normal, or pass allow_empty_masks=True "
-                                        "(--allow-empty-masks) to keep it"
+                                        "test/good if it is normal, or pass --allow-empty-masks "
+                                        "(params: prepare.allow_empty_masks: true) to keep it"
                                     )
                                 row["reason"] = "empty mask kept (allow_empty_masks)"
                                 empty_masks.append(_relative(sample.mask_path, root))  # type: ignore[arg-type]
@@ -375,7 +396,7 @@ def prepare_class(
             "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
             "source_root": str(root.resolve()),
             "source_digest": source_digest(hashes),
-            "resize": "PIL bilinear with antialiasing; masks nearest, binarised at half their max",
+            "resize": "PIL bilinear with antialiasing; masks nearest, binarised: any non-zero pixel is defect",
             "skrd4ad_version": __version__,
         }
         if allow_empty_masks:  # only then: default caches stay byte-identical to earlier versions

@@ -36,6 +36,17 @@ def _load_array(path: Path) -> np.ndarray:
         return arr
 
 
+def npy_sizes(path: Path) -> tuple[int, int]:
+    """``(actual, expected)`` bytes of the ``.npy`` file ``path``: its size on disk and the size its
+    header announces (header + shape x itemsize). Raises ``ValueError`` when the header is unreadable."""
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(fh)
+        expected = fh.tell() + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    return path.stat().st_size, expected
+
+
 class PreparedClass:
     """A prepared class opened read-only; arrays are memory-mapped, not read into memory.
 
@@ -66,6 +77,9 @@ class PreparedClass:
             if not (self.path / name).is_file():
                 raise DatasetError(f"{self.path / name} is missing: the prepared cache is incomplete; re-run prepare")
         s = self.image_size
+        for name in needed:
+            if name.endswith(".npy"):
+                self._check_size(name)
         self.train_images = _load_array(self.path / "train.npy")
         self.test_images = _load_array(self.path / "test.npy")
         self.test_masks = None if self.image_level_only else _load_array(self.path / "test_masks.npy")
@@ -91,6 +105,28 @@ class PreparedClass:
             )
         self.test_manifest = test
         self.test_labels = test["label"].to_numpy(dtype=np.int64)
+
+    def rerun_command(self) -> str:
+        """The command that re-makes this cache (from the source recorded in meta.json)."""
+        meta, s = self.meta, self.image_size
+        return (f"skrd4ad prepare --root {meta.get('source_root', '<dataset root>')} --classes {self.class_name} "
+                f"--out {self.path} --image-size {s}" + (" --image-level-only" if self.image_level_only else "")
+                + " (or the pipeline's prepare step)")
+
+    def _check_size(self, name: str) -> None:
+        """A file shorter (or longer) than its header says: one line naming it and the fix."""
+        path = self.path / name
+        try:
+            actual, expected = npy_sizes(path)
+        except (ValueError, OSError, SyntaxError) as err:
+            raise DatasetError(f"{path} is not a readable .npy file ({err}); re-run prepare for {self.class_name}: "
+                               f"{self.rerun_command()}") from err
+        if actual < expected:
+            raise DatasetError(f"{path} is truncated ({actual} of {expected} bytes); re-run prepare for "
+                               f"{self.class_name}: {self.rerun_command()}")
+        if actual > expected:
+            raise DatasetError(f"{path} has {actual - expected} bytes after its data ({actual} of {expected} bytes); "
+                               f"re-run prepare for {self.class_name}: {self.rerun_command()}")
 
     def _check(self, name: str, arr: np.ndarray, shape: tuple[int, ...]) -> None:
         if arr.dtype != np.uint8 or arr.shape != shape:

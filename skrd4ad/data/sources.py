@@ -23,7 +23,7 @@ from PIL import Image
 
 from skrd4ad.data.download import download, safe_extract
 from skrd4ad.data.layout import GOOD, DatasetError, find_mask, list_classes, list_images
-from skrd4ad.data.prepare import binarise_mask, mask_values
+from skrd4ad.data.prepare import mask_values
 from skrd4ad.io import (
     StagingDir,
     atomic_path,
@@ -110,7 +110,8 @@ def _binarise_mask_file(src: Path, dst: Path, *, rule: Literal["nonzero", "half_
             values = mask_values(img)  # colour channels reduced, alpha ignored (as prepare does)
     except (OSError, SyntaxError, ValueError) as err:
         raise DatasetError(f"cannot read mask {src}: {err}; replace or remove the file") from err
-    binary = values != 0 if rule == "nonzero" else binarise_mask(values).astype(bool)
+    peak = float(values.max()) if values.size else 0.0
+    binary = values != 0 if rule == "nonzero" else (values >= 0.5 * peak) & (values > 0)
     dst.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(dst) as tmp:
         Image.fromarray((binary * 255).astype(np.uint8), mode="L").save(tmp, format="PNG")

@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from skrd4ad.data.layout import GOOD, DatasetError
 from skrd4ad.config import SCHEMA
-from skrd4ad.io import StagingDir, atomic_path, replace_dir, write_json_atomic
+from skrd4ad.io import StagingDir, atomic_path, replace_dir, writable_dir, write_json_atomic
 
 GENERATOR_VERSION = 1
 """Bumped whenever the images for a given seed change; stored in each class's marker file."""
@@ -375,7 +375,7 @@ def generate(
             f"need n_train >= 1, n_test_good + n_test_bad >= 1 and image_size >= 16; got n_train={n_train}, "
             f"n_test_good={n_test_good}, n_test_bad={n_test_bad}, image_size={image_size}"
         )
-    root.mkdir(parents=True, exist_ok=True)
+    writable_dir(root)
     for name in classes:
         params = {
             "class": name, "seed": seed, "image_size": image_size, "n_train": n_train,
