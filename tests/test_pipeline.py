@@ -40,6 +40,11 @@ def test_default_params_are_valid_and_complete() -> None:
     (lambda p: p["data"].update(folder=None), "data.folder: None is not of type 'string'"),
     (lambda p: p["data"].update(dataset="folder", folder="~/parts", name="parts"), "DVC does not expand '~'"),
     (lambda p: p.update(extra=1), "(top level): Additional properties"),
+    (lambda p: p["report"].update(baseline="res3"), "report.baseline: 'res3' is not in model.variants"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad", "res3"]]), "report.contrasts[0]: 'res3' is not in model.variants"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad", "rd4ad"]]), "report.contrasts[0]: [rd4ad, rd4ad] is a variant against itself"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad"]]), "report.contrasts.0"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad", "skrd4ad"], ["rd4ad", "skrd4ad"]]), "report.contrasts[1]: [rd4ad, skrd4ad] is listed twice"),
 ])
 def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
     params = default_params()
@@ -47,6 +52,18 @@ def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
     with pytest.raises(pipeline.ParamsError) as err:
         pipeline.validate_params(params)
     assert message in str(err.value)
+
+
+def test_contrasts_default_to_every_variant_against_the_baseline() -> None:
+    params = pipeline.validate_params({"data": {"classes": ["brick"]}})
+    assert params["report"] == {"baseline": "rd4ad", "contrasts": None}
+    assert pipeline.contrasts(params) == [("rd4ad", "skrd4ad")]
+    params["report"]["baseline"] = "skrd4ad"
+    assert pipeline.contrasts(params) == [("skrd4ad", "rd4ad")]
+    params["report"]["contrasts"] = [["skrd4ad", "rd4ad"], ["rd4ad", "skrd4ad"]]  # declared: as given
+    assert pipeline.contrasts(params) == [("skrd4ad", "rd4ad"), ("rd4ad", "skrd4ad")]
+    one = pipeline.validate_params({"data": {"classes": ["brick"]}, "model": {"variants": ["skrd4ad"]}})
+    assert pipeline.contrasts(one) == []  # a single variant: nothing to compare, no error
 
 
 def test_defaults_are_filled() -> None:
