@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from skrd4ad import pipeline
-from skrd4ad.aggregate import aggregate, contrast_table
+from skrd4ad.aggregate import _label, aggregate, contrast_table
+
+RD, SK = _label("rd4ad"), _label("skrd4ad")  # the registry's display names where it has them
 
 CLASSES = ["brick", "grass"]
 VARIANTS = ["rd4ad", "skrd4ad"]
@@ -36,6 +38,11 @@ def fake_results(root: Path, value, variants: list[str] = VARIANTS) -> Path:
                 log.parent.mkdir(parents=True, exist_ok=True)
                 pd.DataFrame({"epoch": [1, 2], "loss": [2.0, 1.5 + 0.1 * seed]}).to_csv(log, sep="\t", index=False)
     return results
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    return [k for key, v in d.items() for k in
+            (_flatten(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
 
 
 def params() -> dict:
@@ -64,10 +71,14 @@ def test_table_means_stds_and_difference(tmp_path: Path) -> None:
     assert "| brick | 92.00 ± 1.00 |" in md and "**Mean**" in md
     # 2 classes x 3 seeds = 6 pairs, all favouring skrd4ad by exactly 2 points; every bootstrap
     # replicate is +2, so p = 2 / 10001 per metric and Holm over the 4 metrics gives 4 x that
-    assert ("| Pixel AUROC | +2.00 | [+2.00, +2.00] | 6 | 6 / 0 | 2 of 2 | 0.0008 | skrd4ad higher than rd4ad "
-            "(95% CI excludes 0; Holm p = 0.0008 over 4 metrics) |") in md
+    assert (f"| Pixel AUROC | +2.00 | [+2.00, +2.00] | 6 | 6 / 0 | 2 of 2 | 0.0008 | {SK} higher than {RD} "
+            f"(95% CI excludes 0; Holm p = 0.0008 over 4 metrics) |") in md
     summary_json = json.loads((tmp_path / "tables/synthetic.json").read_text())
-    assert list(summary_json) == ["mean", "mean_diff", "mean_diff_stats"]
+    # `dvc metrics show/diff` flatten the keys with dots and sort them (checked with DVC 3.67):
+    # the sorted keys must read means, then differences, then the statistics
+    flat = sorted(_flatten(summary_json))
+    groups = [k.split(".")[0] for k in flat]
+    assert groups == ["mean"] * 8 + ["mean_diff"] * 4 + ["mean_diff_stats"] * 28, flat
     assert summary_json["mean"]["skrd4ad"]["pixel_auroc"] == pytest.approx(0.89)
     assert summary_json["mean_diff"]["skrd4ad-rd4ad"]["aupro"] == pytest.approx(0.02)
     stats = summary_json["mean_diff_stats"]["skrd4ad-rd4ad"]["aupro"]
@@ -129,8 +140,8 @@ def test_n_variants_and_declared_contrasts(tmp_path: Path) -> None:
     aggregate(base, results, tmp_path / "t1", tmp_path / "f1")
     md = (tmp_path / "t1/synthetic.md").read_text()
     header = md.splitlines()[0]
-    assert "| rd4ad Image AUROC |" in header and "| wide AUPRO |" in header
-    assert "Δ skrd4ad − rd4ad Pixel AUROC" in header and "Δ wide − rd4ad Pixel AUROC" in header
+    assert f"| {RD} Image AUROC |" in header and "| wide AUPRO |" in header
+    assert f"Δ {SK} − {RD} Pixel AUROC" in header and f"Δ wide − {RD} Pixel AUROC" in header
     assert "| Pixel AUROC | +5.00 | [+5.00, +5.00] | 6 | 6 / 0 | 2 of 2 |" in md
     diffs = json.loads((tmp_path / "t1/synthetic.json").read_text())["mean_diff"]
     assert list(diffs) == ["skrd4ad-rd4ad", "wide-rd4ad"]
@@ -141,7 +152,7 @@ def test_n_variants_and_declared_contrasts(tmp_path: Path) -> None:
     diffs = json.loads((tmp_path / "t2/synthetic.json").read_text())["mean_diff"]
     assert list(diffs) == ["skrd4ad-wide"] and diffs["skrd4ad-wide"]["aupro"] == pytest.approx(-0.03)
     md = (tmp_path / "t2/synthetic.md").read_text()
-    assert "wide higher than skrd4ad" not in md and "skrd4ad lower than wide" in md
+    assert f"wide higher than {SK}" not in md and f"{SK} lower than wide" in md
     for name in pipeline.FIGURE_NAMES:
         assert (tmp_path / "f2" / f"synthetic_{name}.png").stat().st_size > 1000
 

@@ -134,7 +134,8 @@ def test_snakemake_end_to_end_rerun_and_single_class_change(tmp_path: Path) -> N
     table = (repo / "results/tables/synthetic.md").read_text()
     assert " ± " in table and "too few pairs for an interval (4 < 6)" in table  # 2 classes x 2 seeds
     summary = json.loads((repo / "results/tables/synthetic.json").read_text())
-    assert summary["n_pairs"]["pixel_auroc"] == 4 and "skrd4ad-rd4ad_ci95_low" not in summary
+    stats = summary["mean_diff_stats"]["skrd4ad-rd4ad"]["pixel_auroc"]
+    assert stats["n_pairs"] == 4 and "ci95_low" not in stats
     again = run([snakemake, "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
     run([snakemake, "--report", "report.html"], repo)
@@ -210,7 +211,7 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     assert {f for f, _ in metric_keys} == {"results/tables/synthetic.json"}  # one small file: exp show stays narrow
     diff = json.loads(run([dvc, "metrics", "diff", "--json", "HEAD", "two-epochs"], repo).stdout)
     changed = {k for per_file in diff.values() for k in per_file}
-    assert {"rd4ad.pixel_auroc", "skrd4ad-rd4ad.pixel_auroc"} <= changed, changed
+    assert {"mean.rd4ad.pixel_auroc", "mean_diff.skrd4ad-rd4ad.pixel_auroc"} <= changed, changed
     compared = run([sys.executable, "-m", "skrd4ad", "compare", "HEAD", "two-epochs", "--json"], repo).stdout
     rows = json.loads(compared)["rows"]
     assert {r["metric"] for r in rows} >= {"pixel_auroc", "aupro"} and all(r["n_pairs"] == 2 for r in rows)
