@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs",
             description="B − A on every metric, paired over (class, seed) jobs: across two experiments "
                         "(`skrd4ad compare A B`) or between two variants of one (`skrd4ad compare results "
-                        "--contrast rd4ad,skrd4ad`: second minus first).  Interval: bootstrap of seeds within "
+                        "--contrast BASE,OTHER`: OTHER minus BASE).  Interval: bootstrap of seeds within "
                         "each class (the classes are fixed); verdicts Holm-adjusted over the metrics of each "
                         "name/variant (README, 'Several seeds, an honest comparison').")
     p.add_argument("a", help="results directory, git revision or dvc exp name")

@@ -1,5 +1,5 @@
 """Compare metric by metric: two experiments (``skrd4ad compare A B``) or two variants of one
-experiment (``skrd4ad compare A --contrast rd4ad,skrd4ad``).
+experiment (``skrd4ad compare A --contrast BASE,OTHER``).
 
 A and B are each a results directory, a git revision or a ``dvc exp`` name (resolved in that
 order).  Across experiments, jobs ``<name>/eval/<variant>/seed<seed>/<class>/metrics.json`` present
