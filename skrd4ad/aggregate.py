@@ -4,9 +4,13 @@ Reads ``<results>/eval/<variant>/seed<seed>/<class>/{metrics.json,roc_image.csv,
 training logs ``<results>/train/<variant>/seed<seed>/<class>.tsv`` (``<results>`` = ``results/<name>``);
 writes ``<tables>/<name>.{md,csv,tex,json}``, ``<figures>/<name>_{variants,loss,gallery,seeds}.png``
 and the comparison plot data ``<results>/plots/<kind>/<class>.csv``.  With several seeds the table
-shows mean ± standard deviation over seeds; the SK-RD4AD minus RD4AD difference is given with the
-number of (class, seed) pairs, how many favour each variant and, from six pairs on, a paired
-bootstrap 95% confidence interval.
+shows mean ± standard deviation over seeds.  Each contrast of ``report`` (``b - a``,
+:func:`skrd4ad.pipeline.contrasts`) gets a difference block: the number of (class, seed) pairs, how
+many favour each side, how many classes favour ``b`` and, from six pairs on, a 95% bootstrap
+interval that resamples seeds within each class, with verdicts Holm-adjusted over the metrics of
+that contrast (:func:`skrd4ad.stats.stratified_difference`, :func:`skrd4ad.stats.with_holm`).
+A job whose metrics.json is damaged, lacks a metric other jobs have, or holds a non-finite value
+is refused, naming the file and the key.
 """
 
 from __future__ import annotations
@@ -24,47 +28,98 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .io import StagingDir, atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
-from .pipeline import PLOT_KINDS, under_results  # noqa: E402
-from .stats import MIN_PAIRS, paired_difference  # noqa: E402
+from .pipeline import PLOT_KINDS, contrasts, under_results  # noqa: E402
+from .stats import MIN_PAIRS, stratified_difference, with_holm  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 #: Table columns: metric key -> label.
 METRICS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO",
            "aupro_seed": "AUPRO (seed)"}
-VARIANT_LABELS = {"rd4ad": "RD4AD", "skrd4ad": "SK-RD4AD"}
-BASELINE, OURS = "rd4ad", "skrd4ad"
+LEVEL = 0.95  # confidence level of the contrast intervals
+
+Contrast = tuple[str, str]  # (a, b): b - a
+
+
+class MetricsError(ValueError):
+    """A job's metrics.json is damaged, incomplete or holds a non-finite value."""
+
+
+def _label(variant: str) -> str:
+    """Display name of a variant: the variant registry's label where there is one, else the name."""
+    try:
+        from .models.variants import label
+    except ImportError:  # no registry in this tree
+        return variant
+    return label(variant)
+
+
+def contrast_key(pair: Contrast) -> str:
+    """``"b-a"``: the contrast's name in the CSV, the JSON and dvc metrics."""
+    a, b = pair
+    return f"{b}-{a}"
+
+
+def _read_metrics(path: Path, job: str) -> dict[str, float]:
+    """The table's metrics of one job; refuses a damaged file or a non-finite value, naming both."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; run the evaluate step for {job} first")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MetricsError(f"{path}: not valid JSON ({exc}; truncated?); re-run evaluate for {job}") from None
+    if not isinstance(data, dict):
+        raise MetricsError(f"{path}: expected a JSON object of metrics; re-run evaluate for {job}")
+    out = {}
+    for key in METRICS:
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise MetricsError(f"{path}: {key} = {value!r} is not a finite number; re-run evaluate for {job}")
+        out[key] = float(value)
+    return out
 
 
 def collect(results: Path, classes: list[str], variants: list[str], seeds: list[int]) -> pd.DataFrame:
-    """Long table: one row per (class, variant, seed, metric) with its value."""
-    rows = []
+    """Long table: one row per (class, variant, seed, metric) with its value.
+
+    A metric is either in every job or in none (then :func:`undefined_metrics` names it in the
+    table's notes); a job lacking a metric that other jobs have is refused, naming its file."""
+    jobs = {}
     for variant in variants:
         for seed in seeds:
             for cls in classes:
                 path = under_results("eval", results, variant=variant, seed=seed, cls=cls) / "metrics.json"
-                if not path.is_file():
-                    raise FileNotFoundError(f"{path} is missing; run the evaluate step for "
-                                            f"{cls}/{variant}/seed {seed} first")
-                metrics = json.loads(path.read_text())
-                for key in METRICS:
-                    if key in metrics:
-                        rows.append({"class": cls, "variant": variant, "seed": seed, "metric": key,
-                                     "value": float(metrics[key])})
+                jobs[(cls, variant, seed, path)] = _read_metrics(path, f"{cls}/{variant}/seed {seed}")
+    present = [k for k in METRICS if any(k in m for m in jobs.values())]
+    rows = []
+    for (cls, variant, seed, path), metrics in jobs.items():
+        for key in present:
+            if key not in metrics:
+                raise MetricsError(f"{path}: no {key!r}, which other jobs have; re-run evaluate for "
+                                   f"{cls}/{variant}/seed {seed}")
+            rows.append({"class": cls, "variant": variant, "seed": seed, "metric": key, "value": metrics[key]})
     return pd.DataFrame(rows, columns=["class", "variant", "seed", "metric", "value"])
 
 
-def summarise(long: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+def undefined_metrics(long: pd.DataFrame) -> list[str]:
+    """Table metrics no job has (e.g. pixel metrics of an image-level-only dataset)."""
+    return [k for k in METRICS if k not in set(long["metric"])]
+
+
+def summarise(long: pd.DataFrame, classes: list[str], pairs: list[Contrast]) -> pd.DataFrame:
     """Mean and standard deviation over seeds per (class, variant, metric), a ``Mean`` class
-    (mean over classes per seed, then over seeds), and the ``skrd4ad-rd4ad`` difference."""
+    (mean over classes per seed, then over seeds), and per contrast ``(a, b)`` the difference
+    ``b - a`` as the variant ``"b-a"`` (:func:`contrast_key`)."""
     per_seed_mean = (long.groupby(["variant", "seed", "metric"], as_index=False)["value"].mean()
                      .assign(**{"class": "Mean"}))
     both = pd.concat([long, per_seed_mean], ignore_index=True)
-    variants = list(dict.fromkeys(long["variant"]))
-    if BASELINE in variants and OURS in variants:
+    if pairs:
         wide = both.pivot_table(index=["class", "seed", "metric"], columns="variant", values="value")
-        diff = (wide[OURS] - wide[BASELINE]).dropna().rename("value").reset_index()
-        both = pd.concat([both, diff.assign(variant=f"{OURS}-{BASELINE}")], ignore_index=True)
+        diffs = [(wide[b] - wide[a]).dropna().rename("value").reset_index().assign(variant=contrast_key((a, b)))
+                 for a, b in pairs]
+        both = pd.concat([both, *diffs], ignore_index=True)
     summary = (both.groupby(["class", "variant", "metric"], sort=False)["value"]
                .agg(mean="mean", std=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, n="count")
                .reset_index())
@@ -73,67 +128,97 @@ def summarise(long: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
                                else s, kind="stable").reset_index(drop=True)
 
 
-def paired_bootstrap(long: pd.DataFrame, *, n_boot: int = 10000, seed: int = 0,
-                     level: float = 0.95) -> pd.DataFrame:
-    """SK-RD4AD minus RD4AD per metric over the (class, seed) pairs both variants have:
-    mean difference, sign counts and, from :data:`~skrd4ad.stats.MIN_PAIRS` pairs on, the
-    paired bootstrap interval (:func:`skrd4ad.stats.paired_difference`; NaN below that).
+def contrast_table(long: pd.DataFrame, pairs: list[Contrast], *, n_boot: int = 10000, seed: int = 0,
+                   level: float = LEVEL) -> pd.DataFrame:
+    """Per contrast ``(a, b)`` and metric, ``b - a`` over the (class, seed) pairs both variants have:
+    mean (over classes of the per-class means), bootstrap interval resampling seeds within each
+    class (from :data:`~skrd4ad.stats.MIN_PAIRS` pairs on, never with one seed per class; NaN
+    otherwise), sign counts over pairs and classes, Holm-adjusted p over the contrast's metrics,
+    verdict.
 
-    Returns columns metric, mean_diff, ci_low, ci_high, n_pairs, n_better, n_worse, verdict
-    (empty without both variants).
+    Returns columns a, b, metric, mean_diff, ci_low, ci_high, n_pairs, n_better, n_worse,
+    n_classes, classes_better, p_holm, verdict (one row per contrast and metric).
     """
-    columns = ["metric", "mean_diff", "ci_low", "ci_high", "n_pairs", "n_better", "n_worse", "verdict"]
-    if not {BASELINE, OURS} <= set(long["variant"]):
-        return pd.DataFrame(columns=columns)
+    columns = ["a", "b", "metric", "mean_diff", "ci_low", "ci_high", "n_pairs", "n_better", "n_worse",
+               "n_classes", "classes_better", "p_holm", "verdict"]
     wide = long.pivot_table(index=["metric", "class", "seed"], columns="variant", values="value")
     rows = []
-    for metric, grp in wide.groupby(level="metric", sort=False):
-        pairs = grp[[BASELINE, OURS]].dropna()
-        if pairs.empty:
-            continue
-        d = paired_difference(pairs[BASELINE].to_numpy(), pairs[OURS].to_numpy(), level=level,
-                              n_resamples=n_boot, seed=seed)
-        rows.append({"metric": metric, "mean_diff": d.mean,
-                     "ci_low": np.nan if d.ci_low is None else d.ci_low,
-                     "ci_high": np.nan if d.ci_high is None else d.ci_high,
-                     "n_pairs": d.n_pairs, "n_better": d.n_positive, "n_worse": d.n_negative,
-                     "verdict": d.verdict(VARIANT_LABELS[BASELINE], VARIANT_LABELS[OURS])})
-    order = {k: i for i, k in enumerate(METRICS)}
-    return pd.DataFrame(rows, columns=columns).sort_values("metric", key=lambda m: m.map(order)).reset_index(drop=True)
+    for a, b in pairs:
+        metrics, diffs = [], []
+        for metric in [k for k in METRICS if k in wide.index.get_level_values("metric")]:
+            both = wide.loc[metric][[a, b]].dropna()
+            if both.empty:
+                continue
+            metrics.append(metric)
+            diffs.append(stratified_difference(both[a].to_numpy(), both[b].to_numpy(),
+                                               both.index.get_level_values("class"), level=level,
+                                               n_resamples=n_boot, seed=seed))
+        for metric, d in zip(metrics, with_holm(diffs)):
+            rows.append({"a": a, "b": b, "metric": metric, "mean_diff": d.mean,
+                         "ci_low": np.nan if d.ci_low is None else d.ci_low,
+                         "ci_high": np.nan if d.ci_high is None else d.ci_high,
+                         "n_pairs": d.n_pairs, "n_better": d.n_positive, "n_worse": d.n_negative,
+                         "n_classes": d.n_classes, "classes_better": d.classes_positive,
+                         "p_holm": np.nan if d.p_holm is None else d.p_holm,
+                         "verdict": d.verdict(_label(a), _label(b))})
+    return pd.DataFrame(rows, columns=columns)
 
 
-def ci_markdown(ci: pd.DataFrame) -> str:
-    """The difference-of-means table: sign counts always, the bootstrap interval only from
-    :data:`~skrd4ad.stats.MIN_PAIRS` pairs on (percentage points)."""
-    if ci.empty:
+def ci_markdown(ci: pd.DataFrame, level: float = LEVEL) -> str:
+    """One difference block per contrast: sign counts always, the interval and Holm p only from
+    :data:`~skrd4ad.stats.MIN_PAIRS` pairs on and more than one seed per class (percentage points)."""
+    pct = f"{100 * level:g}%"
+    lines: list[str] = []
+    for (a, b), block in ci.groupby(["a", "b"], sort=False):
+        la, lb = _label(a), _label(b)
+        lines += ["", f"{lb} − {la} over (class, seed) pairs, percentage points: mean over classes of the "
+                  f"per-class mean difference; {pct} bootstrap interval resampling seeds within each class, "
+                  f"from {MIN_PAIRS} pairs on; verdicts Holm-adjusted over the {len(block)} metrics of this "
+                  "contrast (`skrd4ad compare` does the same):", "",
+                  f"| Metric | Difference | {pct} CI | Pairs | {lb} better / worse | Classes favouring {lb} "
+                  "| Holm p | Verdict |", "|---|---|---|---|---|---|---|---|"]
+        for row in block.itertuples():
+            interval = ("–" if np.isnan(row.ci_low) else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]")
+            holm = "–" if np.isnan(row.p_holm) else f"{row.p_holm:.2g}"
+            lines.append(f"| {METRICS[row.metric]} | {100 * row.mean_diff:+.2f} | {interval} | {row.n_pairs} | "
+                         f"{row.n_better} / {row.n_worse} | {row.classes_better} of {row.n_classes} | {holm} | "
+                         f"{row.verdict} |")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def notes_markdown(long: pd.DataFrame) -> str:
+    """The table's notes: metrics no job computed (never a column dropped for one variant)."""
+    missing = undefined_metrics(long)
+    if not missing:
         return ""
-    lines = ["", f"SK-RD4AD − RD4AD over (class, seed) pairs, percentage points; 95% paired bootstrap "
-             f"interval from {MIN_PAIRS} pairs on (`skrd4ad compare` does the same between two experiments):",
-             "", "| Metric | Difference | 95% CI | Pairs | SK-RD4AD better / worse | Verdict |",
-             "|---|---|---|---|---|---|"]
-    for row in ci.itertuples():
-        interval = ("–" if np.isnan(row.ci_low) else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]")
-        lines.append(f"| {METRICS[row.metric]} | {100 * row.mean_diff:+.2f} | {interval} | {row.n_pairs} | "
-                     f"{row.n_better} / {row.n_worse} | {row.verdict} |")
-    return "\n".join(lines) + "\n"
+    return (f"\nNot computed by any job (image-level-only dataset: no masks): "
+            f"{', '.join(METRICS[k] for k in missing)}.\n")
 
 
 def summary_json(summary: pd.DataFrame, ci: pd.DataFrame) -> dict[str, Any]:
-    """The DVC metrics of the aggregate stage: per-variant means over classes and seeds, and the
-    SK−RD differences with their interval and counts, so that ``dvc metrics diff`` of two
-    experiments answers the comparison at the top level.  Numbers only (no interval: no key)."""
-    out: dict[str, Any] = {}
+    """The DVC metric of the aggregate stage, numbers only.  ``dvc metrics show``/``diff`` flatten
+    the keys with dots and sort them, so the top-level names are chosen to sort in reading order:
+    ``mean.<variant>.<metric>`` (means over classes and seeds), then ``mean_diff.<b-a>.<metric>``
+    (each contrast's difference), then ``mean_diff_stats.<b-a>.<metric>.{ci95_low, ci95_high,
+    n_pairs, n_b_better, n_b_worse, classes_b_better, p_holm}`` (interval and p only where there
+    is one)."""
+    out: dict[str, Any] = {"mean": {}, "mean_diff": {}, "mean_diff_stats": {}}
     means = summary[summary["class"] == "Mean"]
-    for variant, grp in means.groupby("variant", sort=False):
-        out[variant] = {row.metric: round(float(row.mean), 6) for row in grp.itertuples()}
-    diff = f"{OURS}-{BASELINE}"
+    variants = set(summary["variant"]) - {contrast_key((a, b)) for a, b in zip(ci["a"], ci["b"])}
+    for variant, grp in means[means["variant"].isin(variants)].groupby("variant", sort=False):
+        out["mean"][variant] = {row.metric: round(float(row.mean), 6) for row in grp.itertuples()}
     for row in ci.itertuples():
+        key = contrast_key((row.a, row.b))
+        out["mean_diff"].setdefault(key, {})[row.metric] = round(float(row.mean_diff), 6)
+        stats: dict[str, float | int] = {}
         if not np.isnan(row.ci_low):
-            out.setdefault(f"{diff}_ci95_low", {})[row.metric] = round(float(row.ci_low), 6)
-            out.setdefault(f"{diff}_ci95_high", {})[row.metric] = round(float(row.ci_high), 6)
-        out.setdefault("n_pairs", {})[row.metric] = int(row.n_pairs)
-        out.setdefault(f"pairs_{OURS}_better", {})[row.metric] = int(row.n_better)
-    return out
+            stats |= {"ci95_low": round(float(row.ci_low), 6), "ci95_high": round(float(row.ci_high), 6)}
+        stats |= {"n_pairs": int(row.n_pairs), "n_b_better": int(row.n_better), "n_b_worse": int(row.n_worse),
+                  "classes_b_better": int(row.classes_better)}
+        if not np.isnan(row.p_holm):
+            stats["p_holm"] = round(float(row.p_holm), 6)
+        out["mean_diff_stats"].setdefault(key, {})[row.metric] = stats
+    return {k: v for k, v in out.items() if v}
 
 
 def write_plot_data(results: Path, classes: list[str], variants: list[str], seeds: list[int], out: Path) -> None:
@@ -169,13 +254,15 @@ def _fmt(mean: float, std: float, n: int, with_std: bool) -> str:
     return f"{text} ± {100 * std:.2f}" if with_std and n > 1 else text
 
 
-def table_frame(summary: pd.DataFrame, classes: list[str], variants: list[str]) -> pd.DataFrame:
-    """Display table: rows = classes + Mean, columns = (variant, metric) in percent."""
+def table_frame(summary: pd.DataFrame, classes: list[str], variants: list[str],
+                pairs: list[Contrast]) -> pd.DataFrame:
+    """Display table: rows = classes + Mean, columns = (variant, metric) in percent for every
+    variant, then (contrast, metric) for every contrast ``(a, b)`` as ``Δ b − a``."""
     with_std = bool((summary["n"] > 1).any())
-    columns = [v for v in variants] + ([f"{OURS}-{BASELINE}"] if f"{OURS}-{BASELINE}" in set(summary["variant"]) else [])
+    columns = [(v, _label(v)) for v in variants] + [(contrast_key(p), f"Δ {_label(p[1])} − {_label(p[0])}")
+                                                    for p in pairs]
     out = pd.DataFrame(index=[*classes, "Mean"])
-    for variant in columns:
-        label = VARIANT_LABELS.get(variant, "Δ SK-RD4AD − RD4AD" if variant == f"{OURS}-{BASELINE}" else variant)
+    for variant, label in columns:
         for key, name in METRICS.items():
             sel = summary[(summary["variant"] == variant) & (summary["metric"] == key)].set_index("class")
             if sel.empty:
@@ -234,7 +321,7 @@ def plot_variants(summary: pd.DataFrame, classes: list[str], variants: list[str]
             means = [sel.loc[c, "mean"] if c in sel.index else np.nan for c in [*classes, "Mean"]]
             stds = [sel.loc[c, "std"] if c in sel.index else 0.0 for c in [*classes, "Mean"]]
             ax.bar(x + (j - (len(variants) - 1) / 2) * width, means, width, yerr=stds, capsize=2,
-                   label=VARIANT_LABELS.get(variant, variant))
+                   label=_label(variant))
         lo = np.nanmin(summary[summary["metric"] == key]["mean"].to_numpy())
         ax.set_ylim(max(0.0, lo - 0.05), 1.0)
         ax.set_xticks(x, [*classes, "Mean"], rotation=30, ha="right")
@@ -256,7 +343,7 @@ def plot_losses(results: Path, classes: list[str], variants: list[str], seeds: l
                 if not tsv.is_file():
                     raise FileNotFoundError(f"{tsv} is missing; run the train step first")
                 frame = pd.read_csv(tsv, sep="\t")
-                ax.plot(frame["epoch"], frame["loss"], label=f"{VARIANT_LABELS.get(variant, variant)} s{seed}")
+                ax.plot(frame["epoch"], frame["loss"], label=f"{_label(variant)} s{seed}")
         ax.set_title(cls)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -279,7 +366,7 @@ def plot_seeds(long: pd.DataFrame, summary: pd.DataFrame, classes: list[str], va
     for ax, key in zip(axes[0], keys):
         for j, variant in enumerate(variants):
             offset = (j - (len(variants) - 1) / 2) * width
-            label = VARIANT_LABELS.get(variant, variant)
+            label = _label(variant)
             sel = summary[(summary["variant"] == variant) & (summary["metric"] == key)].set_index("class")
             xs = [i + offset for i, c in enumerate(names) if c in sel.index]
             ax.errorbar(xs, [sel.loc[c, "mean"] for c in names if c in sel.index],
@@ -309,7 +396,7 @@ def plot_gallery(results: Path, classes: list[str], variants: list[str], seed: i
                 ax.imshow(plt.imread(found[0]))
             else:
                 ax.text(0.5, 0.5, "no anomalous image", ha="center", va="center")
-            ax.set_title(f"{cls} — {VARIANT_LABELS.get(variant, variant)}", fontsize=9)
+            ax.set_title(f"{cls} — {_label(variant)}", fontsize=9)
     _save_figure(fig, path)
 
 
@@ -321,11 +408,12 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     classes = list(params["data"]["classes"])
     variants = list(params["model"]["variants"])
     seeds = [int(s) for s in params["train"]["seeds"]]
+    pairs = contrasts(params)
     long = collect(results, classes, variants, seeds)
-    summary = summarise(long, classes)
-    frame = table_frame(summary, classes, variants)
-    ci = paired_bootstrap(long)
-    write_text_atomic(tables / f"{dataset}.md", to_markdown(frame) + ci_markdown(ci))
+    summary = summarise(long, classes, pairs)
+    frame = table_frame(summary, classes, variants, pairs)
+    ci = contrast_table(long, pairs)
+    write_text_atomic(tables / f"{dataset}.md", to_markdown(frame) + notes_markdown(long) + ci_markdown(ci))
     write_text_atomic(tables / f"{dataset}.tex", to_latex(frame))
     write_text_atomic(tables / f"{dataset}.csv", summary.to_csv(index=False, float_format="%.6g"))
     write_json_atomic(tables / f"{dataset}.json", summary_json(summary, ci))

@@ -2,7 +2,8 @@
 
 Commands: ``fetch-teacher``, ``synthetic``, ``download``, ``prepare``, ``train``, ``evaluate``,
 ``predict``, ``export``, ``compare``, ``params``.  Each is a thin wrapper over the Python API of the same name
-(``compare``: two results directories, git revisions or ``dvc exp`` names, metric by metric).
+(``compare``: two results directories, git revisions or ``dvc exp`` names, metric by metric; or
+two variants of one of them with ``--contrast A,B``).
 
 Errors: one line on stderr (``skrd4ad <command>: error: ...``) and exit status 1; ``--debug``
 (before or after the command) prints the traceback first.  Usage errors exit 2 (argparse).
@@ -220,11 +221,25 @@ def _split(values: Sequence[str] | None) -> list[str] | None:
 def _cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from .compare import compare, format_markdown, format_text, to_json
+    from .compare import compare, compare_variants, format_markdown, format_text, to_json
 
+    contrast = [v.strip() for v in args.contrast.split(",")] if args.contrast is not None else None
+    usage = None
+    if contrast is not None and (len(contrast) != 2 or args.b is not None or args.variant):
+        usage = ("--contrast takes two variants of ONE source, e.g. `skrd4ad compare results --contrast "
+                 "BASE,OTHER` (no second source, no --variant)")
+    elif contrast is None and args.b is None:
+        usage = "give two sources (`skrd4ad compare A B`) or one source and --contrast BASE,OTHER"
+    if usage:
+        print(f"skrd4ad compare: error: {usage}", file=sys.stderr)
+        return 2
     try:
-        result = compare(args.a, args.b, repo=args.repo, names=_split(args.name), variants=_split(args.variant),
-                         metrics=_split(args.metric), level=args.level, seed=args.seed)
+        if contrast:
+            result = compare_variants(args.a, *contrast, repo=args.repo, names=_split(args.name),
+                                      metrics=_split(args.metric), level=args.level, seed=args.seed)
+        else:
+            result = compare(args.a, args.b, repo=args.repo, names=_split(args.name), variants=_split(args.variant),
+                             metrics=_split(args.metric), level=args.level, seed=args.seed)
     except (ValueError, OSError) as exc:  # exit 1: a comparison that cannot be made
         if args.debug:
             traceback.print_exc(file=sys.stderr)
@@ -364,9 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="where to write the result (default: the base file)")
     p.set_defaults(func=_cmd_params)
 
-    p = add("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs")
+    p = add("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs",
+            description="B − A on every metric, paired over (class, seed) jobs: across two experiments "
+                        "(`skrd4ad compare A B`) or between two variants of one (`skrd4ad compare results "
+                        "--contrast BASE,OTHER`: OTHER minus BASE).  Interval: bootstrap of seeds within "
+                        "each class (the classes are fixed); verdicts Holm-adjusted over the metrics of each "
+                        "name/variant (README, 'Several seeds, an honest comparison').")
     p.add_argument("a", help="results directory, git revision or dvc exp name")
-    p.add_argument("b", help="results directory, git revision or dvc exp name")
+    p.add_argument("b", nargs="?", help="results directory, git revision or dvc exp name (not with --contrast)")
+    p.add_argument("--contrast", metavar="BASE,OTHER",
+                   help="compare two variants within source A: OTHER − BASE, paired over (name, class, seed)")
     p.add_argument("--repo", type=Path, default=Path("."), help="git repository for revisions / exp names")
     p.add_argument("--name", action="append", help="dataset name(s), glob, repeatable or comma-separated")
     p.add_argument("--variant", action="append", help="variant(s), glob, repeatable or comma-separated")

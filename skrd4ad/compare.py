@@ -1,14 +1,19 @@
-"""Compare two experiments metric by metric: ``skrd4ad compare A B``.
+"""Compare metric by metric: two experiments (``skrd4ad compare A B``) or two variants of one
+experiment (``skrd4ad compare A --contrast BASE,OTHER``).
 
 A and B are each a results directory, a git revision or a ``dvc exp`` name (resolved in that
-order).  Jobs ``<name>/eval/<variant>/seed<seed>/<class>/metrics.json`` present on both sides are
-paired, and per (name, variant, metric) the mean of B − A gets a paired bootstrap interval
-(:func:`skrd4ad.stats.paired_difference`).  Non-numeric values in metrics.json (the old
-``provenance`` block) are ignored.
+order).  Across experiments, jobs ``<name>/eval/<variant>/seed<seed>/<class>/metrics.json`` present
+on both sides are paired; within one, the jobs of the two variants with the same (name, class,
+seed).  Per (name, variant or contrast, metric), B − A gets the statistics of the aggregate
+(:func:`skrd4ad.stats.stratified_difference`: bootstrap of seeds within each class, verdicts
+Holm-adjusted over the metrics of that row group).  Keys that are not numbers in any job (the old
+``provenance`` block) are ignored; a key that is a number in some jobs and not in another is an
+error naming that file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import re
@@ -20,10 +25,20 @@ from pathlib import Path
 import numpy as np
 
 from . import pipeline
-from .stats import PairedDifference, paired_difference
+from .stats import PairedDifference, stratified_difference, with_holm
 
 JobKey = tuple[str, str, str, int]  # (name, variant, class, seed)
-Jobs = dict[JobKey, dict[str, float]]  # job -> {metric: value}
+
+
+@dataclass(frozen=True)
+class NotNumber:
+    """A metrics.json value that is not a number, and the file it is in."""
+
+    value: object
+    where: str
+
+
+Jobs = dict[JobKey, dict[str, "float | NotNumber"]]  # job -> {key: value}
 
 #: A job's metrics file, relative to ``results/`` (from the one path table, pipeline.PATHS).
 _JOB = re.compile(pipeline.path_regex("eval").removeprefix("results/") + r"/metrics\.json")
@@ -73,14 +88,15 @@ class CompareResult:
 
 # ---------------------------------------------------------------- reading sources
 
-def _numeric(text: str, where: str) -> dict[str, float]:
+def _numeric(text: str, where: str) -> dict[str, float | NotNumber]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CompareError(f"{where}: not valid JSON ({exc})") from None
+        raise CompareError(f"{where}: not valid JSON ({exc}); re-run evaluate for that job") from None
     if not isinstance(data, dict):
         raise CompareError(f"{where}: expected a JSON object")
-    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else NotNumber(v, where)
+            for k, v in data.items()}
 
 
 def _add_job(jobs: Jobs, rel: str, text: str, where: str) -> None:
@@ -175,6 +191,14 @@ def _metric_order(metric: str) -> tuple[int, str]:
     return (_FIRST.index(metric) if metric in _FIRST else len(_FIRST), metric)
 
 
+def _number(value: float | NotNumber | None, metric: str) -> float | None:
+    """The value as a number (None when absent); a non-number is an error naming file and key."""
+    if isinstance(value, NotNumber):
+        raise CompareError(f"{value.where}: {metric} = {value.value!r} is not a number (other jobs have a "
+                           "number there); re-run evaluate for that job")
+    return value
+
+
 def compare(a: str, b: str, *, repo: str | Path = ".", names: Sequence[str] | None = None,
             variants: Sequence[str] | None = None, metrics: Sequence[str] | None = None,
             level: float = 0.95, seed: int = 0) -> CompareResult:
@@ -183,11 +207,37 @@ def compare(a: str, b: str, *, repo: str | Path = ".", names: Sequence[str] | No
     src_a, src_b = resolve(a, repo), resolve(b, repo)
     jobs_a, jobs_b = ({k: v for k, v in s.jobs.items() if _selected(k[0], names) and _selected(k[1], variants)}
                       for s in (src_a, src_b))
+    return _compare_jobs(src_a.description, src_b.description, jobs_a, jobs_b, metrics, level, seed)
+
+
+def compare_variants(source: str, a: str, b: str, *, repo: str | Path = ".", names: Sequence[str] | None = None,
+                     metrics: Sequence[str] | None = None, level: float = 0.95, seed: int = 0) -> CompareResult:
+    """Variant ``b`` − variant ``a`` within one experiment ``source``, paired over (name, class,
+    seed); rows carry the contrast as their variant, ``"b-a"``.  Same statistics as :func:`compare`."""
+    if a == b:
+        raise CompareError(f"--contrast {a},{b}: a variant against itself; name two different variants")
+    src = resolve(source, repo)
+    contrast = f"{b}-{a}"
+    sides = []
+    for variant in (a, b):
+        jobs = {(n, contrast, c, s): m for (n, v, c, s), m in src.jobs.items() if v == variant and _selected(n, names)}
+        if not jobs:
+            found = sorted({v for _, v, _, _ in src.jobs})
+            raise CompareError(f"--contrast {a},{b}: no job of variant {variant!r} in {src.description} "
+                               f"(variants there: {', '.join(found) or 'none'})")
+        sides.append(jobs)
+    return _compare_jobs(f"{src.description}, variant {a}", f"{src.description}, variant {b}", *sides,
+                         metrics, level, seed)
+
+
+def _compare_jobs(desc_a: str, desc_b: str, jobs_a: Jobs, jobs_b: Jobs, metrics: Sequence[str] | None,
+                  level: float, seed: int) -> CompareResult:
+    """The rows of B − A over the jobs both sides share (keys (name, variant, class, seed))."""
     shared = sorted(jobs_a.keys() & jobs_b.keys())
     if not shared:
-        raise CompareError(f"no job in both sides: A = {src_a.description} has {_describe(jobs_a)}; "
-                           f"B = {src_b.description} has {_describe(jobs_b)}")
-    result = CompareResult(src_a.description, src_b.description, level, len(shared))
+        raise CompareError(f"no job in both sides: A = {desc_a} has {_describe(jobs_a)}; "
+                           f"B = {desc_b} has {_describe(jobs_b)}")
+    result = CompareResult(desc_a, desc_b, level, len(shared))
     for label, only in (("A", jobs_a.keys() - jobs_b.keys()), ("B", jobs_b.keys() - jobs_a.keys())):
         if only:
             n, v, c, s = min(only)
@@ -195,22 +245,28 @@ def compare(a: str, b: str, *, repo: str | Path = ".", names: Sequence[str] | No
 
     for name, variant in sorted({k[:2] for k in shared}):
         keys = [k for k in shared if k[:2] == (name, variant)]
-        all_metrics = {m for k in keys for m in (*jobs_a[k], *jobs_b[k]) if _selected(m, metrics)}
+        all_metrics = {m for k in keys for side in (jobs_a[k], jobs_b[k]) for m, v in side.items()
+                       if isinstance(v, float) and _selected(m, metrics)}
+        group: list[Row] = []
         for metric in sorted(all_metrics, key=_metric_order):
-            pairs = [(jobs_a[k][metric], jobs_b[k][metric]) for k in keys
-                     if metric in jobs_a[k] and metric in jobs_b[k]]
+            values = [(k[2], _number(jobs_a[k].get(metric), metric), _number(jobs_b[k].get(metric), metric))
+                      for k in keys]
+            pairs = [(c, x, y) for c, x, y in values if x is not None and y is not None]
             where = f"{name}/{variant} {metric}"
-            finite = [(x, y) for x, y in pairs if np.isfinite(x) and np.isfinite(y)]
+            finite = [(c, x, y) for c, x, y in pairs if np.isfinite(x) and np.isfinite(y)]
             if len(finite) < len(pairs):
                 result.notes.append(f"{where}: {len(pairs) - len(finite)} pair(s) with NaN/inf dropped")
-            one_sided = sum((metric in jobs_a[k]) != (metric in jobs_b[k]) for k in keys)
+            one_sided = len(values) - len(pairs)
             if one_sided:
                 result.notes.append(f"{where}: on one side only in {one_sided} of {len(keys)} shared job(s)")
             if not finite:
                 continue
-            xa, xb = np.array(finite).T
-            result.rows.append(Row(name, variant, metric, float(xa.mean()), float(xb.mean()),
-                                   paired_difference(xa, xb, level=level, seed=seed)))
+            classes = [c for c, _, _ in finite]
+            xa, xb = np.array([(x, y) for _, x, y in finite]).T
+            group.append(Row(name, variant, metric, float(xa.mean()), float(xb.mean()),
+                             stratified_difference(xa, xb, classes, level=level, seed=seed)))
+        holm = with_holm([r.diff for r in group])  # the family: this (name, variant)'s metrics
+        result.rows += [dataclasses.replace(r, diff=d) for r, d in zip(group, holm)]
     if not result.rows:
         raise CompareError(f"no metric to compare in the {len(shared)} shared job(s)"
                            + (f" matching --metric {', '.join(metrics)}" if metrics else ""))
@@ -221,15 +277,15 @@ def compare(a: str, b: str, *, repo: str | Path = ".", names: Sequence[str] | No
 
 def summary(result: CompareResult) -> str:
     """One line: how many rows are B higher / lower / undecided / without an interval."""
-    counts = {"B higher": 0, "B lower": 0, "no detectable difference": 0, "too few pairs": 0}
+    counts = {"B higher": 0, "B lower": 0, "no detectable difference": 0, "too few pairs": 0,
+              "one seed per class": 0}
+    names = {1: "B higher", -1: "B lower", 0: "no detectable difference", None: "too few pairs"}
     for row in result.rows:
-        d = row.diff
-        key = ("too few pairs" if not d.has_interval else "B higher" if d.ci_low > 0
-               else "B lower" if d.ci_high < 0 else "no detectable difference")
-        counts[key] += 1
+        counts["one seed per class" if row.diff.one_seed_per_class else names[row.diff.direction]] += 1
     parts = ", ".join(f"{k}: {v}" for k, v in counts.items())
     return (f"{len(result.rows)} metric row(s) over {result.n_shared_jobs} shared job(s); {parts} "
-            f"({100 * result.level:g}% paired bootstrap CI of B − A)")
+            f"({100 * result.level:g}% bootstrap CI of B − A resampling seeds within each class; verdicts "
+            "Holm-adjusted over the metrics of each name/variant)")
 
 
 def _cells(row: Row) -> list[str]:
@@ -281,6 +337,7 @@ def to_json(result: CompareResult) -> dict:
     rows = [{"name": r.name, "variant": r.variant, "metric": r.metric, "mean_a": r.mean_a, "mean_b": r.mean_b,
              "diff": r.diff.mean, "ci_low": r.diff.ci_low, "ci_high": r.diff.ci_high, "n_pairs": r.diff.n_pairs,
              "n_positive": r.diff.n_positive, "n_negative": r.diff.n_negative, "n_zero": r.diff.n_zero,
-             "verdict": r.diff.verdict(a="A", b="B")} for r in result.rows]
+             "n_classes": r.diff.n_classes, "classes_positive": r.diff.classes_positive,
+             "p_value": r.diff.p_value, "p_holm": r.diff.p_holm, "verdict": r.diff.verdict(a="A", b="B")} for r in result.rows]
     return {"a": result.a, "b": result.b, "level": result.level, "n_shared_jobs": result.n_shared_jobs,
             "rows": rows, "notes": result.notes, "summary": summary(result)}

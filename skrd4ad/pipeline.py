@@ -89,6 +89,7 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     if train["variant_overrides"] and missing_v:
         raise ParamsError(f"train.variant_overrides: add an entry for every variant in model.variants "
                           f"(use {{}} for none); missing: {', '.join(missing_v)}")
+    contrasts(params)  # raises naming report.baseline / report.contrasts
     return params
 
 
@@ -105,6 +106,39 @@ def read_yaml(path: str | Path) -> Any:
         context = getattr(err, "context", None)
         what = f"{context}, {problem}" if context else problem
         raise ParamsError(f"{path}{where}: invalid YAML ({what}); fix the syntax there") from None
+
+
+#: The params the aggregate stage reads, dotted: dvc.yaml's aggregate ``params:`` and the Snakemake
+#: rule's ``params:`` (common.smk ``aggregate_params``); tests/test_engine_sync.py checks both.
+AGGREGATE_PARAM_KEYS = ("data.classes", "model.variants", "train.seeds", "report")
+
+
+def contrasts(params: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The comparisons of the report as ``(a, b)`` pairs, each meaning ``b - a``: ``report.contrasts``
+    as given, or when it is null/empty every other variant of ``model.variants`` against
+    ``report.baseline`` (none with a single variant).  Raises :class:`ParamsError` naming the key."""
+    variants = list(params["model"]["variants"])
+    report = params.get("report") or {}
+    given = report.get("contrasts") or []
+    if not given:
+        baseline = report.get("baseline")
+        others = [v for v in variants if v != baseline]
+        if len(variants) > 1 and baseline not in variants:
+            raise ParamsError(f"report.baseline: {baseline!r} is not in model.variants {variants}; set "
+                              "report.baseline to one of them or list report.contrasts")
+        return [(baseline, v) for v in others] if baseline in variants else []
+    pairs: list[tuple[str, str]] = []
+    for i, pair in enumerate(given):
+        a, b = pair
+        bad = [v for v in (a, b) if v not in variants]
+        if bad:
+            raise ParamsError(f"report.contrasts[{i}]: {bad[0]!r} is not in model.variants {variants}; "
+                              "add it there or drop the pair")
+        if a == b or (a, b) in pairs:
+            raise ParamsError(f"report.contrasts[{i}]: [{a}, {b}] is "
+                              f"{'a variant against itself' if a == b else 'listed twice'}; drop it")
+        pairs.append((a, b))
+    return pairs
 
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:

@@ -70,7 +70,10 @@ def make_copy(tmp_path: Path, params: dict) -> Path:
 
 def check_results(repo: Path) -> None:
     table = (repo / "results/tables/synthetic.md").read_text()
-    assert "brick" in table and "grass" in table and "**Mean**" in table and "SK-RD4AD" in table
+    from skrd4ad.aggregate import _label
+
+    assert "brick" in table and "grass" in table and "**Mean**" in table
+    assert f"Δ {_label('skrd4ad')} − {_label('rd4ad')}" in table
     summary = pd.read_csv(repo / "results/tables/synthetic.csv")
     assert set(summary["variant"]) == {"rd4ad", "skrd4ad", "skrd4ad-rd4ad"}
     for variant in ("rd4ad", "skrd4ad"):

@@ -1,4 +1,4 @@
-"""Comparison table, several seeds, paired bootstrap interval, figures."""
+"""Comparison table, several seeds, contrasts between any variants, refused metrics files, figures."""
 
 from __future__ import annotations
 
@@ -10,17 +10,19 @@ import pandas as pd
 import pytest
 
 from skrd4ad import pipeline
-from skrd4ad.aggregate import aggregate, paired_bootstrap
+from skrd4ad.aggregate import _label, aggregate, contrast_table
+
+RD, SK = _label("rd4ad"), _label("skrd4ad")  # the registry's display names where it has them
 
 CLASSES = ["brick", "grass"]
 VARIANTS = ["rd4ad", "skrd4ad"]
 SEEDS = [1, 2, 3]
 
 
-def fake_results(root: Path, value) -> Path:
+def fake_results(root: Path, value, variants: list[str] = VARIANTS) -> Path:
     """metrics.json and train logs for every job; ``value(cls, variant, seed, metric)``."""
     results = root / "results" / "synthetic"
-    for variant in VARIANTS:
+    for variant in variants:
         for seed in SEEDS:
             for cls in CLASSES:
                 d = results / "eval" / variant / f"seed{seed}" / cls
@@ -36,6 +38,11 @@ def fake_results(root: Path, value) -> Path:
                 log.parent.mkdir(parents=True, exist_ok=True)
                 pd.DataFrame({"epoch": [1, 2], "loss": [2.0, 1.5 + 0.1 * seed]}).to_csv(log, sep="\t", index=False)
     return results
+
+
+def _flatten(d: dict, prefix: str = "") -> list[str]:
+    return [k for key, v in d.items() for k in
+            (_flatten(v, f"{prefix}{key}.") if isinstance(v, dict) else [f"{prefix}{key}"])]
 
 
 def params() -> dict:
@@ -62,13 +69,21 @@ def test_table_means_stds_and_difference(tmp_path: Path) -> None:
 
     md = (tmp_path / "tables/synthetic.md").read_text()
     assert "| brick | 92.00 ± 1.00 |" in md and "**Mean**" in md
-    # 2 classes x 3 seeds = 6 pairs, all favouring SK-RD4AD by exactly 2 points
-    assert "| Pixel AUROC | +2.00 | [+2.00, +2.00] | 6 | 6 / 0 | SK-RD4AD higher than RD4AD" in md
+    # 2 classes x 3 seeds = 6 pairs, all favouring skrd4ad by exactly 2 points; every bootstrap
+    # replicate is +2, so p = 2 / 10001 per metric and Holm over the 4 metrics gives 4 x that
+    assert (f"| Pixel AUROC | +2.00 | [+2.00, +2.00] | 6 | 6 / 0 | 2 of 2 | 0.0008 | {SK} higher than {RD} "
+            f"(95% CI excludes 0; Holm p = 0.0008 over 4 metrics) |") in md
     summary_json = json.loads((tmp_path / "tables/synthetic.json").read_text())
-    assert summary_json["skrd4ad"]["pixel_auroc"] == pytest.approx(0.89)
-    assert summary_json["skrd4ad-rd4ad_ci95_low"]["aupro"] == pytest.approx(0.02)
-    assert summary_json["n_pairs"]["aupro"] == 6 and summary_json["pairs_skrd4ad_better"]["aupro"] == 6
-    assert all(isinstance(v, (int, float)) for group in summary_json.values() for v in group.values())
+    # `dvc metrics show/diff` flatten the keys with dots and sort them (checked with DVC 3.67):
+    # the sorted keys must read means, then differences, then the statistics
+    flat = sorted(_flatten(summary_json))
+    groups = [k.split(".")[0] for k in flat]
+    assert groups == ["mean"] * 8 + ["mean_diff"] * 4 + ["mean_diff_stats"] * 28, flat
+    assert summary_json["mean"]["skrd4ad"]["pixel_auroc"] == pytest.approx(0.89)
+    assert summary_json["mean_diff"]["skrd4ad-rd4ad"]["aupro"] == pytest.approx(0.02)
+    stats = summary_json["mean_diff_stats"]["skrd4ad-rd4ad"]["aupro"]
+    assert stats["ci95_low"] == pytest.approx(0.02) and stats["n_pairs"] == 6 and stats["n_b_better"] == 6
+    assert stats["classes_b_better"] == 2 and stats["p_holm"] == pytest.approx(4 * 2 / 10001, abs=1e-6)
     tex = (tmp_path / "tables/synthetic.tex").read_text()
     assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex
     for name in pipeline.FIGURE_NAMES:
@@ -91,26 +106,55 @@ def test_too_few_pairs_give_no_interval(tmp_path: Path) -> None:
                                           "train": {"seeds": SEEDS}})
     aggregate(one_class, results, tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables/synthetic.md").read_text()
-    assert "| Pixel AUROC | +2.00 | – | 3 | 3 / 0 | too few pairs for an interval (3 < 6) |" in md
-    summary_json = json.loads((tmp_path / "tables/synthetic.json").read_text())
-    assert "skrd4ad-rd4ad_ci95_low" not in summary_json and summary_json["n_pairs"]["pixel_auroc"] == 3
+    assert "| Pixel AUROC | +2.00 | – | 3 | 3 / 0 | 1 of 1 | – | too few pairs for an interval (3 < 6) |" in md
+    stats = json.loads((tmp_path / "tables/synthetic.json").read_text())["mean_diff_stats"]["skrd4ad-rd4ad"]
+    assert "ci95_low" not in stats["pixel_auroc"] and "p_holm" not in stats["pixel_auroc"]
+    assert stats["pixel_auroc"]["n_pairs"] == 3
 
 
-def test_paired_bootstrap_matches_a_direct_computation() -> None:
-    rng = np.random.default_rng(3)
+def test_contrast_table_stratifies_by_class_and_counts_classes() -> None:
+    """Class c0: skrd4ad +0.10 on both seeds, c1: -0.02 on both: every within-class resample is
+    constant, so the interval is exactly the mean (0.10 - 0.02) / 2 = +0.04; one class of two favours it."""
     rows = []
-    diffs = rng.normal(0.01, 0.02, size=8)
-    for i, d in enumerate(diffs):
-        base = rng.uniform(0.8, 0.9)
-        rows += [{"class": f"c{i % 4}", "seed": i // 4, "variant": "rd4ad", "metric": "pixel_auroc", "value": base},
-                 {"class": f"c{i % 4}", "seed": i // 4, "variant": "skrd4ad", "metric": "pixel_auroc", "value": base + d}]
-    ci = paired_bootstrap(pd.DataFrame(rows), n_boot=20000, seed=0).iloc[0]
-    assert ci["mean_diff"] == pytest.approx(diffs.mean())
-    assert ci["n_pairs"] == 8 and ci["n_better"] == int((diffs > 0).sum())
-    # the percentile interval of the bootstrap mean is close to mean ± 1.96 * sd / sqrt(n)
-    half = 1.96 * diffs.std(ddof=0) / np.sqrt(len(diffs))
-    assert ci["ci_low"] == pytest.approx(diffs.mean() - half, abs=0.25 * half)
-    assert ci["ci_high"] == pytest.approx(diffs.mean() + half, abs=0.25 * half)
+    for cls, d in (("c0", 0.10), ("c1", -0.02)):
+        for seed in (1, 2, 3):
+            rows += [{"class": cls, "seed": seed, "variant": "rd4ad", "metric": "pixel_auroc", "value": 0.8},
+                     {"class": cls, "seed": seed, "variant": "skrd4ad", "metric": "pixel_auroc", "value": 0.8 + d}]
+    ci = contrast_table(pd.DataFrame(rows), [("rd4ad", "skrd4ad")], n_boot=2000).iloc[0]
+    assert ci["mean_diff"] == pytest.approx(0.04)
+    assert ci["ci_low"] == pytest.approx(0.04) and ci["ci_high"] == pytest.approx(0.04)
+    assert (ci["n_pairs"], ci["n_better"], ci["n_worse"], ci["classes_better"], ci["n_classes"]) == (6, 3, 3, 1, 2)
+
+
+def test_n_variants_and_declared_contrasts(tmp_path: Path) -> None:
+    """Three variants (a third one, 'wide', scores 0.05 above rd4ad): default contrasts are every
+    other variant against the baseline; declared ones give exactly those blocks, b - a."""
+    three = ["rd4ad", "skrd4ad", "wide"]
+
+    def value(cls, variant, seed, metric):
+        return value_fn(cls, "rd4ad", seed, metric) + {"rd4ad": 0.0, "skrd4ad": 0.02, "wide": 0.05}[variant]
+
+    results = fake_results(tmp_path, value, three)
+    base = params()
+    base["model"]["variants"] = three  # after validation: 'wide' is not in the schema's enum
+    aggregate(base, results, tmp_path / "t1", tmp_path / "f1")
+    md = (tmp_path / "t1/synthetic.md").read_text()
+    header = md.splitlines()[0]
+    assert f"| {RD} Image AUROC |" in header and "| wide AUPRO |" in header
+    assert f"Δ {SK} − {RD} Pixel AUROC" in header and f"Δ wide − {RD} Pixel AUROC" in header
+    assert "| Pixel AUROC | +5.00 | [+5.00, +5.00] | 6 | 6 / 0 | 2 of 2 |" in md
+    diffs = json.loads((tmp_path / "t1/synthetic.json").read_text())["mean_diff"]
+    assert list(diffs) == ["skrd4ad-rd4ad", "wide-rd4ad"]
+    assert diffs["wide-rd4ad"]["image_auroc"] == pytest.approx(0.05)
+
+    base["report"]["contrasts"] = [["wide", "skrd4ad"]]
+    aggregate(base, results, tmp_path / "t2", tmp_path / "f2")
+    diffs = json.loads((tmp_path / "t2/synthetic.json").read_text())["mean_diff"]
+    assert list(diffs) == ["skrd4ad-wide"] and diffs["skrd4ad-wide"]["aupro"] == pytest.approx(-0.03)
+    md = (tmp_path / "t2/synthetic.md").read_text()
+    assert f"wide higher than {SK}" not in md and f"{SK} lower than wide" in md
+    for name in pipeline.FIGURE_NAMES:
+        assert (tmp_path / "f2" / f"synthetic_{name}.png").stat().st_size > 1000
 
 
 def test_missing_metrics_file_is_named(tmp_path: Path) -> None:
@@ -131,4 +175,34 @@ def test_image_level_only_results(tmp_path: Path) -> None:
         (path.parent / "pro.csv").write_text("fpr,pro\n")  # no masks: header-only curve
     summary = aggregate(params(), results, tmp_path / "tables", tmp_path / "figures")
     assert set(summary["metric"]) == {"image_auroc"}
-    assert "Pixel AUROC" not in (tmp_path / "tables/synthetic.md").read_text()
+    md = (tmp_path / "tables/synthetic.md").read_text()
+    assert "Pixel AUROC |" not in md.splitlines()[0]
+    assert "Not computed by any job (image-level-only dataset: no masks): Pixel AUROC, AUPRO, AUPRO (seed)." in md
+
+
+def test_a_metric_missing_from_one_job_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    results = fake_results(tmp_path, value_fn)
+    path = results / "eval/skrd4ad/seed2/grass/metrics.json"
+    m = json.loads(path.read_text())
+    del m["aupro"]
+    path.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"seed2/grass/metrics.json: no 'aupro', which other jobs have; re-run evaluate"):
+        aggregate(params(), results, tmp_path / "tables", tmp_path / "figures")
+    assert not (tmp_path / "tables/synthetic.md").exists()
+
+
+@pytest.mark.parametrize("bad", ["NaN", "Infinity", '"0.9"', "null"])
+def test_a_non_finite_metric_is_refused(tmp_path: Path, bad: str) -> None:
+    results = fake_results(tmp_path, value_fn)
+    path = results / "eval/rd4ad/seed1/brick/metrics.json"
+    path.write_text(path.read_text().replace('"pixel_auroc": ', f'"pixel_auroc": {bad}, "was": ', 1))
+    with pytest.raises(ValueError, match=r"seed1/brick/metrics.json: pixel_auroc = .* is not a finite number"):
+        aggregate(params(), results, tmp_path / "tables", tmp_path / "figures")
+
+
+def test_a_truncated_metrics_file_is_named(tmp_path: Path) -> None:
+    results = fake_results(tmp_path, value_fn)
+    path = results / "eval/skrd4ad/seed3/brick/metrics.json"
+    path.write_text(path.read_text()[:30])
+    with pytest.raises(ValueError, match=r"seed3/brick/metrics.json: not valid JSON .*re-run evaluate for brick/skrd4ad/seed 3"):
+        aggregate(params(), results, tmp_path / "tables", tmp_path / "figures")

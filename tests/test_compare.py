@@ -205,3 +205,76 @@ def test_cli_bad_argument(tmp_path, git_env, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no-such-thing" in err[0]
     assert "results directory" in err[0] and "git revision" in err[0] and "dvc exp" in err[0]
+
+
+# ---------------------------------------------------------------- two variants of one run, faults
+
+def test_two_variants_within_one_run(tmp_path, capsys):
+    """Tree A: skrd4ad pixel_auroc 0.90 everywhere, rd4ad 0.80..0.90 (mean 0.85): skrd4ad − rd4ad
+    = +0.05 on average; pairs differ by 0.10, 0.08, ..., 0.00 (5 positive, one zero), and every
+    class (rd4ad means 0.81, 0.85, 0.89) favours skrd4ad."""
+    a = make_tree(tmp_path / "A", "A")
+    from skrd4ad.compare import compare_variants
+
+    result = compare_variants(str(a), "rd4ad", "skrd4ad", metrics=["pixel_auroc"])
+    (row,) = result.rows
+    assert (row.name, row.variant, row.metric) == ("synthetic", "skrd4ad-rd4ad", "pixel_auroc")
+    assert row.mean_a == pytest.approx(0.85) and row.mean_b == pytest.approx(0.90)
+    assert row.diff.mean == pytest.approx(0.05) and row.diff.n_pairs == 6
+    assert (row.diff.classes_positive, row.diff.n_classes) == (3, 3)
+    assert (row.diff.n_positive, row.diff.n_negative, row.diff.n_zero) == (5, 0, 1)
+    assert result.a.endswith("variant rd4ad") and result.b.endswith("variant skrd4ad")
+
+    assert main(["compare", str(a), "--contrast", "rd4ad,skrd4ad", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {r["metric"] for r in out["rows"]} == {"pixel_auroc", "image_auroc"}
+    assert all(r["variant"] == "skrd4ad-rd4ad" for r in out["rows"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{A}", "{A}", "--contrast", "rd4ad,skrd4ad"], "--contrast takes two variants of ONE source"),
+    (["{A}", "--contrast", "rd4ad"], "--contrast takes two variants"),
+    (["{A}", "--contrast", "rd4ad,skrd4ad", "--variant", "rd4ad"], "no second source, no --variant"),
+    (["{A}"], "give two sources"),
+])
+def test_contrast_usage_errors(tmp_path, capsys, argv, message):
+    a = make_tree(tmp_path / "A", "A")
+    assert main(["compare", *[str(a) if x == "{A}" else x for x in argv]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_contrast_names_a_missing_variant(tmp_path, capsys):
+    a = make_tree(tmp_path / "A", "A")
+    assert main(["compare", str(a), "--contrast", "rd4ad,wide"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no job of variant 'wide'" in err and "variants there: rd4ad, skrd4ad" in err
+
+
+def test_one_seed_per_class_counts_classes(tmp_path):
+    a = make_tree(tmp_path / "A", "A", seeds=[1])
+    b = make_tree(tmp_path / "B", "B", seeds=[1])
+    result = compare(str(a), str(b), variants=["rd4ad"], metrics=["image_auroc"])
+    # image_auroc B − A at seed 1 is +0.02 for every class
+    assert result.rows[0].diff.verdict() == "one seed per class: no interval; 3 of 3 classes favour B"
+    assert "one seed per class: 1" in format_text(result)
+
+
+def test_non_numeric_metric_is_an_error_naming_file_and_key(tmp_path, capsys):
+    a = make_tree(tmp_path / "A", "A")
+    b = make_tree(tmp_path / "B", "B")
+    bad = b / "synthetic/eval/rd4ad/seed2/grass/metrics.json"
+    bad.write_text(json.dumps({"pixel_auroc": "0.87", "image_auroc": 0.72}))
+    assert main(["compare", str(a), str(b)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and "pixel_auroc = '0.87' is not a number" in err[0]
+
+
+def test_holm_family_is_the_metrics_of_one_variant(trees):
+    """rd4ad has two metrics (image_auroc, pixel_auroc): the constant +0.01 pixel difference has
+    bootstrap p = 2 / 10001, Holm-adjusted over that family of 2."""
+    a, b = trees
+    pix = rows_by_key(compare(str(a), str(b)))[("rd4ad", "pixel_auroc")].diff
+    assert pix.p_value == pytest.approx(2 / 10001) and pix.family == 2
+    assert pix.p_holm == pytest.approx(4 / 10001)
+    assert "Holm p = 0.0004 over 2 metrics" in pix.verdict()

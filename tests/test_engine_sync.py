@@ -112,6 +112,20 @@ def test_dvc_train_params_are_the_ones_snakemake_reruns_on() -> None:
         assert key in declared  # they change the weights
 
 
+def test_dvc_aggregate_params_are_the_ones_snakemake_reruns_on() -> None:
+    """dvc.yaml's aggregate stage and Snakemake's aggregate rule (``params: aggregate_params`` of
+    common.smk, which reads pipeline.AGGREGATE_PARAM_KEYS) declare the same keys, report included."""
+    from skrd4ad import pipeline
+
+    assert _stages()["aggregate"]["params"] == list(pipeline.AGGREGATE_PARAM_KEYS)
+    assert "report" in pipeline.AGGREGATE_PARAM_KEYS
+    rule = (REPO / "workflow/rules/report.smk").read_text().split("rule aggregate:")[1]
+    assert re.search(r"\n    params:\n        read=aggregate_params,\n", rule)
+    common = (REPO / "workflow/rules/common.smk").read_text()
+    body = common.split("def aggregate_params(wildcards):")[1].split("\ndef ")[0]
+    assert "pipeline.AGGREGATE_PARAM_KEYS" in body
+
+
 def test_every_param_a_training_job_uses_changes_its_rerun_trigger() -> None:
     """Perturb each declared key: the effective TrainConfig of the job changes (so the key
     matters); perturb the left-out ones: the model identity stays (so leaving them out is right)."""

@@ -40,6 +40,11 @@ def test_default_params_are_valid_and_complete() -> None:
     (lambda p: p["data"].update(folder=None), "data.folder: None is not of type 'string'"),
     (lambda p: p["data"].update(dataset="folder", folder="~/parts", name="parts"), "DVC does not expand '~'"),
     (lambda p: p.update(extra=1), "(top level): Additional properties"),
+    (lambda p: p["report"].update(baseline="res3"), "report.baseline: 'res3' is not in model.variants"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad", "res3"]]), "report.contrasts[0]: 'res3' is not in model.variants"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad", "rd4ad"]]), "report.contrasts[0]: [rd4ad, rd4ad] is a variant against itself"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad"]]), "report.contrasts.0"),
+    (lambda p: p["report"].update(contrasts=[["rd4ad", "skrd4ad"], ["rd4ad", "skrd4ad"]]), "report.contrasts[1]: [rd4ad, skrd4ad] is listed twice"),
 ])
 def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
     params = default_params()
@@ -47,6 +52,18 @@ def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
     with pytest.raises(pipeline.ParamsError) as err:
         pipeline.validate_params(params)
     assert message in str(err.value)
+
+
+def test_contrasts_default_to_every_variant_against_the_baseline() -> None:
+    params = pipeline.validate_params({"data": {"classes": ["brick"]}})
+    assert params["report"] == {"baseline": "rd4ad", "contrasts": None}
+    assert pipeline.contrasts(params) == [("rd4ad", "skrd4ad")]
+    params["report"]["baseline"] = "skrd4ad"
+    assert pipeline.contrasts(params) == [("skrd4ad", "rd4ad")]
+    params["report"]["contrasts"] = [["skrd4ad", "rd4ad"], ["rd4ad", "skrd4ad"]]  # declared: as given
+    assert pipeline.contrasts(params) == [("skrd4ad", "rd4ad"), ("rd4ad", "skrd4ad")]
+    one = pipeline.validate_params({"data": {"classes": ["brick"]}, "model": {"variants": ["skrd4ad"]}})
+    assert pipeline.contrasts(one) == []  # a single variant: nothing to compare, no error
 
 
 def test_defaults_are_filled() -> None:
@@ -117,7 +134,8 @@ def test_snakemake_end_to_end_rerun_and_single_class_change(tmp_path: Path) -> N
     table = (repo / "results/tables/synthetic.md").read_text()
     assert " ± " in table and "too few pairs for an interval (4 < 6)" in table  # 2 classes x 2 seeds
     summary = json.loads((repo / "results/tables/synthetic.json").read_text())
-    assert summary["n_pairs"]["pixel_auroc"] == 4 and "skrd4ad-rd4ad_ci95_low" not in summary
+    stats = summary["mean_diff_stats"]["skrd4ad-rd4ad"]["pixel_auroc"]
+    assert stats["n_pairs"] == 4 and "ci95_low" not in stats
     again = run([snakemake, "-n"], repo)
     assert "Nothing to be done" in again.stdout + again.stderr
     run([snakemake, "--report", "report.html"], repo)
@@ -193,7 +211,7 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     assert {f for f, _ in metric_keys} == {"results/tables/synthetic.json"}  # one small file: exp show stays narrow
     diff = json.loads(run([dvc, "metrics", "diff", "--json", "HEAD", "two-epochs"], repo).stdout)
     changed = {k for per_file in diff.values() for k in per_file}
-    assert {"rd4ad.pixel_auroc", "skrd4ad-rd4ad.pixel_auroc"} <= changed, changed
+    assert {"mean.rd4ad.pixel_auroc", "mean_diff.skrd4ad-rd4ad.pixel_auroc"} <= changed, changed
     compared = run([sys.executable, "-m", "skrd4ad", "compare", "HEAD", "two-epochs", "--json"], repo).stdout
     rows = json.loads(compared)["rows"]
     assert {r["metric"] for r in rows} >= {"pixel_auroc", "aupro"} and all(r["n_pairs"] == 2 for r in rows)

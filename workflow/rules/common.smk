@@ -77,6 +77,13 @@ def train_config(wildcards):
     return {k: pipeline.lookup(config, k) for k in keys}
 
 
+def aggregate_params(wildcards):
+    """The params the aggregate reads, the same keys dvc.yaml declares
+    (``pipeline.AGGREGATE_PARAM_KEYS``); a param, so a new contrast re-runs the aggregate.
+    """
+    return {k: pipeline.lookup(config, k) for k in pipeline.AGGREGATE_PARAM_KEYS}
+
+
 def _gpus_for(device):
     """1 when a job on ``device`` runs on a GPU (cuda*, or auto with a GPU on this host), else 0."""
     if device == "cpu":

@@ -59,6 +59,8 @@ rule aggregate:
         "logs/aggregate/{name}.log",
     conda:
         "../envs/skrd4ad.yaml"
+    params:
+        read=aggregate_params,
     message:
         "Aggregating {wildcards.name}: comparison table and figures"
     script:
