@@ -16,6 +16,8 @@ same character (smooth, about [-1, 1], zero mean); values differ from the author
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -24,6 +26,12 @@ _G3 = 1.0 / 6.0  # unskew factor
 #: The 12 gradient directions: midpoints of the cube's edges.
 GRADIENTS = ((1, 1, 0), (-1, 1, 0), (1, -1, 0), (-1, -1, 0), (1, 0, 1), (-1, 0, 1),
              (1, 0, -1), (-1, 0, -1), (0, 1, 1), (0, -1, 1), (0, 1, -1), (0, -1, -1))
+
+
+@functools.lru_cache(maxsize=8)
+def _gradients(device: torch.device, dtype: torch.dtype) -> Tensor:
+    """:data:`GRADIENTS` as ``(12, 3)`` on ``device``, made once per device (no per-batch upload)."""
+    return torch.tensor(GRADIENTS, dtype=dtype).to(device)
 
 
 def random_permutations(batch: int, generator: torch.Generator) -> Tensor:
@@ -38,7 +46,7 @@ def simplex3(points: Tensor, perm: Tensor) -> Tensor:
         raise ValueError(f"simplex3 needs points (B, N, 3) and perm (B, 256), got {tuple(points.shape)} and "
                          f"{tuple(perm.shape)}; draw perm with random_permutations(B, generator)")
     table = torch.cat([perm, perm], dim=1).to(points.device)  # (B, 512): no wrap-around needed below
-    grads = torch.tensor(GRADIENTS, dtype=points.dtype, device=points.device)
+    grads = _gradients(points.device, points.dtype)
     x, y, z = points.unbind(-1)
     s = (x + y + z) * _F3
     i, j, k = torch.floor(x + s), torch.floor(y + s), torch.floor(z + s)
@@ -72,11 +80,10 @@ def simplex_noise(shape: tuple[int, int, int], perm: Tensor, octaves: int = 6, p
     dev = perm.device
     zz, yy, xx = torch.meshgrid(torch.arange(c, dtype=dtype, device=dev), torch.arange(h, dtype=dtype, device=dev),
                                 torch.arange(w, dtype=dtype, device=dev), indexing="ij")
-    grid = torch.stack([xx, yy, zz], dim=-1).reshape(1, -1, 3).expand(perm.shape[0], -1, -1)
-    noise = torch.zeros(perm.shape[0], c * h * w, dtype=dtype, device=dev)
-    amplitude = 1.0
-    for _ in range(octaves):
-        noise += amplitude * simplex3(grid / frequency, perm)
-        frequency /= 2
-        amplitude *= persistence
-    return noise.view(-1, c, h, w)
+    grid = torch.stack([xx, yy, zz], dim=-1).reshape(1, 1, -1, 3)
+    steps = torch.arange(octaves, dtype=dtype, device=dev)  # made on the device: no host copy
+    scales, amplitudes = 2.0 ** steps / frequency, persistence ** steps
+    # all octaves in one call: a few large tensor ops instead of many small ones (thread overheads)
+    points = (grid * scales.view(1, -1, 1, 1)).expand(perm.shape[0], -1, -1, -1).reshape(perm.shape[0], -1, 3)
+    values = simplex3(points, perm).view(perm.shape[0], octaves, c * h * w)
+    return (values * amplitudes.view(1, -1, 1)).sum(dim=1).view(-1, c, h, w)

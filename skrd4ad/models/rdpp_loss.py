@@ -10,7 +10,9 @@ each term summed over the three teacher stages.  Conventions, as in the authors'
   weights: each point is one sample's projected clean map flattened to ``C*H*W`` values and
   softmaxed over those values; the second cloud is the same batch in the order ``perm``.
   Because a cloud with uniform weights is a set, the shuffled copy is the same measure, so this
-  term is 0 up to rounding and gives no gradient (kept for fidelity; see the tests).
+  term is 0 up to rounding and gives no gradient (kept for fidelity; see the tests).  The
+  authors also pass ``diameter=1e7``, which only starts geomloss's blur annealing from a larger
+  scale (hundreds more iterations, same limit); we let geomloss take the clouds' own diameter.
 - ``recon``: ``mean over (B, H, W)`` of ``1 - cos`` taken over the channel axis, between the
   projections of the noisy and of the clean batch.
 - ``contrast``: ``mean over B`` of ``max(0, cos(flat(noisy_b), flat(proj_clean_b)) - margin)``
