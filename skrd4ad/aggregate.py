@@ -46,12 +46,11 @@ class MetricsError(ValueError):
 
 
 def _label(variant: str) -> str:
-    """Display name of a variant: the variant registry's label where there is one, else the name."""
-    try:
-        from .models.variants import label
-    except ImportError:  # no registry in this tree
-        return variant
-    return label(variant)
+    """Display name of a variant: the registry's label, or the name itself for a variant that is not
+    installed here (results of a plug-in read on another machine still make a table)."""
+    from .models.variants import label, names
+
+    return label(variant) if variant in names() else variant
 
 
 def contrast_key(pair: Contrast) -> str:
