@@ -82,6 +82,18 @@ def _mean_diff(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(b - a, axis=axis)
 
 
+def _check_pairs(what: str, x: np.ndarray, y: np.ndarray, level: float) -> None:
+    """ValueError unless there are pairs, all finite, and ``0 < level < 1``."""
+    if len(x) == 0:
+        raise ValueError(f"{what}: no pairs")
+    for label, v in (("a", x), ("b", y)):
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{what}: {label} contains {int(np.count_nonzero(~np.isfinite(v)))} "
+                             f"NaN/infinite value(s); drop those pairs first")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"{what}: level must be in (0, 1), got {level}")
+
+
 def paired_difference(a: Sequence[float], b: Sequence[float], *, level: float = 0.95,
                       n_resamples: int = 10_000, seed: int = 0,
                       min_pairs: int = MIN_PAIRS) -> PairedDifference:
@@ -99,14 +111,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float], *, level: float = 
         raise ValueError(f"paired_difference expects two 1-D sequences, got shapes {x.shape} and {y.shape}")
     if len(x) != len(y):
         raise ValueError(f"paired_difference: length mismatch ({len(x)} values in a, {len(y)} in b)")
-    if len(x) == 0:
-        raise ValueError("paired_difference: no pairs")
-    for label, v in (("a", x), ("b", y)):
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"paired_difference: {label} contains {int(np.count_nonzero(~np.isfinite(v)))} "
-                             f"NaN/infinite value(s); drop those pairs first")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"paired_difference: level must be in (0, 1), got {level}")
+    _check_pairs("paired_difference", x, y, level)
     d = y - x
     mean = float(d.mean())
     ci_low = ci_high = None
@@ -145,14 +150,7 @@ def stratified_difference(a: Sequence[float], b: Sequence[float], strata: Sequen
     if x.ndim != 1 or y.ndim != 1 or len(x) != len(y) or len(labels) != len(x):
         raise ValueError(f"stratified_difference expects three 1-D sequences of one length, got "
                          f"{len(x)} a, {len(y)} b and {len(labels)} strata values")
-    if len(x) == 0:
-        raise ValueError("stratified_difference: no pairs")
-    for label, v in (("a", x), ("b", y)):
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"stratified_difference: {label} contains "
-                             f"{int(np.count_nonzero(~np.isfinite(v)))} NaN/infinite value(s); drop those pairs first")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"stratified_difference: level must be in (0, 1), got {level}")
+    _check_pairs("stratified_difference", x, y, level)
     d = y - x
     groups = [d[labels == s] for s in dict.fromkeys(labels.tolist())]  # classes in first-seen order
     class_means = np.array([g.mean() for g in groups])

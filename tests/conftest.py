@@ -12,7 +12,9 @@ Plain helper functions (no fixtures) live in importable modules beside this file
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,3 +48,19 @@ def prepared_brick(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("prepared_brick")
     generate(root / "raw", ["brick"], seed=0, image_size=96, n_train=6, n_test_good=2, n_test_bad=3)
     return prepare_class(root / "raw", "brick", root / "prepared", image_size=64, progress=False)
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mnt`` with ``options`` (e.g. ``size=2m``, ``ro,size=1m``) for the block;
+    the test is skipped where mounting is not permitted (root only: root ignores chmod)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)

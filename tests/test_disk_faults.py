@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import tmpfs
 import torch
 from data_fixtures import make_mvtec_class, tar_of_folder
 
@@ -58,20 +59,11 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 2 MiB tmpfs mounted in tmp_path (root only; skipped where mounting is not permitted)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+    """A 2 MiB tmpfs mounted in tmp_path (skipped where mounting is not permitted)."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
+    with tmpfs(mnt, "size=2m"):
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 # ---------------------------------------------------------------------------------- real full disk

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import tmpfs
 
 from skrd4ad.cli import main
 from skrd4ad.data.prepare import prepare_class
@@ -37,19 +37,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def read_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A read-only tmpfs (root only: root ignores chmod; skipped where mounting is not permitted)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a read-only tmpfs needs root")
-    mnt = tmp_path_factory.mktemp("ro")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mnt)], capture_output=True,
-                          text=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip() or proc.returncode}")
-    try:
+    """A read-only tmpfs (skipped where mounting is not permitted)."""
+    with tmpfs(tmp_path_factory.mktemp("ro"), "ro,size=1m") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
 def commands(data: dict[str, Path], out: Path) -> dict[str, list[str]]:
