@@ -27,6 +27,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+#: The variant registry, which imports its variant modules by name, unseen by the import scan.
+VARIANT_REGISTRY = REPO / "skrd4ad/models/variants/__init__.py"
+
+
 def package_closure(script: Path) -> set[str]:
     """Repository-relative files of every ``skrd4ad`` module ``script`` imports, directly or
     through other modules, at top level or inside functions (parent packages' ``__init__`` too;
@@ -39,6 +43,8 @@ def package_closure(script: Path) -> set[str]:
             continue
         seen.add(path)
         is_pkg = path.name == "__init__.py"
+        if path == VARIANT_REGISTRY:  # it imports every variant module by listing its folder
+            todo += sorted(path.parent.glob("*.py"))
         here = _module_name(path) if path.is_relative_to(REPO / "skrd4ad") else ""
         names: list[str] = []
         tree = ast.parse(path.read_text())

@@ -46,6 +46,17 @@ CASES: dict[str, tuple[str, str, dict[str, Any]]] = {
     for j, arch in enumerate(("mobilenet_v2", "resnet18")) for i, variant in enumerate(variants.names())}
 NO_THRESHOLDS = f"resnet18-{variants.names()[0]}"
 REL_TOL = 1e-4
+#: For students with per-instance normalisation (RD++'s projection): on this test's 64 px images the
+#: coarsest maps are 2x2, InstanceNorm divides by their small spread, and onnxruntime's rounding
+#: differs more (measured 1.6e-4 of the map range for mobilenet_v2 with the projection).
+REL_TOL_INSTANCE_NORM = 5e-4
+
+
+def tolerance(case: dict[str, Any]) -> float:
+    """The parity tolerance of ``case``'s model, relative to its map range."""
+    model, _ = load_checkpoint(case["checkpoint"])
+    norm = any(isinstance(m, torch.nn.modules.instancenorm._InstanceNorm) for m in model.student.modules())
+    return REL_TOL_INSTANCE_NORM if norm else REL_TOL
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +133,7 @@ def case(request: pytest.FixtureRequest, prepared: Path, trained: Callable[[str,
 
 def test_onnx_matches_the_eager_path_at_any_batch_size(case: dict[str, Any]) -> None:
     images, ref_maps, ref_scores = case["images"], case["eager_maps"], case["eager_scores"]
+    tol = tolerance(case)
     assert len(images) == 7  # exported with an example batch of 2: 7 and 1 prove the dynamic batch
     scale = float(ref_maps.max() - ref_maps.min())
     assert scale > 0 and np.isfinite(ref_maps).all()
@@ -131,12 +143,12 @@ def test_onnx_matches_the_eager_path_at_any_batch_size(case: dict[str, Any]) -> 
     map_diff = float(np.abs(maps - ref_maps).max()) / scale
     score_diff = float(np.abs(scores - ref_scores).max()) / scale
     print(f"\n{case['name']}: max map diff {map_diff:.2e}, score diff {score_diff:.2e} of the map range {scale:.3g}")
-    assert map_diff <= REL_TOL and score_diff <= REL_TOL
+    assert map_diff <= tol and score_diff <= tol
 
     one_scores, one_maps = verify_onnx(case["onnx"], images[4:5], threads=1)
     assert one_maps.shape == (1, SIZE, SIZE)
-    assert np.abs(one_maps[0] - ref_maps[4]).max() <= REL_TOL * scale
-    assert abs(float(one_scores[0] - ref_scores[4])) <= REL_TOL * scale
+    assert np.abs(one_maps[0] - ref_maps[4]).max() <= tol * scale
+    assert abs(float(one_scores[0] - ref_scores[4])) <= tol * scale
 
     # identical labels: image threshold between two scores; pixels may differ only within the tolerance
     threshold = _between(ref_scores)
@@ -144,7 +156,7 @@ def test_onnx_matches_the_eager_path_at_any_batch_size(case: dict[str, Any]) -> 
     assert 0 < (ref_scores >= threshold).sum() < len(ref_scores)
     pixel_t = float(np.median(ref_maps))
     differ = (maps >= pixel_t) != (ref_maps >= pixel_t)
-    assert np.all(np.abs(ref_maps[differ] - pixel_t) <= REL_TOL * scale)
+    assert np.all(np.abs(ref_maps[differ] - pixel_t) <= tol * scale)
 
 
 def test_sidecar_records_settings_thresholds_and_origin(case: dict[str, Any]) -> None:
@@ -162,7 +174,7 @@ def test_sidecar_records_settings_thresholds_and_origin(case: dict[str, Any]) ->
     assert meta["teacher"]["weights_id"] == ckpt["teacher"]["weights_id"]
     assert isinstance(meta["opset"], int) and meta["opset"] >= 13
     assert meta["versions"]["torch"] == torch.__version__
-    assert meta["parity_check"]["max_map_diff_rel"] <= REL_TOL
+    assert meta["parity_check"]["max_map_diff_rel"] <= tolerance(case)
     if case["thresholds"] is None:
         assert meta["thresholds"] is None
     else:

@@ -1,8 +1,9 @@
-"""RD++ presets: the authors' per-class epochs, and overlays that merge with the MVTec preset.
-(They validate against the schema only once the rdpp variant is registered.)"""
+"""RD++ presets: the authors' per-class epochs, and overlays that merge with the MVTec preset and
+validate against the schema (the rdpp variant is registered)."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,7 @@ def test_rdpp_paper_epochs_cover_every_mvtec_class() -> None:
     assert merged["teacher"]["arch"] == "wide_resnet50_2" and merged["prepare"]["image_size"] == 256
     assert merged["train"]["batch_size"] == 16 and "rdpp" in merged["model"]["variants"]
     assert set(merged["model"]["variants"]) <= set(merged["train"]["variant_overrides"])
+    pipeline.validate_params(copy.deepcopy(merged))  # raises ParamsError naming a bad key
 
 
 def test_rdpp_overlay_adds_the_variant_to_the_defaults() -> None:
@@ -36,3 +38,4 @@ def test_rdpp_overlay_adds_the_variant_to_the_defaults() -> None:
     merged = pipeline.merge_params(base, _load("rdpp.yaml"))
     assert merged["model"]["variants"] == [*base["model"]["variants"], "rdpp"]
     assert set(merged["model"]["variants"]) <= set(merged["train"]["variant_overrides"])
+    pipeline.validate_params(copy.deepcopy(merged))  # raises ParamsError naming a bad key

@@ -56,6 +56,11 @@ def run_in(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -
     return proc
 
 
+#: The built-in variants: one module per variant in the registry's folder (rd4ad and skrd4ad first).
+BUILT_IN = ("rd4ad", "skrd4ad", *sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "skrd4ad/models/variants").glob("*.py")
+                                        if p.stem not in ("__init__", "base", "rd4ad", "skrd4ad")))
+
+
 def test_registry_sees_a_plug_in_both_ways(tmp_path: Path) -> None:
     code = ("from skrd4ad.models import variants as v; from skrd4ad.config import SCHEMA; "
             "print(v.names(), v.label('toy'), v.settings_schema('toy')['head_weight']['default'], "
@@ -63,7 +68,8 @@ def test_registry_sees_a_plug_in_both_ways(tmp_path: Path) -> None:
     for by_env in (False, True):
         plugins = plugin_dir(tmp_path / str(by_env), entry_point=not by_env)
         out = run_in([sys.executable, "-c", code], tmp_path, env_with(plugins, by_env=by_env)).stdout
-        assert out.strip() == "('rd4ad', 'skrd4ad', 'toy') Toy 0.01 ['rd4ad', 'skrd4ad', 'toy']", by_env
+        expected = (*BUILT_IN, "toy")  # the plug-in after every built-in, in the schema's choices too
+        assert out.strip() == f"{expected} Toy 0.01 {list(expected)}", by_env
     missing = {**ENV, "SKRD4AD_VARIANTS": "no_such_variant_module"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=missing, capture_output=True, text=True)
     assert proc.returncode != 0
