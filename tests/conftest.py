@@ -64,3 +64,21 @@ def tmpfs(mnt: Path, options: str) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mnt)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def cli_brick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A synthetic 'brick' (64 px), its prepared cache, a 1-epoch mobilenet_v2 checkpoint trained
+    through the CLI and one test image (read-only: tests write elsewhere)."""
+    from skrd4ad.cli import main
+    from skrd4ad.data.prepare import prepare_class
+    from skrd4ad.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("cli_brick")
+    raw = generate(root / "raw", ["brick"], seed=1, image_size=64, n_train=8, n_test_good=2, n_test_bad=3)
+    prepared = prepare_class(raw, "brick", root / "prepared", image_size=64, progress=False)
+    assert main(["train", "--data", str(prepared), "--out", str(root / "model.pt"), "--arch", "mobilenet_v2",
+                 "--teacher-weights", "none", "--batch-size", "4", "--device", "cpu", "--seed", "5",
+                 "--epochs", "1"]) == 0
+    image = next((raw / "brick/test/good").iterdir())
+    return {"raw": raw, "prepared": prepared, "model": root / "model.pt", "image": image}

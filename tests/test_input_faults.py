@@ -24,15 +24,9 @@ TRAIN = ["--arch", "mobilenet_v2", "--teacher-weights", "none", "--batch-size", 
          "--seed", "5", "--epochs", "1"]
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A synthetic 'brick' (64 px), its prepared cache and a 1-epoch mobilenet_v2 checkpoint."""
-    root = tmp_path_factory.mktemp("input_faults")
-    raw = generate(root / "raw", ["brick"], seed=1, image_size=64, n_train=8, n_test_good=2, n_test_bad=3)
-    prepared = prepare_class(raw, "brick", root / "prepared", image_size=64, progress=False)
-    assert main(["train", "--data", str(prepared), "--out", str(root / "model.pt"), *TRAIN]) == 0
-    image = next((raw / "brick/test/good").iterdir())
-    return {"raw": raw, "prepared": prepared, "model": root / "model.pt", "image": image}
+@pytest.fixture
+def data(cli_brick: dict[str, Path]) -> dict[str, Path]:
+    return cli_brick
 
 
 def last_error(capsys: pytest.CaptureFixture[str]) -> str:

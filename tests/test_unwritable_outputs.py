@@ -14,8 +14,6 @@ import pytest
 from conftest import tmpfs
 
 from skrd4ad.cli import main
-from skrd4ad.data.prepare import prepare_class
-from skrd4ad.data.synthetic import generate
 from skrd4ad.io import OutputError, StagingDir, atomic_path, replace_dir, write_text_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,15 +22,9 @@ TRAIN = ["--arch", "mobilenet_v2", "--teacher-weights", "none", "--batch-size", 
 RO = "the file system is read-only; choose another output path"
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A synthetic 'brick' (64 px), its prepared cache and a 1-epoch mobilenet_v2 checkpoint."""
-    root = tmp_path_factory.mktemp("unwritable")
-    raw = generate(root / "raw", ["brick"], seed=1, image_size=64, n_train=8, n_test_good=2, n_test_bad=3)
-    prepared = prepare_class(raw, "brick", root / "prepared", image_size=64, progress=False)
-    assert main(["train", "--data", str(prepared), "--out", str(root / "model.pt"), *TRAIN]) == 0
-    image = next((raw / "brick/test/good").iterdir())
-    return {"raw": raw, "prepared": prepared, "model": root / "model.pt", "image": image}
+@pytest.fixture
+def data(cli_brick: dict[str, Path]) -> dict[str, Path]:
+    return cli_brick
 
 
 @pytest.fixture(scope="module")
