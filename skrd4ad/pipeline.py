@@ -143,13 +143,19 @@ def contrasts(params: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read and validate a params file (see :func:`validate_params`)."""
+    return validate_params(_read_mapping(path, "params file not found (run from the repository root)"))
+
+
+def _read_mapping(path: str | Path, not_found: str) -> dict[str, Any]:
+    """The YAML mapping in ``path``; :class:`ParamsError` naming the file if it is missing (``not_found``),
+    not YAML or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the repository root)")
-    params = read_yaml(path) or {}
-    if not isinstance(params, dict):
+        raise ParamsError(f"{path}: {not_found}")
+    data = read_yaml(path) or {}
+    if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
-    return validate_params(params)
+    return data
 
 
 def merge_params(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,19 +173,9 @@ def merge_params(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, 
 def merged_params(base: str | Path, overlays: Sequence[str | Path]) -> dict[str, Any]:
     """``overlays`` (in order) merged onto the params file ``base`` and validated (nothing written);
     every error names the file (and line) or the key."""
-    base = Path(base)
-    if not base.is_file():
-        raise ParamsError(f"{base}: params file not found (run from the repository root)")
-    params = read_yaml(base) or {}
-    if not isinstance(params, dict):
-        raise ParamsError(f"{base}: expected a mapping at the top level")
-    for overlay in map(Path, overlays):
-        if not overlay.is_file():
-            raise ParamsError(f"{overlay}: overlay file not found")
-        layer = read_yaml(overlay) or {}
-        if not isinstance(layer, dict):
-            raise ParamsError(f"{overlay}: expected a mapping at the top level")
-        params = merge_params(params, layer)
+    params = _read_mapping(base, "params file not found (run from the repository root)")
+    for overlay in overlays:
+        params = merge_params(params, _read_mapping(overlay, "overlay file not found"))
     validate_params(params)
     return params
 
