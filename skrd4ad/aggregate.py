@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .io import StagingDir, atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
-from .pipeline import PLOT_KINDS, contrasts, under_results  # noqa: E402
+from .pipeline import PLOT_KINDS, contrasts, report_tag, under_results  # noqa: E402
 from .stats import MIN_PAIRS, stratified_difference, with_holm  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -403,7 +403,7 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     """Build every table and figure for ``params``' dataset from ``results`` (``results/<name>``).
     Returns the summary (class, variant, metric, mean, std, n)."""
     results, tables, figures = Path(results), Path(tables), Path(figures)
-    dataset = params["data"]["name"]
+    dataset = params["data"]["name"] + report_tag(params)  # the tables' and figures' base name
     classes = list(params["data"]["classes"])
     variants = list(params["model"]["variants"])
     seeds = [int(s) for s in params["train"]["seeds"]]
@@ -416,7 +416,7 @@ def aggregate(params: dict[str, Any], results: str | Path, tables: str | Path, f
     write_text_atomic(tables / f"{dataset}.tex", to_latex(frame))
     write_text_atomic(tables / f"{dataset}.csv", summary.to_csv(index=False, float_format="%.6g"))
     write_json_atomic(tables / f"{dataset}.json", summary_json(summary, ci))
-    plots = results / "plots"
+    plots = under_results("plots", results, tag=report_tag(params))
     with StagingDir(results, plots.name, "plots") as stage:  # a killed run's folder goes at the next start
         write_plot_data(results, classes, variants, seeds, stage.path)
         stage.seal()

@@ -243,9 +243,9 @@ PATHS = {
     "train_log": "results/{name}/train/{variant}/seed{seed}/{cls}.tsv",
     "eval": "results/{name}/eval/{variant}/seed{seed}/{cls}",
     "results": "results/{name}",
-    "plots": "results/{name}/plots",
-    "table": "results/tables/{name}{suffix}",
-    "figure": "results/figures/{name}_{figure}.png",
+    "plots": "results/{name}/plots{tag}",
+    "table": "results/tables/{name}{tag}{suffix}",
+    "figure": "results/figures/{name}{tag}_{figure}.png",
 }
 
 #: Files the evaluate stage writes into ``PATHS["eval"]`` (plus the ``figures/`` directory):
@@ -263,7 +263,7 @@ def path(kind: str, **fields: Any) -> str:
     return PATHS[kind].format(**fields)
 
 
-_FIELD_REGEX = {"seed": r"\d+"}
+_FIELD_REGEX = {"seed": r"\d+", "tag": r"[^/]*"}
 
 
 def path_regex(kind: str) -> str:
@@ -291,11 +291,17 @@ def teacher_path(arch: str) -> Path:
     return Path(path("teacher", arch=arch))
 
 
-def aggregate_outputs(name: str) -> list[str]:
+def report_tag(params: Mapping[str, Any]) -> str:
+    """``report.tag``: the suffix of the aggregate stage's output names ("" by default)."""
+    return (params.get("report") or {}).get("tag") or ""
+
+
+def aggregate_outputs(name: str, tag: str = "") -> list[str]:
     """Files and folders the aggregate stage writes: the comparison table in four formats, the
-    figures and the comparison plots folder."""
-    tables = [path("table", name=name, suffix=suffix) for suffix in TABLE_SUFFIXES]
-    return tables + [path("figure", name=name, figure=f) for f in FIGURE_NAMES] + [path("plots", name=name)]
+    figures and the comparison plots folder (names end in ``report.tag``)."""
+    tables = [path("table", name=name, tag=tag, suffix=suffix) for suffix in TABLE_SUFFIXES]
+    return (tables + [path("figure", name=name, tag=tag, figure=f) for f in FIGURE_NAMES]
+            + [path("plots", name=name, tag=tag)])
 
 
 def count_files(folder: Path) -> int:

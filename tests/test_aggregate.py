@@ -112,6 +112,23 @@ def test_too_few_pairs_give_no_interval(tmp_path: Path) -> None:
     assert stats["pixel_auroc"]["n_pairs"] == 3
 
 
+def test_report_tag_names_the_tables_figures_and_plots(tmp_path: Path) -> None:
+    """``report.tag: -x``: every output of the stage carries it; an untagged earlier table is left as it was."""
+    results = fake_results(tmp_path, value_fn)
+    tables, figures = tmp_path / "tables", tmp_path / "figures"
+    tables.mkdir()
+    (tables / "synthetic.md").write_text("the default run's table\n")
+    tagged = pipeline.validate_params({"data": {"classes": ["brick"]}, "model": {"variants": VARIANTS},
+                                       "train": {"seeds": SEEDS}, "report": {"tag": "-x"}})
+    aggregate(tagged, results, tables, figures)
+    assert sorted(p.name for p in tables.iterdir()) == ["synthetic-x.csv", "synthetic-x.json", "synthetic-x.md",
+                                                        "synthetic-x.tex", "synthetic.md"]
+    assert (tables / "synthetic.md").read_text() == "the default run's table\n"
+    assert sorted(p.name for p in figures.iterdir()) == ["synthetic-x_gallery.png", "synthetic-x_loss.png",
+                                                         "synthetic-x_seeds.png", "synthetic-x_variants.png"]
+    assert (results / "plots-x/pro/brick.csv").is_file() and not (results / "plots").exists()
+
+
 def test_contrast_table_stratifies_by_class_and_counts_classes() -> None:
     """Class c0: skrd4ad +0.10 on both seeds, c1: -0.02 on both: every within-class resample is
     constant, so the interval is exactly the mean (0.10 - 0.02) / 2 = +0.04; one class of two favours it."""

@@ -56,7 +56,7 @@ def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
 
 def test_contrasts_default_to_every_variant_against_the_baseline() -> None:
     params = pipeline.validate_params({"data": {"classes": ["brick"]}})
-    assert params["report"] == {"baseline": "rd4ad", "contrasts": None}
+    assert params["report"] == {"baseline": "rd4ad", "contrasts": None, "tag": ""}
     assert pipeline.contrasts(params) == [("rd4ad", "skrd4ad")]
     params["report"]["baseline"] = "skrd4ad"
     assert pipeline.contrasts(params) == [("skrd4ad", "rd4ad")]
@@ -103,6 +103,21 @@ def test_engines_declare_the_same_outputs() -> None:
     assert sm == dv, f"only Snakemake: {sorted(sm - dv)[:10]}; only DVC: {sorted(dv - sm)[:10]}"
     assert set(pipeline.aggregate_outputs("synthetic")) <= sm
     assert "results/synthetic/checkpoints/skrd4ad/seed111/gravel.pt" in sm
+
+
+def test_a_tagged_overlay_adds_jobs_and_tables_beside_the_default_ones(tmp_path: Path) -> None:
+    """workflow/config/rdpp.yaml: the default run's jobs stay the same jobs, its tables keep their
+    names, and the overlay's tables and figures get ``report.tag`` in theirs: in both engines."""
+    overlay = REPO / "workflow/config/rdpp.yaml"
+    params = pipeline.merged_params(REPO / "params.yaml", [overlay])
+    repo = make_copy(tmp_path, params)
+    sm, dv = snakemake_outputs(repo), dvc_outputs(repo)
+    assert sm == dv, f"only Snakemake: {sorted(sm - dv)[:10]}; only DVC: {sorted(dv - sm)[:10]}"
+    default = snakemake_outputs(REPO)
+    tables = {o for o in default if o.startswith(("results/tables/", "results/figures/", "results/synthetic/plots"))}
+    assert default - tables < sm  # every default job is a job of the overlay's run, with more besides
+    assert "results/tables/synthetic-rdpp.json" in sm and "results/synthetic/plots-rdpp" in sm
+    assert not tables & sm  # the overlay overwrites none of the default's tables, figures or plots
 
 
 def test_snakemake_lint_and_dry_run_are_clean() -> None:

@@ -36,6 +36,7 @@ onstart:
 
 
 NAME = config["data"]["name"]
+TAG = pipeline.report_tag(config)
 P = pipeline.PATHS
 CLASSES = config["data"]["classes"]
 VARIANTS = config["model"]["variants"]
@@ -106,7 +107,7 @@ def eval_gpus(wildcards):
 
 
 def all_outputs():
-    return [engines.PARAMS_CHECK, *pipeline.aggregate_outputs(NAME)]
+    return [engines.PARAMS_CHECK, *pipeline.aggregate_outputs(NAME, TAG)]
 
 
 # DVC's first stage, validate_params, has its Snakemake twin in its own file (Snakemake's lint

@@ -27,34 +27,34 @@ rule aggregate:
         ),
     output:
         md=report(
-            "results/tables/{name}.md",
+            f"results/tables/{{name}}{TAG}.md",
             category="Comparison table",
             caption="../report/table.rst",
         ),
-        csv="results/tables/{name}.csv",
-        tex="results/tables/{name}.tex",
-        json="results/tables/{name}.json",
+        csv=f"results/tables/{{name}}{TAG}.csv",
+        tex=f"results/tables/{{name}}{TAG}.tex",
+        json=f"results/tables/{{name}}{TAG}.json",
         variants=report(
-            "results/figures/{name}_variants.png",
+            f"results/figures/{{name}}{TAG}_variants.png",
             category="Figures",
             caption="../report/variants.rst",
         ),
         loss=report(
-            "results/figures/{name}_loss.png",
+            f"results/figures/{{name}}{TAG}_loss.png",
             category="Figures",
             caption="../report/loss.rst",
         ),
         gallery=report(
-            "results/figures/{name}_gallery.png",
+            f"results/figures/{{name}}{TAG}_gallery.png",
             category="Figures",
             caption="../report/gallery.rst",
         ),
         seeds=report(
-            "results/figures/{name}_seeds.png",
+            f"results/figures/{{name}}{TAG}_seeds.png",
             category="Figures",
             caption="../report/seeds.rst",
         ),
-        plots=directory(P["plots"]),
+        plots=directory(P["plots"].format(name="{name}", tag=TAG)),
     log:
         "logs/aggregate/{name}.log",
     conda:
