@@ -5,10 +5,10 @@ default 128, batch 8, float32, CPU, ``--threads`` 2), per timed call two batches
 
 - ``rd4ad``: two :func:`skrd4ad.train.train_step` calls (teacher BatchNorm folded, fused Adam), as
   :func:`skrd4ad.train.train` trains RD4AD;
-- ``rdpp``: two :func:`rdpp_step` calls: pseudo-anomalies, one teacher forward on clean + noisy,
-  projection of both, bottleneck, decoder, RD loss + 0.2 * projection loss, backward; the two
-  fused Adam optimisers (projection lr 1e-3, student 5e-3) step once per two batches on the
-  summed gradients.  Built by hand from the RD++ modules until the registered variant exists.
+- ``rdpp``: two :func:`skrd4ad.train.train_step` calls of the registered ``rdpp`` variant:
+  pseudo-anomalies, teacher on clean + noisy, projection, bottleneck, decoder, RD loss + 0.2 *
+  projection loss, backward; one fused Adam over its two parameter groups (projection lr 1e-3,
+  student 5e-3) steps once per two batches on the summed gradients.
 
 ``noise``: the pseudo-anomaly noise of one batch of 16 at 256 px (rectangle sides 10-31 px, 6
 octaves): ``opensimplex`` (the package's ``OpenSimplex(seed).noise3array`` per image on the
@@ -33,74 +33,40 @@ import torch
 
 from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
 from skrd4ad.config import TrainConfig
-from skrd4ad.data.prepared import to_model_input
 from skrd4ad.data.pseudo_anomaly import add_pseudo_anomalies, sample_boxes
 from skrd4ad.data.simplex_noise import random_permutations, simplex_noise
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.loss import distillation_loss
-from skrd4ad.models.projection import Projection
-from skrd4ad.models.rd4ad import ReverseDistillation, build_model
-from skrd4ad.models.rdpp_loss import projection_loss, rdpp_total
+from skrd4ad.models.rd4ad import build_model
 from skrd4ad.train import make_optimizer, train_step
 
 
-def rdpp_step(model: ReverseDistillation, projection: Projection, optimizers: list[torch.optim.Optimizer],
-              batch_uint8: torch.Tensor, generator: torch.Generator, step: int) -> torch.Tensor:
-    """One RD++ training batch; the optimisers step after every second batch (``step`` odd) on the
-    gradients summed over the two.  Returns the detached total loss.  The integrator replaces this
-    by the registered ``rdpp`` variant."""
-    device = next(projection.parameters()).device
-    batch = batch_uint8.shape[0]
-    clean = to_model_input(batch_uint8, device)
-    noisy = add_pseudo_anomalies(batch_uint8.to(device), generator, normalize=True)
-    with torch.no_grad():
-        feats = model.teacher(torch.cat([clean, noisy]))  # frozen, eval-mode teacher: one forward for both
-    projected = projection(feats)  # InstanceNorm is per sample: projecting the two halves together is exact
-    t, t_noisy = [f[:batch] for f in feats], [f[batch:] for f in feats]
-    p_clean, p_noisy = [p[:batch] for p in projected], [p[batch:] for p in projected]
-    s = model.decoder(model.bottleneck(p_clean), None)
-    rd = distillation_loss(t, s, "cosine").total
-    perm = torch.randperm(batch, generator=generator)
-    loss = rdpp_total(rd, projection_loss(t_noisy, p_noisy, p_clean, perm).total)
-    loss.backward()
-    if step % 2 == 1:
-        for opt in optimizers:
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-    return loss.detach()
-
-
 def bench_training(arch: str, size: int, batch: int, rounds: int) -> dict:
+    """Two batches of each registered variant through :func:`skrd4ad.train.train_step`, as
+    :func:`skrd4ad.train.train` runs them (BN-folded teacher, fused Adam over the variant's
+    parameter groups, gradients cleared and the optimiser stepped every ``accumulate`` batches)."""
     device = torch.device("cpu")
-    config = TrainConfig(arch=arch, teacher_weights=None, device="cpu")
-    torch.manual_seed(0)
-    rd4ad = build_model(arch, "rd4ad", teacher_weights=None).train()
-    fold_batchnorm(rd4ad.teacher)  # as train() does
-    opt_rd4ad = make_optimizer(rd4ad, config, device)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    torch.manual_seed(0)
-    rdpp = build_model(arch, "rd4ad", teacher_weights=None).train()
-    fold_batchnorm(rdpp.teacher)
-    projection = Projection(rdpp.teacher.channels).train()
-    optimizers = [torch.optim.Adam(projection.parameters(), lr=1e-3, betas=(0.5, 0.999), fused=True),
-                  torch.optim.Adam(rdpp.student_parameters(), lr=5e-3, betas=(0.5, 0.999), fused=True)]
     gen = torch.Generator().manual_seed(0)
     data = [torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8, generator=gen) for _ in range(2)]
-    noise_gen = torch.Generator().manual_seed(1)
+    sides, counts = {}, {}
+    for name in ("rd4ad", "rdpp"):
+        config = TrainConfig(arch=arch, variant=name, teacher_weights=None, device="cpu")
+        torch.manual_seed(0)
+        model = build_model(arch, name, teacher_weights=None).train()
+        fold_batchnorm(model.teacher)  # as train() does
+        optimizer = make_optimizer(model, config, device)
+        every = model.impl.accumulate
+        counts[name] = sum(p.numel() for p in model.student.parameters())
 
-    def two_rd4ad() -> None:
-        for b in data:
-            train_step(rd4ad, opt_rd4ad, scaler, b, config)
-
-    def two_rdpp() -> None:
-        for i, b in enumerate(data):
-            rdpp_step(rdpp, projection, optimizers, b, noise_gen, i)
-
-    times, _ = interleaved({"rd4ad": two_rd4ad, "rdpp": two_rdpp}, rounds)
+        def two(model=model, optimizer=optimizer, every=every, config=config) -> None:
+            for i, b in enumerate(data):
+                train_step(model, optimizer, scaler, b, config, zero_grad=i % every == 0,
+                           step=(i + 1) % every == 0)
+        sides[name] = two
+    times, _ = interleaved(sides, rounds)
     return {"arch": arch, "image_size": size, "batch_size": batch, "batches_per_call": 2, "rounds": rounds,
             "seconds_per_two_batches": {k: side_summary(v) for k, v in times.items()},
-            "projection_parameters": sum(p.numel() for p in projection.parameters()),
-            "student_parameters": sum(p.numel() for p in rdpp.student_parameters()),
+            "trained_parameters": counts,
             "rdpp_over_rd4ad": ratio_summary(times["rdpp"], times["rd4ad"])}
 
 
