@@ -2,7 +2,9 @@
 
 The variant (:mod:`skrd4ad.models.variants`) supplies the forward pass, the loss and its named
 terms (the training-log columns, after ``epoch``), the parameter groups and how many batches
-each optimiser step accumulates; this loop is the same for every variant.
+each optimiser step accumulates; this loop is the same for every variant.  The frozen teacher's
+maps of the training images come from the per-job teacher cache (``train.teacher_cache``,
+:mod:`skrd4ad.teacher_cache`), built before the first epoch of each run.
 
 On CPU the same seed gives bitwise the same weights, also across a kill and resume: the
 resume state holds the student, optimiser and both RNG states, and is written atomically every
