@@ -200,7 +200,11 @@ def open_cache(mode: Mode, model: ReverseDistillation, images: np.ndarray, *, ba
         plan = Plan("off", f"variant {model.impl.name} does not take cached teacher maps "
                            "(Variant.uses_teacher_cache)")
     else:
-        nbytes = per_image_bytes(model, int(images.shape[1]), int(images.shape[2]), amp, device) * n if mode != "off" else 0
+        nbytes = 0
+        if mode != "off":
+            nbytes = per_image_bytes(model, int(images.shape[1]), int(images.shape[2]), amp, device) * n
+            with contextlib.suppress(OSError):  # training writes there anyway; if it cannot, no disk cache
+                out_path.parent.mkdir(parents=True, exist_ok=True)
         plan = choose(mode, nbytes, device, out_path.parent)
     log.info("teacher cache: %s for %d train images (%s)", plan.mode, n, plan.reason)
     if plan.mode == "off":
@@ -212,7 +216,6 @@ def open_cache(mode: Mode, model: ReverseDistillation, images: np.ndarray, *, ba
         yield TeacherCache(compute_features(model, images, batch_size, amp, device, memory_format, allocate),
                            device, memory_format)
         return
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     check_free_space(out_path.parent, nbytes, out_path.parent / f".{out_path.name}.{STAGING_KIND}")
     with StagingDir(out_path.parent, out_path.name, STAGING_KIND) as staging:
         features = compute_features(model, images, batch_size, amp, device, memory_format,
