@@ -6,8 +6,11 @@ Sections, in this order (each writes its part of the JSON as soon as it is done)
     :func:`skrd4ad.train.train_step` images/s for RD4AD and SK-RD4AD (default wide_resnet50_2,
     256 px, batch 16), model set up as :func:`skrd4ad.train.train` does (teacher BatchNorm
     folded, channels_last, Adam over the student, uint8 batch from pinned host memory); sides
-    ``fp32`` and ``bf16`` (autocast) interleaved round by round on one model, ``bf16_speedup``
-    = per-round fp32 time / bf16 time.  Peak memory of one step per side.
+    ``fp32`` and ``bf16`` (autocast), and the same steps fed from the teacher cache
+    (``fp32_cached``, ``bf16_cached``: the batch's maps gathered from a memory cache of that amp,
+    :mod:`skrd4ad.teacher_cache`, the image not read) interleaved round by round on one model;
+    ``bf16_speedup`` = per-round fp32 time / bf16 time, ``teacher_cache_speedup[amp]`` = per-round
+    uncached / cached time.  Peak memory of one step per side.
 ``inference``
     :func:`skrd4ad.inference.predict_batch` (anomaly map, Gaussian blur, score) ms/image at
     batch 1/16/64 on the fully folded model as ``evaluate`` uses it; sides = variant x (fp32,
@@ -76,6 +79,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from _common import machine, ratio_summary, side_summary, write_result
@@ -83,6 +87,7 @@ from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.rd4ad import build_model
+from skrd4ad.teacher_cache import open_cache
 from skrd4ad.train import make_optimizer, train_step
 
 #: Prefix of the protocol lines a worker writes on stdout (anything else there is ignored).
@@ -218,13 +223,24 @@ def _train_variant(s: dict, variant: str, device: torch.device, deadline: float)
     model, optimizer, scaler, data = train_setup(s["arch"], variant, s["size"], s["batch"], device)
     configs = {side: train_config(s["arch"], variant, amp, device) for side, amp in AMP_NAMES.items()}
     last: dict[str, torch.Tensor] = {}
+    idx = np.arange(s["batch"], dtype=np.int64)
+    caches = {}
+    for side, amp in AMP_NAMES.items():  # the batch's maps, as train() keeps them under this amp
+        with open_cache("memory", model, data.numpy(), batch_size=s["batch"], amp=amp, device=device,
+                        memory_format=torch.channels_last, out_path=Path("unused.pt")) as cache:
+            caches[side] = cache
 
     def steps(side: str, n: int) -> None:
+        amp_side = side.removesuffix("_cached")
+        cache = caches[amp_side] if side.endswith("_cached") else None
         for _ in range(n):
-            last[side] = train_step(model, optimizer, scaler, data, configs[side], torch.channels_last)
+            feats = cache.gather(idx) if cache is not None else None
+            last[side] = train_step(model, optimizer, scaler, data if cache is None else None, configs[amp_side],
+                                    torch.channels_last, teacher_feats=feats)
 
-    memory = {side: peak_memory(device, lambda side=side: steps(side, 1)) for side in configs}
-    times, info = timed_rounds({side: (lambda side=side: steps(side, s["steps_per_round"])) for side in configs},
+    sides = [*configs, *(f"{side}_cached" for side in configs)]
+    memory = {side: peak_memory(device, lambda side=side: steps(side, 1)) for side in sides}
+    times, info = timed_rounds({side: (lambda side=side: steps(side, s["steps_per_round"])) for side in sides},
                                s["train_rounds"], deadline=deadline, device=device)
     per_step = {k: [t / s["steps_per_round"] for t in v] for k, v in times.items()}
     summaries = {k: side_summary(v) for k, v in per_step.items()}
@@ -232,6 +248,9 @@ def _train_variant(s: dict, variant: str, device: torch.device, deadline: float)
             "step_seconds": summaries,
             "images_per_s_of_median_step": {k: s["batch"] / v["median_s"] for k, v in summaries.items()},
             "bf16_speedup": ratio_summary(per_step["fp32"], per_step["bf16"]),
+            "teacher_cache_speedup": {side: ratio_summary(per_step[side], per_step[f"{side}_cached"])
+                                      for side in configs},
+            "teacher_cache_mb": {side: c.nbytes / 1e6 for side, c in caches.items()},
             "losses_finite": {k: bool(torch.isfinite(v).all()) for k, v in last.items()},
             "peak_memory": memory}
 

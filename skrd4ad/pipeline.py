@@ -210,7 +210,8 @@ def train_param_keys(cls: str, variant: str) -> list[str]:
     """The params a (class, variant) training job depends on, dotted: what dvc.yaml's train stage
     declares and what Snakemake's train rule reruns on (tests/test_engine_sync.py checks both).
     Settings that do not change the weights (``TrainConfig.model_identity`` leaves them out:
-    the schema's ``x-changes-model: false`` keys: device, checkpoint_every, memory_format, compile) are not among them."""
+    the schema's ``x-changes-model: false`` keys: device, checkpoint_every, memory_format, compile,
+    teacher_cache) are not among them."""
     from_train = [k for k in TrainConfig().model_identity()
                   if k not in ("arch", "variant", "seed", "teacher_weights", "settings")]
     return ["teacher.arch", "teacher.source", *(f"train.{k}" for k in from_train),

@@ -2,7 +2,9 @@
 
 The variant (:mod:`skrd4ad.models.variants`) supplies the forward pass, the loss and its named
 terms (the training-log columns, after ``epoch``), the parameter groups and how many batches
-each optimiser step accumulates; this loop is the same for every variant.
+each optimiser step accumulates; this loop is the same for every variant.  The frozen teacher's
+maps of the training images come from the per-job teacher cache (``train.teacher_cache``,
+:mod:`skrd4ad.teacher_cache`), built before the first epoch of each run.
 
 On CPU the same seed gives bitwise the same weights, also across a kill and resume: the
 resume state holds the student, optimiser and both RNG states, and is written atomically every
@@ -37,6 +39,7 @@ from .device import autocast, compile_for, memory_format_for, resolve_device, sl
 from .io import save_torch_atomic, write_text_atomic
 from .models.fold import fold_batchnorm
 from .models.rd4ad import ReverseDistillation, build_model
+from .teacher_cache import open_cache
 
 log = logging.getLogger(__name__)
 
@@ -106,17 +109,23 @@ def make_optimizer(model: ReverseDistillation, config: TrainConfig, device: torc
 
 
 def train_step(model: ReverseDistillation, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-               batch_uint8: torch.Tensor, config: TrainConfig,
+               batch_uint8: torch.Tensor | None, config: TrainConfig,
                memory_format: torch.memory_format = torch.contiguous_format, *,
-               zero_grad: bool = True, step: bool = True) -> torch.Tensor:
+               zero_grad: bool = True, step: bool = True,
+               teacher_feats: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Forward, loss and backward on a uint8 batch ``(B, H, W, 3)``: gradients are cleared first
-    when ``zero_grad`` (else added to), the optimiser steps when ``step``.  Returns the detached
-    loss terms ``(len(log_columns),)`` of the variant on the device (no host sync)."""
+    when ``zero_grad`` (else added to), the optimiser steps when ``step``.  ``teacher_feats``: the
+    batch's cached teacher maps (:meth:`TeacherCache.gather <skrd4ad.teacher_cache.TeacherCache.gather>`);
+    the batch may then be None unless the variant ``needs_image_with_cache``.  Returns the
+    detached loss terms ``(len(log_columns),)`` of the variant on the device (no host sync)."""
     variant = model.impl
     device = next(model.student.parameters()).device
-    x = to_model_input(batch_uint8, device).contiguous(memory_format=memory_format)
+    x = None if batch_uint8 is None else to_model_input(batch_uint8, device).contiguous(memory_format=memory_format)
     with autocast(device, config.amp):
-        outputs = variant.training_forward(model, x)
+        if teacher_feats is None:
+            outputs = variant.training_forward(model, x)
+        else:
+            outputs = variant.training_forward(model, x, teacher_feats)
     terms = variant.loss(outputs, config)
     columns = variant.log_columns(config)
     if set(terms) != set(columns):
@@ -217,7 +226,6 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
                            "scaler": scaler.state_dict(), "rng": _rng_state(gen, device),
                            "history": history}, state_path)
 
-    model.train()
     stop = config.epochs if max_epochs_this_run is None else min(config.epochs, start + max_epochs_this_run)
     log.info("training %s (%s, %s teacher) on %s: %d train images at %d px, epochs %d-%d of %d, batch %d, "
              "device %s, %d threads, %s layout", model_path, config.variant, config.arch, data_dir, n, image_size,
@@ -227,30 +235,36 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
     accumulate = model.impl.accumulate
     n_batches = math.ceil(n / config.batch_size)
     run_t0 = time.perf_counter()
-    epochs = tqdm(range(start, stop), initial=start, total=stop, desc="train", unit="epoch", dynamic_ncols=True,
-                  disable=not show)
-    for epoch in epochs:
-        sums = torch.zeros(len(terms), device=device)  # the variant's loss terms, weighted by batch size
-        for i, idx in enumerate(iterate_batches(n, config.batch_size, shuffle=True, generator=gen)):
-            batch = batch_from(images, idx, pin_memory=device.type == "cuda")
-            # with accumulate N: gradients summed over N batches (and the epoch's last few), then one step
-            sums += train_step(model, optimizer, scaler, batch, config, memory_format, zero_grad=i % accumulate == 0,
-                               step=(i + 1) % accumulate == 0 or i + 1 == n_batches) * len(idx)
-        means = (sums / n).tolist()  # one host sync per epoch
-        if not all(math.isfinite(v) for v in means):
-            raise FloatingPointError(f"training diverged at epoch {epoch + 1} of {model_path}: loss "
-                                     f"{means[0]}; lower the learning rate (train.lr, --lr) or set amp to none")
-        history.append({"epoch": epoch + 1, **dict(zip(terms, means, strict=True))})
-        per_epoch = (time.perf_counter() - run_t0) / (epoch + 1 - start)
-        if show:
-            epochs.set_postfix(loss=f"{means[0]:.5f}", refresh=False)
-        else:
-            log.info("epoch %d/%d loss %.5f (%.1f s/epoch, ETA %s)", epoch + 1, config.epochs, means[0], per_epoch,
-                     _duration(per_epoch * (stop - epoch - 1)))
-        _write_log(log_path, history, terms)
-        done = epoch + 1
-        if done % config.checkpoint_every == 0 or done == stop:
-            save_state(done)
+    with open_cache(config.teacher_cache if start < stop else "off", model, images, batch_size=config.batch_size,
+                    amp=config.amp, device=device, memory_format=memory_format, out_path=model_path) as cache:
+        need_images = cache is None or model.impl.needs_image_with_cache
+        model.train()
+        epochs = tqdm(range(start, stop), initial=start, total=stop, desc="train", unit="epoch",
+                      dynamic_ncols=True, disable=not show)
+        for epoch in epochs:
+            sums = torch.zeros(len(terms), device=device)  # the variant's loss terms, weighted by batch size
+            for i, idx in enumerate(iterate_batches(n, config.batch_size, shuffle=True, generator=gen)):
+                batch = batch_from(images, idx, pin_memory=device.type == "cuda") if need_images else None
+                feats = cache.gather(idx) if cache is not None else None
+                # with accumulate N: gradients summed over N batches (and the epoch's last few), then one step
+                sums += train_step(model, optimizer, scaler, batch, config, memory_format,
+                                   zero_grad=i % accumulate == 0, step=(i + 1) % accumulate == 0 or i + 1 == n_batches,
+                                   teacher_feats=feats) * len(idx)
+            means = (sums / n).tolist()  # one host sync per epoch
+            if not all(math.isfinite(v) for v in means):
+                raise FloatingPointError(f"training diverged at epoch {epoch + 1} of {model_path}: loss "
+                                         f"{means[0]}; lower the learning rate (train.lr, --lr) or set amp to none")
+            history.append({"epoch": epoch + 1, **dict(zip(terms, means, strict=True))})
+            per_epoch = (time.perf_counter() - run_t0) / (epoch + 1 - start)
+            if show:
+                epochs.set_postfix(loss=f"{means[0]:.5f}", refresh=False)
+            else:
+                log.info("epoch %d/%d loss %.5f (%.1f s/epoch, ETA %s)", epoch + 1, config.epochs, means[0], per_epoch,
+                         _duration(per_epoch * (stop - epoch - 1)))
+            _write_log(log_path, history, terms)
+            done = epoch + 1
+            if done % config.checkpoint_every == 0 or done == stop:
+                save_state(done)
 
     finished = len(history) >= config.epochs
     if finished:

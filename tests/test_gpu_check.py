@@ -78,12 +78,17 @@ def test_training_throughput(result: dict[str, Any]) -> None:
     batch, steps = section["batch_size"], section["steps_per_round"]
     for row in section["results"]:
         _check_stop(row)
-        for side in ("fp32", "bf16"):
+        for side in ("fp32", "bf16", "fp32_cached", "bf16_cached"):
             _check_seconds(row["step_seconds"][side], row["rounds_done"])
             assert row["images_per_s_of_median_step"][side] == pytest.approx(batch / row["step_seconds"][side]["median_s"])
             assert row["losses_finite"][side] is True
             assert "CUDA" in row["peak_memory"][side]["skipped"]
         _check_ratio(row["bf16_speedup"], row["step_seconds"]["fp32"]["rounds_s"], row["step_seconds"]["bf16"]["rounds_s"])
+        for side in ("fp32", "bf16"):  # the step fed from the teacher cache
+            _check_ratio(row["teacher_cache_speedup"][side], row["step_seconds"][side]["rounds_s"],
+                         row["step_seconds"][f"{side}_cached"]["rounds_s"])
+            assert row["teacher_cache_mb"][side] > 0
+        assert row["teacher_cache_mb"]["bf16"] == pytest.approx(row["teacher_cache_mb"]["fp32"] / 2)
     assert steps >= 1
 
 

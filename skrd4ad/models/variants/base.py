@@ -8,8 +8,12 @@ A variant subclass sets the class attributes and overrides what differs from the
 - ``build_student(teacher, spec, settings) -> nn.Module``: every trained layer (its state dict is
   what training changes and what the checkpoint stores);
 - ``forward(model, x) -> (teacher_feats, student_feats)``: inference (evaluate, predict, export);
-  the anomaly map compares the two lists, fine to coarse;
-- ``training_forward(model, x)`` -> whatever ``loss`` needs (default: ``forward``);
+  the anomaly map compares the two lists, fine to coarse (default: the teacher, then
+  ``student_forward(model, teacher_feats) -> student_feats``);
+- ``training_forward(model, x, teacher_feats=None)`` -> whatever ``loss`` needs (default:
+  ``forward``); ``teacher_feats`` are the teacher's maps of the clean ``x`` when training took them
+  from the per-job teacher cache (``train.teacher_cache``, :mod:`skrd4ad.teacher_cache`), and ``x``
+  is then None unless ``needs_image_with_cache``;
 - ``loss(outputs, config) -> {"loss": total, <term>: scalar, ...}``: the named terms are the
   training-log columns, in ``log_columns(config)`` order;
 - ``param_groups(student, config) -> [{"params": [...], "lr": ...}, ...]``: one Adam over them;
@@ -47,6 +51,10 @@ class Variant:
     settings: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Optimiser steps every ``accumulate`` batches, on the gradients summed over them.
     accumulate: ClassVar[int] = 1
+    #: Whether ``training_forward`` still needs the image when it gets the cached teacher maps of
+    #: the clean image (RD++: the teacher also sees a noisy copy made each step); if not, training
+    #: with the teacher cache does not even read the images.
+    needs_image_with_cache: ClassVar[bool] = False
 
     def __repr__(self) -> str:
         return f"<variant {self.name}>"
@@ -65,19 +73,43 @@ class Variant:
 
     def forward(self, model: ReverseDistillation, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """Images ``(B, 3, H, W)`` -> ``(teacher maps, student maps)``, fine to coarse; the
-        teacher runs without gradients.  Default: the plain RD4AD path."""
+        teacher runs without gradients, then :meth:`student_forward`."""
         import torch
 
         with torch.no_grad():
             t = model.teacher(x)
-        s = model.student.decoder(model.student.bottleneck(t))
-        return t, s
+        return t, self.student_forward(model, t)
+
+    def student_forward(self, model: ReverseDistillation, t: list[Tensor]) -> list[Tensor]:
+        """The teacher's maps, fine to coarse -> the student's.  Default: the plain RD4AD path,
+        ``decoder(bottleneck(t))``."""
+        return model.student.decoder(model.student.bottleneck(t))
 
     # --- training ----------------------------------------------------------------------------
 
-    def training_forward(self, model: ReverseDistillation, x: Tensor) -> Any:
-        """What :meth:`loss` reads, for a training batch ``(B, 3, H, W)`` (run under autocast)."""
-        return self.forward(model, x)
+    def training_forward(self, model: ReverseDistillation, x: Tensor | None,
+                         teacher_feats: list[Tensor] | None = None) -> Any:
+        """What :meth:`loss` reads, for a training batch ``(B, 3, H, W)`` (run under autocast).
+        ``teacher_feats``: the teacher's maps of the clean ``x`` from the teacher cache (``x`` is
+        then None unless ``needs_image_with_cache``).  Default: :meth:`forward`, or with
+        ``teacher_feats`` :meth:`student_forward` on them."""
+        if teacher_feats is None:
+            return self.forward(model, x)
+        return teacher_feats, self.student_forward(model, teacher_feats)
+
+    def uses_teacher_cache(self) -> bool:
+        """Whether training may pass the cached clean teacher maps as ``training_forward``'s
+        ``teacher_feats``: its signature takes them, and the variant does not override
+        :meth:`forward` alone (the default cached path runs :meth:`student_forward`, which would
+        miss what such a ``forward`` adds).  A variant whose teacher never sees the unaltered
+        image (e.g. augmentation before the teacher) overrides this to return False."""
+        import inspect
+
+        cls = type(self)
+        own = {name for name in ("forward", "student_forward", "training_forward")
+               if getattr(cls, name) is not getattr(Variant, name)}
+        takes = "teacher_feats" in inspect.signature(self.training_forward).parameters
+        return takes and ("forward" not in own or bool(own & {"student_forward", "training_forward"}))
 
     def loss(self, outputs: Any, config: Any) -> dict[str, Tensor]:
         """``{"loss": total (back-propagated), <term>: scalar, ...}`` (float32 scalars).

@@ -41,6 +41,7 @@ class RDPP(Variant):
                               "description": "weight of the projection loss beside the distillation loss"},
     }
     accumulate = 2
+    needs_image_with_cache = True  # the noisy copy is made from the image each step
 
     def build_student(self, teacher: Teacher, spec: ArchSpec, settings: dict[str, Any]) -> nn.Module:
         """RD4AD's student (bottleneck first, then decoder, from the global RNG) plus ``projection``."""
@@ -50,15 +51,13 @@ class RDPP(Variant):
         student.projection = Projection(teacher.channels)
         return student
 
-    def forward(self, model: ReverseDistillation, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
-        import torch
-
-        with torch.no_grad():
-            t = model.teacher(x)
+    def student_forward(self, model: ReverseDistillation, t: list[Tensor]) -> list[Tensor]:
         student = model.student
-        return t, student.decoder(student.bottleneck(student.projection(t)))
+        return student.decoder(student.bottleneck(student.projection(t)))
 
-    def training_forward(self, model: ReverseDistillation, x: Tensor) -> dict[str, Any]:
+    def training_forward(self, model: ReverseDistillation, x: Tensor | None,
+                         teacher_feats: list[Tensor] | None = None) -> dict[str, Any]:
+        """The teacher sees the noisy copy, and the clean batch unless ``teacher_feats`` (cached)."""
         import torch
 
         from ...data.prepared import IMAGENET_MEAN, IMAGENET_STD
@@ -70,8 +69,11 @@ class RDPP(Variant):
         noisy = add_pseudo_anomalies(x.float() * std + mean, gen, normalize=True).to(x.dtype)
         b = x.shape[0]
         with torch.no_grad():
-            both = model.teacher(torch.cat([x, noisy]))
-        t_clean, t_noisy = [f[:b] for f in both], [f[b:] for f in both]
+            if teacher_feats is None:
+                both = model.teacher(torch.cat([x, noisy]))
+                t_clean, t_noisy = [f[:b] for f in both], [f[b:] for f in both]
+            else:
+                t_clean, t_noisy = teacher_feats, model.teacher(noisy)
         student = model.student
         p_clean, p_noisy = student.projection(t_clean), student.projection(t_noisy)
         s = student.decoder(student.bottleneck(p_clean))
