@@ -265,3 +265,25 @@ def test_without_a_validation_set_the_test_threshold_ships_labelled_so(run: dict
     assert record["rule"] == "test_f1_max" and record["validation"] is None
     assert record["image_threshold"] == record["oracle"]["image_threshold"]
     assert "test set" in record["chosen_on"] and "optimistic" in record["chosen_on"]
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+def test_cli_settings_come_from_the_schema(tmp_path: Path) -> None:
+    from skrd4ad.cli import build_parser, main as cli_main
+    from skrd4ad.config import schema_defaults
+
+    parser = build_parser()
+    args = parser.parse_args(["prepare", "--root", "r", "--classes", "c", "--out", "o"])
+    assert args.val_fraction == schema_defaults("prepare")["val_fraction"] == 0.1
+    args = parser.parse_args(["evaluate", "--checkpoint", "m.pt", "--data", "d", "--out", "o", "--threshold-fpr", "0.05"])
+    assert args.threshold_fpr == 0.05 and EvalConfig().threshold_fpr == 0.01
+    with pytest.raises(SystemExit):  # predict and export use the thresholds file; the rule is evaluate's
+        parser.parse_args(["predict", "--checkpoint", "m.pt", "--out", "o", "--threshold-fpr", "0.05", "x.png"])
+    make_mvtec_class(tmp_path / "raw", n_train=12, size=(16, 16))
+    assert cli_main(["prepare", "--root", str(tmp_path / "raw"), "--classes", "widget", "--out",
+                     str(tmp_path / "prep"), "--image-size", "32", "--val-fraction", "0.3"]) == 0
+    data = PreparedClass(tmp_path / "prep")
+    names = [f"train/good/{i:03d}.png" for i in range(12)]
+    assert len(data.val_images) == sum(_u(n) < 0.3 for n in names) and data.meta["val_fraction"] == 0.3
+    assert "--val-fraction 0.3" in data.rerun_command()
