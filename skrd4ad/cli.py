@@ -129,7 +129,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
         out = Path(args.out) / cls if len(args.classes) > 1 else Path(args.out)
         print(prepare_class(args.root, cls, out, image_size=args.image_size,
                             image_level_only=args.image_level_only, allow_skip=args.allow_skip,
-                            allow_empty_masks=args.allow_empty_masks))
+                            allow_empty_masks=args.allow_empty_masks, val_fraction=args.val_fraction))
     return 0
 
 
@@ -314,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True,
                    help="output dir (with several classes: one sub-directory per class)")
     p.add_argument("--image-size", type=int, default=schema_defaults("prepare")["image_size"], help="default %(default)s")
+    p.add_argument("--val-fraction", type=float, default=schema_defaults("prepare")["val_fraction"],
+                   help="hold out this fraction of the normal training images to choose thresholds on "
+                        "(never trained on; 0 = none); default %(default)s")
     p.add_argument("--image-level-only", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--allow-skip", action="store_true", help="skip unreadable files (listed in the manifest)")
     p.add_argument("--allow-empty-masks", action="store_true",
@@ -353,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 even when unreadable inputs were skipped (they are listed in skipped.csv)")
     add_teacher_option(p)
     p.add_argument("inputs", nargs="+", type=Path, help="image files or folders")
-    _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures"))
+    _add_dataclass_options(p, EvalConfig, skip=("fpr_limit", "max_curve_points", "num_figures", "threshold_fpr"))
     p.set_defaults(func=_cmd_predict)
 
     p = add("export", help="ONNX model of the whole inference path (uint8 images in, scores and maps out) + sidecar JSON")

@@ -3,10 +3,19 @@
 Writes into ``out_dir``:
 
 - ``metrics.json``: numbers only, flat keys for ``dvc metrics`` (``image_auroc``, ``pixel_auroc``,
-  ``aupro``, ``aupro_seed``, F1-max and its threshold chosen on this test set, per-defect image AUROC);
-- ``thresholds.json``: the image and pixel F1-max thresholds with the map settings and the identity
-  of the model they belong to (:mod:`skrd4ad.thresholds`; ``companion=True`` also writes it beside the
-  checkpoint, where ``predict`` and ``export`` find it);
+  ``aupro``, ``aupro_seed``, F1-max and its threshold chosen on this test set (the oracle); at the
+  deployed threshold (chosen without the test set, see below) the test set's ``image_precision``,
+  ``image_recall``, ``image_f1``, ``image_fpr`` and, with masks, ``pixel_precision``, ``pixel_recall``,
+  ``pixel_f1``, ``pixel_fpr`` (precision 0 when nothing is flagged); and per test subset (each defect
+  folder against all good test images, e.g. VAD's seen ``bad`` and ``bad_unseen_defects``)
+  ``image_auroc_<defect>``, which the aggregate table does not tabulate (its columns:
+  :data:`skrd4ad.aggregate.METRICS`);
+- ``thresholds.json``: the deployed image and pixel thresholds, chosen on the validation images
+  prepare held out (``evaluate.threshold_fpr`` on the normal ones, or the F1-max where labelled
+  anomalous images outside the test set exist), with the test-set F1-max beside them as an
+  oracle for comparison, the map settings and the identity of the model they belong to
+  (:mod:`skrd4ad.thresholds`; ``companion=True`` also writes it beside the checkpoint, where
+  ``predict`` and ``export`` find it);
 - ``provenance.json``: what produced them (checkpoint identity, params, dataset digest, package
   versions, the package source's sha256, notes on omitted metrics); not a DVC metric, so diffs stay
   readable.  Nothing in these files changes on an identical rerun (no git revision, no file sha256
@@ -37,7 +46,8 @@ from .io import StagingDir, replace_dir, write_json_atomic, write_text_atomic
 from .metrics import compute_metrics
 from .models.fold import fold_batchnorm
 from .provenance import code_provenance, package_versions
-from .thresholds import FILE_NAME as THRESHOLDS_FILE, companion_path, thresholds_record, write_thresholds
+from .thresholds import (FILE_NAME as THRESHOLDS_FILE, companion_path, deployed_thresholds, thresholds_record,
+                         write_thresholds)
 from .viz import save_triptych
 
 log = logging.getLogger(__name__)
@@ -57,6 +67,49 @@ def compute_maps(model: torch.nn.Module, images: np.ndarray, config: EvalConfig)
         maps[sl] = m
         scores[sl] = s
     return maps, scores
+
+
+def compute_scores(model: torch.nn.Module, images: np.ndarray, config: EvalConfig) -> torch.Tensor:
+    """Scores ``(N,)`` float32 on the model's device for uint8 images ``(N, H, W, 3)`` (no maps kept)."""
+    device = next(model.student.parameters()).device
+    scores = torch.empty((len(images),), dtype=torch.float32, device=device)
+    for sl, _, s in predict_array(model, images, config):
+        scores[sl] = s
+    return scores
+
+
+def at_threshold(pred: torch.Tensor | np.ndarray, truth: torch.Tensor | np.ndarray) -> dict[str, Any]:
+    """Counts ``tp``, ``fp``, ``n_pos``, ``n_neg`` of boolean predictions against boolean truth
+    (same shape), as 0-d tensors/arrays (no host sync here)."""
+    return {"tp": (pred & truth).sum(), "fp": (pred & ~truth).sum(), "n_pos": truth.sum(), "n_neg": (~truth).sum()}
+
+
+def rates(prefix: str, tp: int, fp: int, n_pos: int, n_neg: int) -> dict[str, float]:
+    """``<prefix>_precision`` (0 when nothing is flagged), ``_recall``, ``_f1`` (2tp / (tp + fp + n_pos))
+    and ``_fpr`` (0 without negatives) from the counts at one threshold."""
+    return {f"{prefix}_precision": tp / (tp + fp) if tp + fp else 0.0,
+            f"{prefix}_recall": tp / n_pos if n_pos else 0.0,
+            f"{prefix}_f1": 2.0 * tp / (tp + fp + n_pos) if tp + fp + n_pos else 0.0,
+            f"{prefix}_fpr": fp / n_neg if n_neg else 0.0}
+
+
+def deployed_metrics(scores: np.ndarray, labels: np.ndarray, image_t: float, maps: torch.Tensor | None = None,
+                     masks: np.ndarray | None = None, pixel_t: float | None = None,
+                     chunk: int = 16) -> dict[str, float]:
+    """Test-set precision, recall, F1 and FPR at the deployed thresholds: ``image_*`` from
+    ``scores`` (N,) >= ``image_t`` against ``labels`` (N,) 0/1; ``pixel_*`` (with ``maps`` (N,H,W) on
+    any device, ``masks`` (N,H,W) 0/1 and ``pixel_t``) from the maps, the masks moved to the maps'
+    device ``chunk`` images at a time; one host sync for the pixel counts."""
+    c = at_threshold(np.asarray(scores) >= image_t, np.asarray(labels).astype(bool))
+    out = rates("image", *(int(c[k]) for k in ("tp", "fp", "n_pos", "n_neg")))
+    if maps is not None and masks is not None and pixel_t is not None:
+        total = torch.zeros(4, dtype=torch.int64, device=maps.device)
+        for start in range(0, len(masks), chunk):
+            truth = torch.from_numpy(np.array(masks[start:start + chunk])).to(maps.device, non_blocking=True) > 0
+            c = at_threshold(maps[start:start + chunk] >= pixel_t, truth)
+            total += torch.stack([c["tp"], c["fp"], c["n_pos"], c["n_neg"]])
+        out.update(rates("pixel", *(int(v) for v in total.tolist())))
+    return out
 
 
 def _pick_figures(scores: np.ndarray, labels: np.ndarray, k: int) -> list[tuple[str, int]]:
@@ -130,13 +183,28 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              torch.get_num_threads())
 
     maps, scores = compute_maps(model, data.test_images, config)
-    if not (bool(torch.isfinite(scores).all()) and bool(torch.isfinite(maps).all())):
-        n_bad = int((~torch.isfinite(maps).flatten(1).all(1) | ~torch.isfinite(scores)).sum())
-        raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {n_bad} of "
-                         f"{len(scores)} test images of {data_dir}: its weights are probably NaN/inf (a diverged "
-                         "training run) or amp overflowed; retrain it, or evaluate with amp none")
+    _check_finite(checkpoint, data_dir, "test", maps, scores)
     scores_np = scores.cpu().numpy()
     masks = data.test_masks  # memory-mapped; the metrics read it on the host
+    # the validation images (held out by prepare, never trained on) and any labelled anomalous
+    # images outside the test set: the deployed threshold is chosen on them alone
+    val_maps = val_scores = anomaly_scores = None
+    if len(data.val_images):
+        val_maps, val_scores = compute_maps(model, data.val_images, config)
+        _check_finite(checkpoint, data_dir, "validation", val_maps, val_scores)
+        labelled = getattr(data, "labelled_anomalies", None)
+        if labelled is not None and len(labelled):
+            anomaly_scores = compute_scores(model, labelled, config)
+            _check_finite(checkpoint, data_dir, "labelled anomalous", None, anomaly_scores)
+    deployed = None if val_scores is None else deployed_thresholds(
+        val_scores.cpu().numpy(), config.threshold_fpr,
+        val_maps=None if masks is None else val_maps.cpu().numpy(),  # type: ignore[union-attr]
+        anomaly_scores=None if anomaly_scores is None else anomaly_scores.cpu().numpy())
+    del val_maps
+    if deployed is None:
+        log.warning("%s holds no validation images (prepare.val_fraction 0, or a single training image): the "
+                    "deployed threshold is the test-set F1-max, optimistic on that set; prepare with "
+                    "val_fraction > 0 to choose it on held-out images", data_dir)
 
     # Figures are drawn by worker threads while this thread computes the metrics (Pillow's PNG
     # encoder and NumPy's sorts release the GIL); they replace ``figures/`` only once both succeed.
@@ -166,6 +234,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         "params": params,
         "dataset": {"class": data.class_name, "source_digest": data.meta.get("source_digest"),
                     "image_size": size, "n_test": int(len(labels)), "n_anomalous": int(labels.sum()),
+                    "n_val": int(len(data.val_images)),
+                    "n_labelled_anomalies": 0 if anomaly_scores is None else int(len(anomaly_scores)),
                     "image_level_only": bool(data.image_level_only)},
         "versions": package_versions(),
         "code": code_provenance(),
@@ -177,12 +247,26 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         frame = result.curves.get(key)
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
     scalars = {k: float(v) for k, v in result.scalars.items()}
+    record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt, deployed)
+    scalars.update(deployed_metrics(scores_np, labels, record["image_threshold"], maps, masks,
+                                    record["pixel_threshold"]))
     write_json_atomic(out_dir / "provenance.json", provenance)
-    record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt)
     write_thresholds(record, out_dir / THRESHOLDS_FILE, *([companion_path(checkpoint)] if companion else []))
     write_json_atomic(out_dir / "metrics.json", scalars)  # last: the step's result
     log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
     return scalars
+
+
+def _check_finite(checkpoint: str | Path, data_dir: str | Path, which: str, maps: torch.Tensor | None,
+                  scores: torch.Tensor) -> None:
+    """Non-finite maps or scores (a diverged checkpoint): ValueError naming the checkpoint."""
+    ok = torch.isfinite(scores)
+    if maps is not None:
+        ok &= torch.isfinite(maps).flatten(1).all(1)
+    if not bool(ok.all()):
+        raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {int((~ok).sum())} of "
+                         f"{len(scores)} {which} images of {data_dir}: its weights are probably NaN/inf (a diverged "
+                         "training run) or amp overflowed; retrain it, or evaluate with amp none")
 
 
 def _submit_figures(pool: ThreadPoolExecutor, fig_dir: Path, data: PreparedClass, maps: torch.Tensor,

@@ -38,7 +38,7 @@ from .io import atomic_path, sha256_file, write_json_atomic
 from .models.anomaly_map import anomaly_map, blur_matrices, image_scores
 from .models.fold import fold_batchnorm
 from .models.rd4ad import ReverseDistillation
-from .thresholds import CHOSEN_ON, MAP_SETTINGS, find_thresholds, settings_for
+from .thresholds import MAP_SETTINGS, find_thresholds, settings_for
 
 ONNX_FORMAT = "skrd4ad-onnx-v1"
 INPUT_NAME = "images"
@@ -162,7 +162,7 @@ def export_onnx(checkpoint: str | os.PathLike[str], out: str | os.PathLike[str],
         "image_size": size,
         "settings": {k: getattr(settings, k) for k in MAP_SETTINGS},
         "thresholds": None if found is None else {
-            "image": found.image, "pixel": found.pixel, "chosen_on": CHOSEN_ON, "source": found.source,
+            "image": found.image, "pixel": found.pixel, "chosen_on": found.chosen_on, "source": found.source,
             "rule": "score >= image: anomalous; map >= pixel: anomalous pixel"},
         "class": (ckpt.get("data") or {}).get("class"),
         "variant": ckpt["variant"],

@@ -2,13 +2,24 @@
 
 ``evaluate`` writes ``thresholds.json`` into its output folder and (from the command line) the
 same file beside the checkpoint as ``<stem>.thresholds.json``, the checkpoint's companion.  It
-holds the image and pixel F1-max thresholds, the map settings they are valid for, and the
-identity of the model they belong to (``checkpoint_id``,
-:func:`skrd4ad.checkpoint.checkpoint_identity`: a digest of the weights and the model's settings,
-not of the file, so an identical rerun writes an identical file).  An older file that records the
-checkpoint file's sha256 instead (``checkpoint_sha256``) is still accepted when that sha256 equals
-the checkpoint file's; otherwise it is refused with the fix (evaluate again).  They were chosen on the test set, so a label from
-them is optimistic on that set: choose them on held-out images before trusting them in production.
+holds the deployed image and pixel thresholds (``image_threshold``, ``pixel_threshold``: what
+``predict`` and the exported model use), how they were chosen (``rule``, ``chosen_on``,
+``validation``), the test-set F1-max thresholds under ``oracle`` (for comparison only, never
+used), the map settings they are valid for, and the identity of the model they belong to
+(``checkpoint_id``, :func:`skrd4ad.checkpoint.checkpoint_identity`: a digest of the weights and the
+model's settings, not of the file, so an identical rerun writes an identical file).  An older file
+that records the checkpoint file's sha256 instead (``checkpoint_sha256``) is still accepted when
+that sha256 equals the checkpoint file's; otherwise it is refused with the fix (evaluate again).
+
+The deployed threshold never sees the test set (:func:`deployed_thresholds`): it is chosen on the
+validation images that prepare held out (``prepare.val_fraction``, never trained on):
+
+- ``val_fpr`` (default, normal images only): :func:`fpr_threshold` of the validation scores at
+  ``evaluate.threshold_fpr``; the pixel threshold likewise over every pixel of their maps;
+- ``val_f1_max`` (labelled anomalous images outside the test set exist, e.g. VAD's ``train/bad``):
+  the image F1-max over the validation normals and those images; the pixel one as above;
+- ``test_f1_max`` (no validation images: ``val_fraction`` 0, or a class of one training image):
+  the test-set F1-max, as before, labelled optimistic.
 
 :func:`find_thresholds` looks, in order, for an explicit file, the companion beside the
 checkpoint, and the evaluation folder the pipeline wrote for a pipeline checkpoint.
@@ -31,16 +42,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .checkpoint import identity_of_file
 from .config import EvalConfig, from_dict
 from .io import sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-THRESHOLDS_FORMAT = "skrd4ad-thresholds-v1"
+THRESHOLDS_FORMAT = "skrd4ad-thresholds-v2"
+#: Formats :func:`read_thresholds` accepts: v1 (test-set F1-max only) and v2 (deployed + oracle).
+READABLE_FORMATS = ("skrd4ad-thresholds-v1", THRESHOLDS_FORMAT)
 #: The evaluate settings a threshold depends on: another blur or score changes the scale.
 MAP_SETTINGS = ("combine", "sigma", "score", "topk")
+#: ``chosen_on`` of a threshold chosen on the test set (v1 files; v2 without validation images).
 CHOSEN_ON = "test set, F1-max (optimistic on that set; choose on held-out images for production)"
+ORACLE_CHOSEN_ON = ("test set, F1-max: an oracle for comparison only (tuned on the images the metrics are "
+                    "reported on); never used by predict or export")
 FILE_NAME = "thresholds.json"
 
 
@@ -56,18 +74,104 @@ class Thresholds:
     checkpoint_id: str | None
     source: str
     checkpoint_sha256: str | None = None
+    chosen_on: str = CHOSEN_ON
+
+
+def fpr_threshold(scores: Any, fpr: float) -> float:
+    """The threshold with at most a fraction ``fpr`` of the normal ``scores`` at or above it.
+
+    Args: scores float (n,) (or any shape: every value counts; e.g. every pixel of the maps) of
+    normal images, ``fpr`` in [0, 1).  With ``k = floor(fpr * n)`` (1e-9 of slack, so 0.29 x 100
+    gives 29) the rule is: the smallest score ``t`` with ``#(scores >= t) <= k`` (without ties:
+    the k-th largest score, so k images count as anomalous, k/n <= fpr); when no score qualifies
+    (k = 0, or ties at the top) the next float above the largest score in the scores' own
+    precision, so none does.  A sample is anomalous when ``score >= t``.
+
+    >>> fpr_threshold([1.0, 2.0, 3.0, 4.0], 0.25), fpr_threshold([1.0, 2.0, 3.0, 4.0], 0.5)
+    (4.0, 3.0)
+    """
+    s = np.asarray(scores)
+    s = s.reshape(-1) if s.dtype in (np.float32, np.float64) else s.astype(np.float64).reshape(-1)
+    if s.size == 0:
+        raise ValueError("fpr_threshold needs at least one score")
+    if not 0.0 <= fpr < 1.0:
+        raise ValueError(f"threshold_fpr={fpr} must be in [0, 1) (evaluate.threshold_fpr in params.yaml)")
+    if not np.isfinite(s).all():
+        raise ValueError("fpr_threshold: the scores hold NaN or inf")
+    n = s.size
+    k = int(math.floor(fpr * n + 1e-9))
+    top = s.max()
+    above_all = float(np.nextafter(top, np.array(np.inf, dtype=s.dtype)))
+    if k == 0:
+        return above_all
+    v = np.partition(s, n - k)[n - k]  # the k-th largest
+    if int((s >= v).sum()) <= k:
+        return float(v)
+    higher = s[s > v]  # ties at v: the next distinct value up (fewer than k scores reach it)
+    return float(higher.min()) if higher.size else above_all
+
+
+def f1_threshold(scores: Any, labels: Any) -> float:
+    """The F1-max threshold (score >= it: anomalous) of ``scores`` float (n,) with ``labels``
+    0/1 (n,); the same rule as the test set's ``image_f1_threshold`` (:mod:`skrd4ad.metrics`)."""
+    from .metrics import compute_metrics
+
+    return float(compute_metrics(scores, labels, None).scalars["image_f1_threshold"])
+
+
+def deployed_thresholds(val_scores: Any, threshold_fpr: float, *, val_maps: Any = None,
+                        anomaly_scores: Any = None) -> dict[str, Any] | None:
+    """The deployed thresholds from the validation images alone (see the module docstring), as
+    the ``image``, ``pixel``, ``rule``, ``chosen_on`` and ``validation`` entries of the record;
+    None without validation images.
+
+    Args: val_scores float (V,) of the held-out normal images; val_maps float (V, H, W) or None
+    (then no pixel threshold); anomaly_scores float (A,) of labelled anomalous images outside the
+    test set, or None/empty (then the normal-only rule)."""
+    v = np.asarray(val_scores, dtype=np.float64).reshape(-1) if val_scores is not None else np.zeros(0)
+    if v.size == 0:
+        return None
+    a = np.zeros(0) if anomaly_scores is None else np.asarray(anomaly_scores, dtype=np.float64).reshape(-1)
+    src = np.asarray(val_scores).reshape(-1)  # own precision: the next float above a float32 score is float32
+    if a.size:
+        image = f1_threshold(np.concatenate([v, a]), np.r_[np.zeros(v.size), np.ones(a.size)])
+        rule = "val_f1_max"
+        chosen_on = (f"validation set, F1-max over {v.size} held-out normal training images and {a.size} labelled "
+                     "anomalous images outside the test set")
+    else:
+        image = fpr_threshold(src, threshold_fpr)
+        rule = "val_fpr"
+        chosen_on = (f"validation set: {v.size} held-out normal training images, target false-positive rate "
+                     f"{threshold_fpr} (smallest score t with #(scores >= t) <= floor({threshold_fpr} x {v.size}))")
+    pixel = None if val_maps is None else fpr_threshold(val_maps, threshold_fpr)
+    validation = {"n_normal": int(v.size), "n_anomalous": int(a.size), "threshold_fpr": float(threshold_fpr),
+                  "fpr": float((v >= image).mean())}
+    if a.size:
+        validation["recall"] = float((a >= image).mean())
+    return {"image": float(image), "pixel": pixel, "rule": rule, "chosen_on": chosen_on, "validation": validation}
 
 
 def thresholds_record(metrics: dict[str, float], settings: dict[str, Any], checkpoint_id: str,
-                      ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The JSON object evaluate writes, from its scalar metrics, the evaluate config and the
-    model's identity (:func:`skrd4ad.checkpoint.checkpoint_identity`)."""
+                      ckpt: dict[str, Any], deployed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The JSON object evaluate writes, from its scalar metrics (the test set's F1-max thresholds:
+    the oracle), the deployed thresholds (:func:`deployed_thresholds`; None: no validation images,
+    the oracle is deployed, labelled so), the evaluate config and the model's identity
+    (:func:`skrd4ad.checkpoint.checkpoint_identity`)."""
     pixel = metrics.get("pixel_f1_threshold")
+    oracle = {"image_threshold": float(metrics["image_f1_threshold"]),
+              "pixel_threshold": None if pixel is None or not math.isfinite(pixel) else float(pixel),
+              "chosen_on": ORACLE_CHOSEN_ON}
+    if deployed is None:
+        deployed = {"image": oracle["image_threshold"], "pixel": oracle["pixel_threshold"], "rule": "test_f1_max",
+                    "chosen_on": CHOSEN_ON, "validation": None}
     return {
         "format": THRESHOLDS_FORMAT,
-        "image_threshold": float(metrics["image_f1_threshold"]),
-        "pixel_threshold": None if pixel is None or not math.isfinite(pixel) else float(pixel),
-        "chosen_on": CHOSEN_ON,
+        "image_threshold": float(deployed["image"]),
+        "pixel_threshold": None if deployed["pixel"] is None else float(deployed["pixel"]),
+        "rule": deployed["rule"],
+        "chosen_on": deployed["chosen_on"],
+        "validation": deployed["validation"],
+        "oracle": oracle,
         "settings": {k: settings[k] for k in MAP_SETTINGS},
         "checkpoint_id": checkpoint_id,
         "class": (ckpt.get("data") or {}).get("class"),
@@ -108,7 +212,7 @@ def read_thresholds(path: str | os.PathLike[str], checkpoint_id: str | None = No
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
-        if obj.get("format") != THRESHOLDS_FORMAT:
+        if obj.get("format") not in READABLE_FORMATS:
             raise ValueError(f"format {obj.get('format')!r}, expected {THRESHOLDS_FORMAT}")
         image = float(obj["image_threshold"])
         pixel = None if obj.get("pixel_threshold") is None else float(obj["pixel_threshold"])
@@ -125,7 +229,7 @@ def read_thresholds(path: str | os.PathLike[str], checkpoint_id: str | None = No
     if checkpoint_id is not None:
         _check_belongs(path, model_id, file_sha, checkpoint_id, checkpoint)
     return Thresholds(image=image, pixel=pixel, settings=settings, checkpoint_id=model_id, source=str(path),
-                      checkpoint_sha256=file_sha)
+                      checkpoint_sha256=file_sha, chosen_on=str(obj.get("chosen_on") or CHOSEN_ON))
 
 
 def _check_belongs(path: Path, model_id: str | None, file_sha: str | None, checkpoint_id: str,

@@ -82,6 +82,9 @@ def check_results(repo: Path) -> None:
             for key in ("image_auroc", "pixel_auroc", "aupro", "aupro_seed"):
                 assert 0.0 <= metrics[key] <= 1.0
             assert all(isinstance(v, float) for v in metrics.values()), metrics  # numbers only
+            thresholds = json.loads((repo / f"results/synthetic/eval/{variant}/seed111/{cls}/thresholds.json").read_text())
+            assert thresholds["rule"] == "val_fpr" and thresholds["validation"]["n_normal"] >= 1  # held-out images
+            assert {"image_precision", "image_recall", "image_f1", "pixel_f1"} <= set(metrics)
             provenance = json.loads((repo / f"results/synthetic/eval/{variant}/seed111/{cls}/provenance.json").read_text())
             assert provenance["train_config"]["variant"] == variant
     for name in pipeline.aggregate_outputs("synthetic"):

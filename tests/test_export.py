@@ -27,7 +27,7 @@ from skrd4ad.inference import predict_batch
 from skrd4ad.io import sha256_file
 from skrd4ad.models import variants
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.thresholds import CHOSEN_ON, find_thresholds, settings_for, thresholds_record, write_thresholds
+from skrd4ad.thresholds import find_thresholds, settings_for, thresholds_record, write_thresholds
 from skrd4ad.train import train
 
 pytest.importorskip("onnxruntime")  # a guard only: the test extra installs the export extra
@@ -119,8 +119,10 @@ def case(request: pytest.FixtureRequest, prepared: Path, trained: Callable[[str,
     if request.param != NO_THRESHOLDS:
         # thresholds chosen with these settings (the values only travel into the sidecar)
         ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        deployed = {"image": 0.25, "pixel": 0.75, "rule": "val_fpr", "chosen_on": "validation set (test)",
+                    "validation": None}  # the oracle (test F1-max) differs: the sidecar must carry these
         record = thresholds_record({"image_f1_threshold": 0.125, "pixel_f1_threshold": 0.5}, settings,
-                                   ckpt["identity"], ckpt)
+                                   ckpt["identity"], ckpt, deployed)
         thresholds = root / "chosen.thresholds.json"
         write_thresholds(record, thresholds)
         out = export_onnx(checkpoint, root / "deploy" / "brick.onnx", thresholds=thresholds)  # settings from the file
@@ -179,10 +181,10 @@ def test_sidecar_records_settings_thresholds_and_origin(case: dict[str, Any]) ->
         assert meta["thresholds"] is None
     else:
         found = find_thresholds(case["checkpoint"], case["thresholds"])
-        assert (found.image, found.pixel) == (0.125, 0.5)
-        assert (meta["thresholds"]["image"], meta["thresholds"]["pixel"]) == (0.125, 0.5)
+        assert (found.image, found.pixel) == (0.25, 0.75)
+        assert (meta["thresholds"]["image"], meta["thresholds"]["pixel"]) == (0.25, 0.75)
         assert meta["thresholds"]["source"] == str(case["thresholds"])
-        assert meta["thresholds"]["chosen_on"] == CHOSEN_ON
+        assert meta["thresholds"]["chosen_on"] == "validation set (test)"
     assert sorted(p.name for p in case["onnx"].parent.iterdir()) == ["brick.json", "brick.onnx"]  # no temp files
 
 

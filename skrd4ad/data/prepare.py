@@ -4,11 +4,17 @@ Output folder (written to a temporary sibling, then renamed: it appears complete
 the free space it needs is checked first, a full disk raises :class:`skrd4ad.io.DiskFullError`)::
 
     train.npy        uint8 (N, S, S, 3)   normal training images, RGB
+    val.npy          uint8 (V, S, S, 3)   held-out normal training images (only with val_fraction > 0):
+                                          never trained on; evaluate picks the deployed threshold on them
     test.npy         uint8 (M, S, S, 3)   test images, RGB
     test_masks.npy   uint8 (M, S, S) 0/1  ground truth (absent for image-level-only classes)
     manifest.csv     file,split,index,label,defect_type,has_mask,status,reason (one row per input image)
     meta.json        class, image_size, counts, image_level_only, source root and digest, version
-                     (+ allow_empty_masks and the kept empty_masks, only when that opt-out is used)
+                     (+ allow_empty_masks and the kept empty_masks, only when that opt-out is used;
+                     + n_val and val_fraction, only with val_fraction > 0)
+
+The validation split (:func:`validation_split`) depends on each training file's own name only,
+so adding images never moves the others between train and val.
 
 Images are converted to RGB (grayscale, 16-bit, RGBA/LA (alpha dropped), palette, CMYK...),
 resized with PIL's antialiased bilinear filter; masks are binarised (any non-zero pixel is
@@ -26,7 +32,7 @@ import io
 import os
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 import logging
 from dataclasses import dataclass
@@ -161,6 +167,35 @@ def _decode(sample: Sample, size: int, image_level_only: bool) -> _Decoded:
     return _Decoded(image, None, hashes, None)
 
 
+def validation_split(names: Sequence[str], fraction: float) -> np.ndarray:
+    """Which of the normal training files ``names`` (paths relative to the class folder, e.g.
+    ``train/good/000.png``) are held out as the validation set: bool (len(names),).
+
+    Rule: ``u = int.from_bytes(sha256(name.encode()).digest()[:8], "big") / 2**64`` (uniform in
+    [0, 1)); a file is held out when ``u < fraction``.  A file's side depends on its own name only,
+    so adding or removing files never moves another one.  Guard for small classes: with
+    ``fraction > 0`` and at least 2 files, when no file falls below ``fraction`` the one with the
+    smallest ``u`` is held out, and when every file does the one with the largest ``u`` stays in
+    train (val and train are never empty; only then can adding a file move that one file back).
+    With ``fraction == 0`` or fewer than 2 files nothing is held out.
+
+    >>> validation_split(["train/good/a.png", "train/good/b.png"], 0.0).tolist()
+    [False, False]
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"val_fraction={fraction} must be in [0, 1) (prepare.val_fraction in params.yaml)")
+    held = np.zeros(len(names), dtype=bool)
+    if fraction == 0.0 or len(names) < 2:
+        return held
+    keys = np.array([int.from_bytes(hashlib.sha256(n.encode()).digest()[:8], "big") / 2.0**64 for n in names])
+    held = keys < fraction
+    if not held.any():
+        held[int(np.argmin(keys))] = True
+    if held.all():
+        held[int(np.argmax(keys))] = False
+    return held
+
+
 def source_digest(entries: Iterable[tuple[str, str]]) -> str:
     """sha256 over the sorted ``(relative path, file sha256)`` pairs, one ``path\\tsha\\n`` line each."""
     digest = hashlib.sha256()
@@ -268,6 +303,7 @@ def prepare_class(
     image_level_only: bool | None = None,
     allow_skip: bool = False,
     allow_empty_masks: bool = False,
+    val_fraction: float = 0.0,
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
@@ -278,7 +314,9 @@ def prepare_class(
     list them in the manifest as ``skipped`` with the reason (otherwise :class:`DatasetError`
     names the file); ``allow_empty_masks``: keep anomalous test images whose mask is all zero
     (their defect pixels then count as normal; recorded in meta.json and as the manifest reason),
-    otherwise :class:`DatasetError` names the mask; ``workers``: decoding threads (default: CPU
+    otherwise :class:`DatasetError` names the mask; ``val_fraction``: hold out this fraction of the
+    normal training images as ``val.npy`` (:func:`validation_split`; never trained on; 0 = none, the
+    Python default; the CLI and the pipeline pass ``prepare.val_fraction``, default 0.1); ``workers``: decoding threads (default: CPU
     count). ``image_size`` is not checked against the model here (tiny caches serve the data
     tests); the CLI and the model require a multiple of 32, see
     :func:`skrd4ad.models.rd4ad.check_image_size`. An existing ``out_dir`` is replaced only when
@@ -295,14 +333,22 @@ def prepare_class(
     if image_level_only is None:
         image_level_only = is_image_level_only(root, class_name)
     samples = scan_class(root, class_name, image_level_only=image_level_only)
-    groups = {split: [s for s in samples if s.split == split] for split in ("train", "test")}
+    train = [s for s in samples if s.split == "train"]
+    held = validation_split([_relative(s.path, root / class_name) for s in train], val_fraction)
+    if val_fraction > 0 and not held.any():
+        log.warning("%s: %d training image(s): too few to hold out a validation set (val_fraction %s); "
+                    "evaluate falls back to the test-set threshold", root / class_name, len(train), val_fraction)
+    groups = {"train": [s for s, h in zip(train, held) if not h]}
+    if val_fraction > 0:
+        groups["val"] = [s for s, h in zip(train, held) if h]
+    groups["test"] = [s for s in samples if s.split == "test"]
     rows: list[dict[str, object]] = []
     hashes: list[tuple[str, str]] = []
-    counts: dict[str, Counter[str]] = {"train": Counter(), "test": Counter()}
-    n_ok = {"train": 0, "test": 0}
+    counts: dict[str, Counter[str]] = {split: Counter() for split in groups}
+    n_ok = {split: 0 for split in groups}
     empty_masks: list[str] = []
     s = image_size
-    needed = _needed_bytes(len(groups["train"]), len(groups["test"]), s, not image_level_only)
+    needed = _needed_bytes(len(train), len(groups["test"]), s, not image_level_only)
     # Removes what killed runs of this output left, then checks the space before writing anything.
     with StagingDir(out_dir.parent, out_dir.name, "prepare") as stage:
         staging = stage.path
@@ -401,6 +447,8 @@ def prepare_class(
         }
         if allow_empty_masks:  # only then: default caches stay byte-identical to earlier versions
             meta.update(allow_empty_masks=True, empty_masks=sorted(empty_masks))
+        if val_fraction > 0:  # likewise
+            meta.update(n_val=n_ok["val"], val_fraction=float(val_fraction))
         _write_small(write_json_atomic, staging, out_dir, "meta.json", meta, needed)
         stage.seal()
         with disk_full_as_error(out_dir, needed):

@@ -50,7 +50,9 @@ def npy_sizes(path: Path) -> tuple[int, int]:
 class PreparedClass:
     """A prepared class opened read-only; arrays are memory-mapped, not read into memory.
 
-    Attributes: ``train_images`` uint8 (N, S, S, 3); ``test_images`` uint8 (M, S, S, 3);
+    Attributes: ``train_images`` uint8 (N, S, S, 3); ``val_images`` uint8 (V, S, S, 3), the held-out
+    normal training images (never trained on; V = 0 for a cache prepared without val_fraction);
+    ``val_manifest`` their V manifest rows in order; ``test_images`` uint8 (M, S, S, 3);
     ``test_masks`` uint8 (M, S, S) 0/1 or ``None`` when image-level only; ``test_manifest``
     DataFrame of the M test rows with status ok, row i describing ``test_images[i]``;
     ``test_labels`` int64 (M,) 0 normal / 1 anomalous; ``manifest`` all rows (skipped included);
@@ -72,7 +74,9 @@ class PreparedClass:
         self.image_level_only = bool(self.meta["image_level_only"])
         self.class_name: str = self.meta["class"]
         self.image_size: int = int(self.meta["image_size"])
-        needed = ["train.npy", "test.npy", "manifest.csv"] + ([] if self.image_level_only else ["test_masks.npy"])
+        has_val = "n_val" in self.meta
+        needed = (["train.npy", "test.npy", "manifest.csv"] + (["val.npy"] if has_val else [])
+                  + ([] if self.image_level_only else ["test_masks.npy"]))
         for name in needed:
             if not (self.path / name).is_file():
                 raise DatasetError(f"{self.path / name} is missing: the prepared cache is incomplete; re-run prepare")
@@ -83,7 +87,10 @@ class PreparedClass:
         self.train_images = _load_array(self.path / "train.npy")
         self.test_images = _load_array(self.path / "test.npy")
         self.test_masks = None if self.image_level_only else _load_array(self.path / "test_masks.npy")
+        self.val_images = (_load_array(self.path / "val.npy") if has_val
+                           else np.zeros((0, s, s, 3), dtype=np.uint8))
         self._check("train.npy", self.train_images, (int(self.meta["n_train"]), s, s, 3))
+        self._check("val.npy", self.val_images, (int(self.meta.get("n_val", 0)), s, s, 3))
         self._check("test.npy", self.test_images, (int(self.meta["n_test"]), s, s, 3))
         if self.test_masks is not None:
             self._check("test_masks.npy", self.test_masks, (int(self.meta["n_test"]), s, s))
@@ -96,13 +103,17 @@ class PreparedClass:
         self.manifest["has_mask"] = self.manifest["has_mask"].astype(str).str.lower().eq("true")
         ok = self.manifest["status"] == "ok"
         test = self.manifest[ok & (self.manifest["split"] == "test")].sort_values("index").reset_index(drop=True)
+        val = self.manifest[ok & (self.manifest["split"] == "val")].sort_values("index").reset_index(drop=True)
         train_rows = int((ok & (self.manifest["split"] == "train")).sum())
         test_rows_ok = np.array_equal(test["index"].to_numpy(), np.arange(len(self.test_images)))
-        if train_rows != len(self.train_images) or not test_rows_ok:
+        val_rows_ok = np.array_equal(val["index"].to_numpy(), np.arange(len(self.val_images)))
+        if train_rows != len(self.train_images) or not test_rows_ok or not val_rows_ok:
             raise DatasetError(
-                f"{self.path / 'manifest.csv'} does not match the arrays ({train_rows} train / {len(test)} test "
-                f"ok rows vs {len(self.train_images)} / {len(self.test_images)} images); re-run prepare"
+                f"{self.path / 'manifest.csv'} does not match the arrays ({train_rows} train / {len(val)} val / "
+                f"{len(test)} test ok rows vs {len(self.train_images)} / {len(self.val_images)} / "
+                f"{len(self.test_images)} images); re-run prepare"
             )
+        self.val_manifest = val
         self.test_manifest = test
         self.test_labels = test["label"].to_numpy(dtype=np.int64)
 
@@ -110,7 +121,8 @@ class PreparedClass:
         """The command that re-makes this cache (from the source recorded in meta.json)."""
         meta, s = self.meta, self.image_size
         return (f"skrd4ad prepare --root {meta.get('source_root', '<dataset root>')} --classes {self.class_name} "
-                f"--out {self.path} --image-size {s}" + (" --image-level-only" if self.image_level_only else "")
+                f"--out {self.path} --image-size {s} --val-fraction {meta.get('val_fraction', 0)}"
+                + (" --image-level-only" if self.image_level_only else "")
                 + " (or the pipeline's prepare step)")
 
     def _check_size(self, name: str) -> None:
@@ -138,7 +150,7 @@ class PreparedClass:
     def __repr__(self) -> str:
         return (
             f"PreparedClass({str(self.path)!r}, class={self.class_name!r}, size={self.image_size}, "
-            f"train={len(self.train_images)}, test={len(self.test_images)}, "
+            f"train={len(self.train_images)}, val={len(self.val_images)}, test={len(self.test_images)}, "
             f"image_level_only={self.image_level_only})"
         )
 

@@ -47,6 +47,7 @@ rule prepare:
         image_size=config["prepare"]["image_size"],
         image_level_only=config["data"]["image_level_only"],
         allow_empty_masks=config["prepare"]["allow_empty_masks"],
+        val_fraction=config["prepare"]["val_fraction"],
     message:
         "Preparing {wildcards.name}/{wildcards.cls}"
     script:

@@ -20,10 +20,11 @@ def run(params: dict[str, Any], raw: Path, cls: str, out: Path) -> None:
              pipeline.count_files(Path(raw) / cls / "train"), pipeline.count_files(Path(raw) / cls / "test"), size,
              os.cpu_count() or 1)
     prepare_class(raw, cls, out, image_size=size, image_level_only=params["data"]["image_level_only"],
-                  allow_empty_masks=params["prepare"]["allow_empty_masks"], progress=False)
+                  allow_empty_masks=params["prepare"]["allow_empty_masks"],
+                  val_fraction=params["prepare"]["val_fraction"], progress=False)
     meta = json.loads((Path(out) / "meta.json").read_text())
-    log.info("prepared %s into %s: %d train and %d test images (%d skipped), %s", cls, out, meta["n_train"],
-             meta["n_test"], meta["n_skipped"], "image level only" if meta["image_level_only"] else "with masks")
+    log.info("prepared %s into %s: %d train, %d validation and %d test images (%d skipped), %s", cls, out,
+             meta["n_train"], meta.get("n_val", 0), meta["n_test"], meta["n_skipped"], "image level only" if meta["image_level_only"] else "with masks")
 
 
 def main(argv: list[str] | None = None) -> None:
