@@ -245,3 +245,36 @@ def test_training_reads_only_train_good(tmp_path: Path) -> None:
     (tmp_path / "c" / "train" / "other").mkdir()
     with pytest.raises(DatasetError, match=re.escape("one-class training reads only") + ".*train/bad"):
         scan_class(tmp_path, "c")
+
+
+def test_every_location_failing_lists_each(server, tmp_path: Path) -> None:  # noqa: F811
+    archive = vad_zip()
+    server.files["/b.zip"] = archive
+    with pytest.raises(ChecksumError, match=r"every location failed: GET .*/a.zip failed with HTTP 404.* \| "
+                                            r"sha256 mismatch for .*/b.zip"):
+        fetch_dataset("vad", tmp_path / "d", urls=[_url(server, "/a.zip"), _url(server, "/b.zip")],
+                      sha256="0" * 64, progress=False)
+
+
+def test_tiny_vad_run_reports_overall_and_per_subset_image_auroc(server, tmp_path: Path) -> None:  # noqa: F811
+    """Download, prepare, train (1 epoch) and evaluate a VAD-shaped archive: image AUROC overall
+    and per test subset (seen defects ``bad``, ``bad_unseen_defects``), no pixel metrics."""
+    import json
+
+    from skrd4ad.cli import main
+
+    archive = vad_zip()
+    server.files["/VAD.zip"] = archive
+    assert main(["download", "--dataset", "vad", "--root", str(tmp_path / "raw"), "--url",
+                 _url(server, "/VAD.zip"), "--sha256", _sha(archive)]) == 0
+    assert main(["prepare", "--root", str(tmp_path / "raw" / "vad"), "--classes", "vad", "--out",
+                 str(tmp_path / "prep"), "--image-size", "64"]) == 0
+    assert main(["train", "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "m.pt"), "--arch", "mobilenet_v2",
+                 "--variant", "skrd4ad", "--teacher-weights", "none", "--epochs", "1", "--batch-size", "2",
+                 "--device", "cpu"]) == 0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "prep"), "--out",
+                 str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("image_auroc", "image_auroc_bad", "image_auroc_bad_unseen_defects"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert not any(k.startswith("pixel_") for k in metrics)

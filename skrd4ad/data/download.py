@@ -272,7 +272,7 @@ def download_from(urls: list[str], dest: str | os.PathLike[str], sha256: str, **
             if len(failures) == len(urls):
                 if len(urls) == 1:
                     raise
-                raise type(err)(f"every location failed: " + " | ".join(failures)) from err
+                raise type(err)("every location failed: " + " | ".join(failures)) from err
     raise AssertionError("unreachable")
 
 

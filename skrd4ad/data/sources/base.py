@@ -50,7 +50,7 @@ class Source:
     #: Where the archive is downloaded from, tried in order (empty: not downloaded).
     locations: ClassVar[tuple[Location, ...]] = ()
     sha256: ClassVar[str] = ""
-    #: Archive size in bytes (``None``: unknown); shown before downloading.
+    #: Archive size in bytes (``None``: unknown); printed with the licence when downloading.
     size: ClassVar[int | None] = None
     archive_name: ClassVar[str] = ""
     #: Printed once, when the archive is downloaded.
@@ -119,8 +119,9 @@ class Source:
         _remove_legacy_staging(root, self.name)
         clean_stale_staging(root, self.name, "fetch")  # before downloading: frees the space they hold
         archive = root / "downloads" / self.archive_name
-        if not archive.exists() and self.licence:
-            print(f"{self.label or self.name}: licence {self.licence}", file=sys.stderr)  # once, on download
+        if not archive.exists() and (self.licence or self.size):  # once, when the archive is downloaded
+            size = f"{archive.name}, {self.size / 1e9:.2f} GB; " if self.size else ""
+            print(f"{self.label or self.name}: {size}licence {self.licence or 'not stated'}", file=sys.stderr)
         archive, url = download_from([loc.url for loc in locations], archive, sha256, progress=progress)
         with StagingDir(root, self.name, "fetch") as stage:
             extracted = safe_extract(archive, stage.path / "extracted")
