@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import SCHEMA, EvalConfig, TrainConfig, from_dict, schema_defaults
+from .data import sources
 from .models.choices import COMBINES, SCORE_KINDS, TEACHER_ARCHS
 from .pipeline import format_error
 
@@ -116,7 +117,14 @@ def _cmd_synthetic(args: argparse.Namespace) -> int:
 def _cmd_download(args: argparse.Namespace) -> int:
     from .data.sources import fetch_dataset
 
-    print(fetch_dataset(args.dataset, args.root))
+    print(fetch_dataset(args.dataset, args.root, urls=args.url, sha256=args.sha256))
+    return 0
+
+
+def _cmd_sources(args: argparse.Namespace) -> int:
+    from .data import sources
+
+    print(sources.markdown_table(), end="")
     return 0
 
 
@@ -303,10 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=synthetic[key]["default"], help="default %(default)s")
     p.set_defaults(func=_cmd_synthetic)
 
-    p = add("download", help="download and extract MVTec AD or VisA (MVTec layout)")
-    p.add_argument("--dataset", choices=["mvtec", "visa"], required=True)
+    p = add("download", help="download, verify, extract and convert a dataset (MVTec layout) into <root>/<dataset>")
+    p.add_argument("--dataset", choices=sources.downloadable(), required=True)
     p.add_argument("--root", type=Path, required=True)
+    p.add_argument("--url", action="append", help="download from this URL instead (a mirror; repeat for several, "
+                   "tried in order)")
+    p.add_argument("--sha256", help="expected sha256 of the archive at --url (default: the source's)")
     p.set_defaults(func=_cmd_download)
+
+    p = add("sources", help="list the dataset sources (the README's table)")
+    p.set_defaults(func=_cmd_sources)
 
     p = add("prepare", help="validate, resize and cache classes as uint8 arrays")
     p.add_argument("--root", type=Path, required=True, help="MVTec-layout dataset root")

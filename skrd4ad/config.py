@@ -24,13 +24,15 @@ from typing import Any, TypeVar
 
 import yaml
 
-from skrd4ad.models import variants  # absolute: config.py also loads as a lone file (tests)
+from skrd4ad.data import sources  # absolute: config.py also loads as a lone file (tests)
+from skrd4ad.models import variants
 
 #: The params schema, shipped inside the package (workflow/schemas/params.schema.yaml links to it).
 SCHEMA_PATH = Path(__file__).resolve().with_name("params.schema.yaml")
 #: With the choices of ``model.variants`` and the keys of ``train.variant_overrides`` (each holding
-#: the train overrides and that variant's own settings) filled in from the variant registry.
-SCHEMA: dict[str, Any] = variants.inject_schema(yaml.safe_load(SCHEMA_PATH.read_text()))
+#: the train overrides and that variant's own settings) filled in from the variant registry, and
+#: the choices of ``data.dataset`` from the source registry.
+SCHEMA: dict[str, Any] = sources.inject_schema(variants.inject_schema(yaml.safe_load(SCHEMA_PATH.read_text())))
 
 T = TypeVar("T")
 

@@ -22,13 +22,10 @@ from typing import Any
 import yaml
 
 from .config import SCHEMA_PATH, EvalConfig, TrainConfig, from_dict
+from .data import sources
 from .models import variants
 
-
-
-#: Values of ``data.dataset``; each is also the default ``data.name`` of its outputs.
-DATASET_KINDS = ("synthetic", "mvtec", "visa", "folder")
-#: ``data.folder`` of the built-in datasets: the package code that makes or fetches them (a
+#: ``data.folder`` of the sources that are not the user's folder: the package code that makes or fetches them (a
 #: DVC dependency of download, as a folder dataset's own folder is).
 PACKAGE_DATA_SOURCE = "skrd4ad/data"
 
@@ -53,7 +50,8 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     returns ``params``.  Raises :class:`ParamsError` naming the offending key."""
     import jsonschema  # pipeline extra; imported here so the core package does not need it
 
-    schema = variants.inject_schema(yaml.safe_load(Path(schema_path).read_text()))  # the variants' names, settings
+    # the variants' names and settings, the sources' names
+    schema = sources.inject_schema(variants.inject_schema(yaml.safe_load(Path(schema_path).read_text())))
     _fill_defaults(params, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
@@ -68,19 +66,24 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     data.setdefault("name", kind)
     if data["folder"].startswith("~"):
         raise ParamsError(f"data.folder: {data['folder']!r}: DVC does not expand '~'; write the full path")
-    if kind == "folder":
+    if sources.get(kind).user_folder:
         if data["folder"] == PACKAGE_DATA_SOURCE:
-            raise ParamsError("data.folder: dataset 'folder' needs data.folder set to an MVTec-layout directory")
-        if data["name"] in DATASET_KINDS:
+            raise ParamsError(f"data.folder: dataset {kind!r} needs data.folder set to an MVTec-layout directory")
+        if data["name"] in sources.names():
             raise ParamsError(f"data.name: give your folder dataset a name of its own (e.g. "
                               f"{Path(data['folder']).name!r}); {data['name']!r} would mix its outputs "
                               "with those of other datasets")
-    elif data["name"] in DATASET_KINDS and data["name"] != kind:
+    elif data["name"] in sources.names() and data["name"] != kind:
         raise ParamsError(f"data.name: {data['name']!r} names the {data['name']} dataset's outputs, but "
                           f"data.dataset is {kind!r}; set data.name (e.g. {kind!r})")
     elif data["folder"] != PACKAGE_DATA_SOURCE:
-        raise ParamsError(f"data.folder is only read for dataset 'folder' (data.dataset is {kind!r}); "
+        readers = [n for n in sources.names() if sources.get(n).user_folder]
+        raise ParamsError(f"data.folder is only read for dataset {' / '.join(map(repr, readers))} (data.dataset is {kind!r}); "
                           f"set it to {PACKAGE_DATA_SOURCE} or null")
+    source = sources.get(kind)
+    unknown = [c for c in data["classes"] if source.downloadable and source.classes and c not in source.classes]
+    if unknown:
+        raise ParamsError(f"data.classes: {unknown[0]!r} is not a class of {kind} ({', '.join(source.classes)})")
     missing = [c for c in data["classes"] if c not in train["class_overrides"]]
     if train["class_overrides"] and missing:
         raise ParamsError(f"train.class_overrides: add an entry for every class in data.classes "

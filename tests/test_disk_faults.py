@@ -25,7 +25,8 @@ from data_fixtures import make_mvtec_class, tar_of_folder
 
 from skrd4ad import io as skio
 from skrd4ad.data.prepare import prepare_class
-from skrd4ad.data.sources import DATASETS, FETCH_MARKER, fetch_dataset
+from skrd4ad.data import sources
+from skrd4ad.data.sources import FETCH_MARKER, fetch_dataset
 from skrd4ad.data.synthetic import generate
 from skrd4ad.io import (
     HOST_TAG,
@@ -206,7 +207,7 @@ def test_sigkill_during_extraction_is_cleaned_by_the_next_fetch(tmp_path: Path,
     sha = hashlib.sha256(archive).hexdigest()
     root = tmp_path / "data"
     (root / "downloads").mkdir(parents=True)
-    (root / "downloads" / DATASETS["mvtec"].archive_name).write_bytes(archive)  # verified, not downloaded
+    (root / "downloads" / sources.get("mvtec").archive_name).write_bytes(archive)  # verified, not downloaded
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SLOW_FETCH), str(root), sha], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -240,7 +241,7 @@ def test_legacy_extraction_leftovers_are_removed(tmp_path: Path) -> None:
     archive = tar_of_folder(src)
     root = tmp_path / "data"
     (root / "downloads").mkdir(parents=True)
-    (root / "downloads" / DATASETS["mvtec"].archive_name).write_bytes(archive)
+    (root / "downloads" / sources.get("mvtec").archive_name).write_bytes(archive)
     for name in ("..mvtec.staging.k2j4_x9a.extract", ".mvtec.staging", ".mvtec.converted",
                  "..mvtec.converted.abcdefgh.convert"):
         (root / name / "bottle").mkdir(parents=True)

@@ -26,6 +26,7 @@ class _Server(http.server.ThreadingHTTPServer):
     log: list[tuple[str, str | None]]
     drop_once: set[str]
     ignore_range: bool
+    types: dict[str, str]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -56,6 +57,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self.send_response(200)
         body = data[start:]
+        if self.path in srv.types:  # e.g. text/html: a confirmation page
+            self.send_header("Content-Type", srv.types[self.path])
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
@@ -71,7 +74,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def server() -> Iterator[_Server]:
     srv = _Server(("127.0.0.1", 0), _Handler)
-    srv.files, srv.log, srv.drop_once, srv.ignore_range = {}, [], set(), False
+    srv.files, srv.log, srv.drop_once, srv.ignore_range, srv.types = {}, [], set(), False, {}
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     try:
@@ -401,7 +404,7 @@ def test_import_two_folders_missing_mask(tmp_path: Path) -> None:
 @pytest.mark.parametrize("rule", ["nonzero", "half_max"])
 def test_converted_masks_ignore_the_alpha_channel(tmp_path: Path, rule: str) -> None:
     """An opaque RGBA mask with one white pixel stays one pixel (alpha is not a colour)."""
-    from skrd4ad.data.sources import _binarise_mask_file
+    from skrd4ad.data.sources.base import binarise_mask_file as _binarise_mask_file
 
     rgba = np.zeros((4, 4, 4), dtype=np.uint8)
     rgba[..., 3] = 255

@@ -29,6 +29,7 @@ def _module_name(path: Path) -> str:
 
 #: The variant registry, which imports its variant modules by name, unseen by the import scan.
 VARIANT_REGISTRY = REPO / "skrd4ad/models/variants/__init__.py"
+SOURCE_REGISTRY = REPO / "skrd4ad/data/sources/__init__.py"  # likewise every source module
 
 
 def package_closure(script: Path) -> set[str]:
@@ -43,7 +44,7 @@ def package_closure(script: Path) -> set[str]:
             continue
         seen.add(path)
         is_pkg = path.name == "__init__.py"
-        if path == VARIANT_REGISTRY:  # it imports every variant module by listing its folder
+        if path in (VARIANT_REGISTRY, SOURCE_REGISTRY):  # it imports every module by listing its folder
             todo += sorted(path.parent.glob("*.py"))
         here = _module_name(path) if path.is_relative_to(REPO / "skrd4ad") else ""
         names: list[str] = []

@@ -1,39 +1,33 @@
-"""Datasets: download and convert, the embedded synthetic default, layout checks, prepared cache.
+"""Datasets: sources (download and convert), the embedded synthetic default, layout checks, prepared cache.
 
 Every source ends in MVTec AD's layout (``<root>/<class>/train/good``, ``test/<defect>``,
 ``ground_truth/<defect>/<name>_mask.png``), then :func:`prepare_class` decodes it once into
 arrays that :class:`PreparedClass` memory-maps for training and evaluation. See docs/data.md.
+The names below are imported on first use, so ``skrd4ad.data.sources`` (read by the params
+schema) stays free of numpy and torch.
 """
 
-from skrd4ad.data.download import ChecksumError, DownloadError, UnsafeArchiveError, download, safe_extract
-from skrd4ad.data.layout import DatasetError, Sample, list_classes, scan_class
-from skrd4ad.data.prepare import prepare_class
-from skrd4ad.data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
-from skrd4ad.data.sources import DATASETS, convert_visa, dataset_root, fetch_dataset, import_two_folders
-from skrd4ad.data.synthetic import DEFAULT_CLASSES, DEFECT_TYPES, contact_sheet, generate
+from __future__ import annotations
 
-__all__ = [
-    "DATASETS",
-    "DEFAULT_CLASSES",
-    "DEFECT_TYPES",
-    "ChecksumError",
-    "DatasetError",
-    "DownloadError",
-    "PreparedClass",
-    "Sample",
-    "UnsafeArchiveError",
-    "batch_from",
-    "contact_sheet",
-    "convert_visa",
-    "dataset_root",
-    "download",
-    "fetch_dataset",
-    "generate",
-    "import_two_folders",
-    "iterate_batches",
-    "list_classes",
-    "prepare_class",
-    "safe_extract",
-    "scan_class",
-    "to_model_input",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "ChecksumError": "download", "DownloadError": "download", "UnsafeArchiveError": "download",
+    "download": "download", "safe_extract": "download",
+    "DatasetError": "layout", "Sample": "layout", "list_classes": "layout", "scan_class": "layout",
+    "prepare_class": "prepare",
+    "PreparedClass": "prepared", "batch_from": "prepared", "iterate_batches": "prepared",
+    "to_model_input": "prepared",
+    "convert_visa": "sources", "dataset_root": "sources", "fetch_dataset": "sources",
+    "import_two_folders": "sources",
+    "DEFAULT_CLASSES": "synthetic", "DEFECT_TYPES": "synthetic", "contact_sheet": "synthetic", "generate": "synthetic",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -12,10 +12,12 @@ Both check the free space first where the size is known; a full disk raises
 from __future__ import annotations
 
 import http.client
+import html.parser
 import os
 import sys
 import tarfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
 import zipfile
@@ -45,6 +47,57 @@ class ChecksumError(DownloadError):
 
 class _PermanentError(DownloadError):
     """An HTTP client error (4xx) that retrying cannot fix."""
+
+
+class _ConfirmationPage(Exception):
+    """The server answered with an HTML page whose form or link leads to the file (Google Drive's
+    "can't scan this file for viruses" page); ``url`` is that link."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.url = url
+
+
+class _ConfirmParser(html.parser.HTMLParser):
+    """The first form's action and inputs, and every link whose query has ``confirm=``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action: str | None = None
+        self.fields: list[tuple[str, str]] = []
+        self.links: list[str] = []
+        self._in_form = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form" and self.action is None:
+            self.action, self._in_form = a.get("action", ""), True
+        elif tag == "input" and self._in_form and a.get("name"):
+            self.fields.append((a["name"], a.get("value", "")))
+        elif tag == "a" and "confirm=" in a.get("href", ""):
+            self.links.append(a["href"])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self._in_form = False
+
+
+def confirmation_target(page: str, url: str) -> str | None:
+    """The URL a download-confirmation page leads to (its form, submitted with its inputs, or a
+    link with ``confirm=``), resolved against ``url``; ``None`` when the page has neither.
+
+    >>> confirmation_target('<form action="/get"><input type="hidden" name="id" value="x"></form>', "http://h/uc?id=x")
+    'http://h/get?id=x'
+    """
+    parser = _ConfirmParser()
+    parser.feed(page)
+    if parser.action is not None and parser.fields:
+        target = urllib.parse.urljoin(url, parser.action or url)
+        query = urllib.parse.urlencode(parser.fields)
+        return f"{target}{'&' if '?' in target else '?'}{query}"
+    if parser.links:
+        return urllib.parse.urljoin(url, parser.links[0])
+    return None
 
 
 class UnsafeArchiveError(ValueError):
@@ -91,6 +144,13 @@ def _fetch_once(url: str, part: Path, *, progress: bool, chunk_size: int, timeou
         error = _PermanentError if 400 <= err.code < 500 else DownloadError
         raise error(f"GET {url} failed with HTTP {err.code} {err.reason}; check the URL") from err
     with resp:
+        if resp.headers.get_content_type() == "text/html":  # no archive is HTML: a confirmation page
+            page = resp.read(2 << 20).decode(resp.headers.get_content_charset() or "utf-8", "replace")
+            target = confirmation_target(page, resp.geturl())
+            if target is None:
+                raise _PermanentError(f"GET {url} answered with an HTML page, not the file, and the page has no "
+                                      "download form or confirm link; open it in a browser or use another location")
+            raise _ConfirmationPage(target)
         if offset > 0 and resp.status == 206:
             content_range = resp.headers.get("Content-Range", "")
             if not content_range.startswith(f"bytes {offset}-"):
@@ -163,10 +223,18 @@ def download(
         )
     writable_dir(dest.parent, dest)  # a read-only or unwritable folder: one line naming dest, before any transfer
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
+    pages = 0
+    attempt = -1
+    while attempt < retries:
+        attempt += 1
         try:
             _fetch_once(url, part, progress=progress, chunk_size=chunk_size, timeout=timeout)
             break
+        except _ConfirmationPage as page:
+            pages += 1
+            if pages > 3:
+                raise DownloadError(f"GET {url}: more than 3 confirmation pages in a row; use another location")
+            url, attempt = page.url, attempt - 1  # following the page is not a retry
         except DownloadError as err:
             if attempt == retries or isinstance(err, _PermanentError):
                 raise
@@ -187,6 +255,25 @@ def download(
         )
     os.replace(part, dest)
     return dest
+
+
+def download_from(urls: list[str], dest: str | os.PathLike[str], sha256: str, **kwargs: object) -> tuple[Path, str]:
+    """:func:`download` from the first of ``urls`` that delivers the file with this sha256; return
+    ``(dest, url)``.  When every location fails, the error of the last one is raised (of its
+    class, e.g. :class:`ChecksumError`), its message listing each location's failure."""
+    if not urls:
+        raise DownloadError(f"no location to download {dest} from; pass a URL")
+    failures: list[str] = []
+    for url in urls:
+        try:
+            return download(url, dest, sha256, **kwargs), url  # type: ignore[arg-type]
+        except DownloadError as err:
+            failures.append(str(err))
+            if len(failures) == len(urls):
+                if len(urls) == 1:
+                    raise
+                raise type(err)("every location failed: " + " | ".join(failures)) from err
+    raise AssertionError("unreachable")
 
 
 def _member_target(dest: Path, name: str, archive: Path) -> Path:

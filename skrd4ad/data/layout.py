@@ -3,6 +3,8 @@
 The layout, per class::
 
     <root>/<class>/train/good/<name>.<ext>              normal training images
+    <root>/<class>/train/<extra>/<name>.<ext>           labelled anomalous images a source declares
+                                                        (VAD's train/bad): kept, never trained on
     <root>/<class>/test/<defect>/<name>.<ext>           test images; defect "good" = normal
     <root>/<class>/ground_truth/<defect>/<name>_mask.png  masks of anomalous test images
 
@@ -23,6 +25,9 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", "
 GOOD = "good"
 """Defect-type name of normal images (train and test)."""
 
+LABELLED_ANOMALIES = "labelled_anomalies"
+"""Prepared image set (and manifest split) of the labelled anomalous images outside the test set."""
+
 
 class DatasetError(ValueError):
     """A dataset, its layout or a prepared cache is not usable; the message says why and how to fix it."""
@@ -33,7 +38,8 @@ class Sample:
     """One image of a class.
 
     ``path``: the image file; ``split``: ``"train"`` or ``"test"``; ``label``: 0 normal, 1 anomalous;
-    ``defect_type``: sub-folder name (``"good"`` for normal images); ``mask_path``: the ground-truth
+    ``defect_type``: sub-folder name (``"good"`` for normal images; a train sample with label 1 is a
+    labelled anomaly from an extra train folder, never trained on); ``mask_path``: the ground-truth
     mask of an anomalous test image, ``None`` for normal images and image-level-only classes.
     """
 
@@ -87,8 +93,13 @@ def find_mask(gt_dir: Path, image: Path) -> Path | None:
     return None
 
 
-def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | None = None) -> list[Sample]:
+def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | None = None,
+               extra_train: tuple[str, ...] | None = None) -> list[Sample]:
     """List and validate every image of one class: train samples first, then test samples.
+
+    ``extra_train``: folders under ``train`` besides ``good`` whose images are labelled anomalies
+    (train samples with label 1, after the normal ones); ``None``: those the dataset sources
+    declare (:func:`skrd4ad.data.sources.extra_train_folders`, e.g. VAD's ``bad``).
 
     ``image_level_only``: ``True`` ignores masks, ``False`` requires a mask for every anomalous test
     image, ``None`` (auto) means image-level only exactly when the class has no ``ground_truth`` dir.
@@ -108,16 +119,24 @@ def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | No
     good_dir = train_dir / GOOD
     if not good_dir.is_dir():
         raise DatasetError(f"empty train set: {good_dir} does not exist; put the normal training images there")
+    if extra_train is None:
+        from skrd4ad.data.sources import extra_train_folders
+
+        extra_train = extra_train_folders()
     for entry in _visible_entries(train_dir):
-        if entry.name != GOOD:
+        if entry.name != GOOD and not (entry.is_dir() and entry.name in extra_train):
+            also = f" (or labelled anomalies in train/{', train/'.join(extra_train)})" if extra_train else ""
             raise DatasetError(
-                f"unexpected {entry}: one-class training reads only {good_dir}; move anomalous images to "
+                f"unexpected {entry}: one-class training reads only {good_dir}{also}; move anomalous images to "
                 f"{class_dir / 'test'}/<defect>/ and remove anything else"
             )
     train_files = list_images(good_dir)
     if not train_files:
         raise DatasetError(f"empty train set: no images in {good_dir}; put the normal training images there")
     samples = [Sample(path=p, split="train", label=0, defect_type=GOOD) for p in train_files]
+    for extra in extra_train:
+        if (train_dir / extra).is_dir():
+            samples += [Sample(path=p, split="train", label=1, defect_type=extra) for p in list_images(train_dir / extra)]
 
     test_dir = class_dir / "test"
     if not test_dir.is_dir():

@@ -8,6 +8,8 @@ the free space it needs is checked first, a full disk raises :class:`skrd4ad.io.
                                           never trained on; evaluate picks the deployed threshold on them
     test.npy         uint8 (M, S, S, 3)   test images, RGB
     test_masks.npy   uint8 (M, S, S) 0/1  ground truth (absent for image-level-only classes)
+    labelled_anomalies.npy  uint8 (K, S, S, 3)  labelled anomalous non-test images (e.g. VAD's
+                     train/bad; only when the class has them; never trained on)
     manifest.csv     file,split,index,label,defect_type,has_mask,status,reason (one row per input image)
     meta.json        class, image_size, counts, image_level_only, source root and digest, version
                      (+ allow_empty_masks and the kept empty_masks, only when that opt-out is used;
@@ -45,7 +47,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from skrd4ad import __version__
-from skrd4ad.data.layout import DatasetError, Sample, is_image_level_only, scan_class
+from skrd4ad.data.layout import LABELLED_ANOMALIES, DatasetError, Sample, is_image_level_only, scan_class
 from skrd4ad.io import (
     DISK_FULL_ERRNOS,
     DiskFullError,
@@ -333,7 +335,7 @@ def prepare_class(
     if image_level_only is None:
         image_level_only = is_image_level_only(root, class_name)
     samples = scan_class(root, class_name, image_level_only=image_level_only)
-    train = [s for s in samples if s.split == "train"]
+    train = [s for s in samples if s.split == "train" and s.label == 0]
     held = validation_split([_relative(s.path, root / class_name) for s in train], val_fraction)
     if val_fraction > 0 and not held.any():
         log.warning("%s: %d training image(s): too few to hold out a validation set (val_fraction %s); "
@@ -342,13 +344,16 @@ def prepare_class(
     if val_fraction > 0:
         groups["val"] = [s for s, h in zip(train, held) if h]
     groups["test"] = [s for s in samples if s.split == "test"]
+    labelled = [s for s in samples if s.split == "train" and s.label == 1]
+    if labelled:  # only then: caches of classes without them stay byte-identical
+        groups[LABELLED_ANOMALIES] = labelled
     rows: list[dict[str, object]] = []
     hashes: list[tuple[str, str]] = []
     counts: dict[str, Counter[str]] = {split: Counter() for split in groups}
     n_ok = {split: 0 for split in groups}
     empty_masks: list[str] = []
     s = image_size
-    needed = _needed_bytes(len(train), len(groups["test"]), s, not image_level_only)
+    needed = _needed_bytes(len(train) + len(labelled), len(groups["test"]), s, not image_level_only)
     # Removes what killed runs of this output left, then checks the space before writing anything.
     with StagingDir(out_dir.parent, out_dir.name, "prepare") as stage:
         staging = stage.path
@@ -438,6 +443,7 @@ def prepare_class(
             "image_level_only": bool(image_level_only),
             "n_train": n_ok["train"],
             "n_test": n_ok["test"],
+            **({f"n_{LABELLED_ANOMALIES}": n_ok[LABELLED_ANOMALIES]} if labelled else {}),
             "n_skipped": int((manifest["status"] == "skipped").sum()),
             "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
             "source_root": str(root.resolve()),

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from skrd4ad.data.layout import DatasetError
+from skrd4ad.data.layout import LABELLED_ANOMALIES, DatasetError
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -55,7 +55,9 @@ class PreparedClass:
     ``val_manifest`` their V manifest rows in order; ``test_images`` uint8 (M, S, S, 3);
     ``test_masks`` uint8 (M, S, S) 0/1 or ``None`` when image-level only; ``test_manifest``
     DataFrame of the M test rows with status ok, row i describing ``test_images[i]``;
-    ``test_labels`` int64 (M,) 0 normal / 1 anomalous; ``manifest`` all rows (skipped included);
+    ``test_labels`` int64 (M,) 0 normal / 1 anomalous; ``labelled_anomalies`` uint8 (K, S, S, 3)
+    labelled anomalous images outside the test set (VAD's train/bad; never trained on) or ``None``
+    when the class has none; ``manifest`` all rows (skipped included);
     ``meta`` the meta.json dict; ``image_level_only``; ``class_name``; ``image_size``.
     Raises :class:`DatasetError` naming the file when the folder is missing or incomplete.
     """
@@ -116,6 +118,15 @@ class PreparedClass:
         self.val_manifest = val
         self.test_manifest = test
         self.test_labels = test["label"].to_numpy(dtype=np.int64)
+        self.labelled_anomalies: np.ndarray | None = None
+        n_labelled = self.meta.get(f"n_{LABELLED_ANOMALIES}")
+        if n_labelled is not None:
+            name = f"{LABELLED_ANOMALIES}.npy"
+            if not (self.path / name).is_file():
+                raise DatasetError(f"{self.path / name} is missing: the prepared cache is incomplete; re-run prepare")
+            self._check_size(name)
+            self.labelled_anomalies = _load_array(self.path / name)
+            self._check(name, self.labelled_anomalies, (int(n_labelled), s, s, 3))
 
     def rerun_command(self) -> str:
         """The command that re-makes this cache (from the source recorded in meta.json)."""

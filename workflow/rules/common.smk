@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 from skrd4ad import engines, pipeline
+from skrd4ad.data import sources
 
 # Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
 # Defaults from the schema are filled in, exactly as the DVC stage scripts do.
@@ -60,7 +61,7 @@ def download_params(wildcards):
 def source_files(wildcards):
     """Every file of a folder dataset: editing, adding or removing an image re-runs download
     (DVC: the dependency on ``data.folder``)."""
-    if config["data"]["dataset"] != "folder":
+    if not sources.get(config["data"]["dataset"]).user_folder:
         return []
     return sorted(
         str(f)

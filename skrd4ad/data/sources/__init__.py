@@ -1,0 +1,188 @@
+"""The registry of dataset sources: a source is one module, found here by its name.
+
+- Built-ins: every module of this package (except ``base`` and ``_private`` ones) that defines
+  ``SOURCE`` (a :class:`~.base.Source` instance or subclass); ``synthetic`` (the default) first,
+  the others by module name.
+- Plug-ins, after the built-ins: the entry points of group ``skrd4ad.sources`` (value
+  ``module:attr``, a Source instance or subclass), then the modules named in the environment
+  variable ``SKRD4AD_SOURCES`` (comma-separated importable module names, each defining ``SOURCE``).
+
+Everything that lists datasets reads this registry: the params schema's ``data.dataset`` choices
+(:func:`inject_schema`), the CLI's ``download --dataset``, the pipeline's name rules, the
+download stage and the README's table of sources (:func:`markdown_table`).  Importing it imports
+neither numpy nor torch.
+
+>>> names()[0]
+'synthetic'
+>>> get("vad").extra_sets
+{'train/bad': 'labelled_anomalies'}
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import pkgutil
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from skrd4ad.data.layout import LABELLED_ANOMALIES, DatasetError, list_classes
+
+from .base import FETCH_MARKER, Location, Source, copy_tree, layout_root
+
+__all__ = ["FETCH_MARKER", "LABELLED_ANOMALIES", "Location", "Source", "names", "get", "label", "downloadable", "extra_train_folders",
+           "inject_schema", "markdown_table", "refresh", "fetch_dataset", "dataset_root", "copy_tree",
+           "layout_root", "convert_visa", "import_two_folders"]
+
+ENTRY_POINT_GROUP = "skrd4ad.sources"
+ENV_VAR = "SKRD4AD_SOURCES"
+_FIRST = ("synthetic",)
+_NOT_SOURCES = ("base",)
+
+
+def _instance(obj: Any, where: str) -> Source:
+    source = obj() if isinstance(obj, type) and issubclass(obj, Source) else obj
+    if not isinstance(source, Source) or not source.name:
+        raise TypeError(f"{where} is {obj!r}, not a Source with a name; point it at a subclass of "
+                        "skrd4ad.data.sources.base.Source (or an instance) that sets name and label")
+    return source
+
+
+def _from_module(module_name: str, where: str) -> Source:
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ImportError(f"{where}: cannot import source module {module_name!r} ({exc}); "
+                          "fix the name or put its folder on PYTHONPATH") from exc
+    if not hasattr(module, "SOURCE"):
+        raise TypeError(f"{where}: module {module_name!r} defines no SOURCE; add `SOURCE = MySource()`")
+    return _instance(module.SOURCE, f"{where}: {module_name}.SOURCE")
+
+
+def _builtin_modules() -> list[str]:
+    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
+             and m.name not in _NOT_SOURCES]
+    return [m for m in _FIRST if m in found] + sorted(m for m in found if m not in _FIRST)
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> dict[str, Source]:
+    found: list[Source] = [_from_module(f"{__name__}.{m}", "built-in source") for m in _builtin_modules()]
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plug-in names itself
+            raise ImportError(f"entry point {ep.name} = {ep.value} (group {ENTRY_POINT_GROUP}) cannot be "
+                              f"loaded: {exc}; fix or uninstall the package that declares it") from exc
+        found.append(_instance(obj, f"entry point {ep.name} = {ep.value}"))
+    for module_name in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
+        found.append(_from_module(module_name, ENV_VAR))
+    registry: dict[str, Source] = {}
+    for source in found:
+        if source.name in registry and type(registry[source.name]) is not type(source):
+            raise ValueError(f"two dataset sources are named {source.name!r} ({type(registry[source.name]).__module__} "
+                             f"and {type(source).__module__}); rename one")
+        for key in source.extra_sets:
+            if not key.startswith("train/") or key.count("/") != 1 or key == "train/good":
+                raise ValueError(f"dataset source {source.name}: extra set {key!r} must be train/<folder> "
+                                 "(not train/good)")
+        registry.setdefault(source.name, source)
+    return registry
+
+
+def refresh() -> None:
+    """Forget the sources found so far (after changing ``SKRD4AD_SOURCES`` or installing one)."""
+    _registry.cache_clear()
+
+
+def names() -> tuple[str, ...]:
+    """Every source name: built-ins first, then plug-ins."""
+    return tuple(_registry())
+
+
+def downloadable() -> tuple[str, ...]:
+    """The names of the sources that are downloaded (``skrd4ad download --dataset``)."""
+    return tuple(n for n, s in _registry().items() if s.downloadable)
+
+
+def get(name: str) -> Source:
+    """The source called ``name``; :class:`DatasetError` naming the valid choices otherwise."""
+    registry = _registry()
+    if name not in registry:
+        raise DatasetError(f"unknown dataset source {name!r}; choose one of {', '.join(registry)} "
+                           "(or register one: README 'Adding a dataset in one file')")
+    return registry[name]
+
+
+def label(name: str) -> str:
+    """Display label of ``name`` (e.g. ``"MVTec AD"``); the name itself if it sets none."""
+    return get(name).label or name
+
+
+def extra_train_folders() -> tuple[str, ...]:
+    """Folder names under ``<class>/train`` besides ``good`` that some source declares (sorted):
+    their images are labelled anomalies, never trained on."""
+    return tuple(sorted({key.split("/", 1)[1] for s in _registry().values() for key in s.extra_sets}))
+
+
+def inject_schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """Fill the params schema (in place, and return it) from the registry: the choices of
+    ``data.dataset`` and its description."""
+    dataset = schema["properties"]["data"]["properties"]["dataset"]
+    dataset["enum"] = list(names())
+    dataset["description"] = "; ".join(f"{n}: {s.description or s.label}" for n, s in _registry().items())
+    return schema
+
+
+def markdown_table() -> str:
+    """The README's table of sources (``skrd4ad sources`` prints it)."""
+    rows = ["| `data.dataset` | dataset | classes | masks | extra sets | licence |",
+            "|---|---|---|---|---|---|"]
+    for n, s in _registry().items():
+        masks = {True: "yes", False: "no (image level)", None: "if `ground_truth/`"}[s.has_masks]
+        extra = ", ".join(f"`{k}` ({v})" for k, v in s.extra_sets.items()) or "-"
+        classes = str(len(s.classes)) if s.classes else "yours"
+        rows.append(f"| `{n}` | {s.label or n} | {classes} | {masks} | {extra} | {s.licence or '-'} |")
+    return "\n".join(rows) + "\n"
+
+
+def fetch_dataset(name: str, root: str | Path, *, url: str | None = None, urls: list[str] | None = None,
+                  sha256: str | None = None, progress: bool = True) -> Path:
+    """Download, verify, extract and convert the source ``name`` into ``<root>/<name>``
+    (:meth:`Source.fetch`); ``url``/``urls`` and ``sha256`` override its locations (mirrors, tests)."""
+    source = get(name)
+    if not source.downloadable:
+        raise DatasetError(f"dataset {name!r} is not downloaded; choose one of {', '.join(downloadable())}")
+    given = ([url] if url else []) + list(urls or [])
+    locations = tuple(Location(u) for u in given) or None
+    return source.fetch(root, locations=locations, sha256=sha256, progress=progress)
+
+
+def dataset_root(source: str, data_dir: str | Path, *, progress: bool = True) -> Path:
+    """Resolve a dataset spec to an MVTec-layout root: a downloadable source's name fetches it
+    into ``data_dir``; anything else is a path to a folder already in MVTec layout."""
+    if source in downloadable():
+        return fetch_dataset(source, data_dir, progress=progress)
+    root = Path(source).expanduser()
+    if not root.is_dir():
+        raise DatasetError(
+            f"dataset {source!r} is neither one of {', '.join(downloadable())} nor an existing folder; "
+            "pass a folder in MVTec layout (<root>/<class>/train/good/...)"
+        )
+    if not list_classes(root):
+        raise DatasetError(f"{root} holds no <class>/train folders; it is not in MVTec layout")
+    return root
+
+
+def __getattr__(attr: str) -> Any:  # the converters of built-ins, importable from here as before
+    if attr == "convert_visa":
+        from .visa import convert_visa
+
+        return convert_visa
+    if attr in ("import_two_folders", "binarise_mask_file"):
+        from . import folder
+
+        return getattr(folder, attr)
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

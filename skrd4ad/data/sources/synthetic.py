@@ -1,0 +1,30 @@
+"""The embedded synthetic dataset (the default): generated offline from scikit-image textures,
+with masks (:mod:`skrd4ad.data.synthetic`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .base import Source
+
+
+class Synthetic(Source):
+    name = "synthetic"
+    label = "Synthetic textures"
+    description = "embedded, generated offline (data.synthetic settings)"
+    has_masks = True
+
+    @property
+    def classes(self) -> tuple[str, ...]:  # type: ignore[override]
+        from skrd4ad.data.synthetic import DEFAULT_CLASSES
+
+        return tuple(DEFAULT_CLASSES)
+
+    def materialise(self, data: dict[str, Any], out: Path) -> None:
+        from skrd4ad.data.synthetic import generate
+
+        generate(out, **data["synthetic"])
+
+
+SOURCE = Synthetic()

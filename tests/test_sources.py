@@ -1,0 +1,281 @@
+"""Dataset sources: the registry is the one list of dataset names; the VAD source fetched from a
+local server (resume, wrong sha256, a Drive-style confirmation page, its converter) and prepared
+with train/bad kept as labelled anomalies that are never trained on."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from data_fixtures import png_bytes, zip_bytes
+from pipeline_fixtures import ENV, REPO
+from test_download import _sha, _url, server  # noqa: F401  (the local HTTP server fixture)
+
+from skrd4ad.data import sources
+from skrd4ad.data.download import ChecksumError, DownloadError, confirmation_target
+from skrd4ad.data.layout import DatasetError
+from skrd4ad.data.sources import FETCH_MARKER, fetch_dataset
+
+GOOD_RGB, BAD_RGB = (40, 200, 40), (220, 30, 30)
+#: A small VAD-shaped archive: folder -> number of images (good ones green, anomalous ones red).
+VAD_FOLDERS = {"train/good": 3, "train/bad": 2, "test/good": 2, "test/bad": 2, "test/bad_unseen_defects": 1}
+
+
+def vad_zip(folders: dict[str, int] = VAD_FOLDERS, top: str = "VAD/") -> bytes:
+    members = {}
+    for folder, n in folders.items():
+        colour = GOOD_RGB if folder.endswith("good") else BAD_RGB
+        for i in range(n):
+            members[f"{top}{folder}/{i:03d}.png"] = png_bytes(np.full((40, 48, 3), colour, dtype=np.uint8))
+    members["__MACOSX/._junk"] = b"x"  # macOS zips carry this beside the top folder
+    return zip_bytes(members)
+
+
+# ------------------------------------------------------------------------------------- registry
+
+
+def test_registry_is_light_and_feeds_schema_cli_and_pipeline() -> None:
+    code = ("import sys; from skrd4ad.data import sources as s; print(s.names()); "
+            "print('numpy' in sys.modules, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=ENV, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [str(sources.names()), "False False"]
+    assert sources.names()[0] == "synthetic" and {"mvtec", "visa", "vad", "folder"} <= set(sources.names())
+    from skrd4ad.cli import build_parser
+    from skrd4ad.config import SCHEMA
+
+    assert SCHEMA["properties"]["data"]["properties"]["dataset"]["enum"] == list(sources.names())
+    download = build_parser()._subparsers._group_actions[0].choices["download"]
+    choices = next(a.choices for a in download._actions if a.dest == "dataset")
+    assert tuple(choices) == sources.downloadable() and "vad" in choices and "folder" not in choices
+    assert sources.extra_train_folders() == ("bad",)
+    with pytest.raises(DatasetError, match="unknown dataset source 'nope'; choose one of synthetic"):
+        sources.get("nope")
+
+
+def _string_tokens(path: Path) -> list[tuple[int, str]]:
+    if path.suffix != ".py" and path.name != "Snakefile" and path.suffix != ".smk":
+        return []
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    return [(t.start[0], t.string) for t in tokens if t.type == tokenize.STRING]
+
+
+def test_no_dataset_name_outside_its_own_module() -> None:
+    """The registry is the one list: no code but a source's own module spells a downloaded
+    source's name as a string ("mvtec", 'vad', ...; docstrings that mention one are fine)."""
+    files = [*sorted((REPO / "skrd4ad").rglob("*.py")), *sorted((REPO / "workflow").rglob("*.py")),
+             *sorted((REPO / "workflow").rglob("*.smk")), REPO / "Snakefile"]
+    found = []
+    for name in sources.downloadable():
+        own = REPO / "skrd4ad/data/sources" / f"{name}.py"
+        quoted = {f'"{name}"', f"'{name}'"}
+        for path in files:
+            if path != own:
+                found += [f"{path.relative_to(REPO)}:{line} {s}" for line, s in _string_tokens(path) if s in quoted]
+    assert not found, f"dataset names spelled outside their source module: {found}"
+
+
+def test_presets_list_their_sources_classes_and_validate() -> None:
+    from skrd4ad import pipeline
+
+    base = yaml.safe_load((REPO / "params.yaml").read_text())
+    paper = yaml.safe_load((REPO / "workflow/config/paper.yaml").read_text())
+    seen = set()
+    for preset in sorted((REPO / "workflow/config").glob("*.yaml")):
+        overlay = yaml.safe_load(preset.read_text())
+        kind = (overlay.get("data") or {}).get("dataset")
+        if kind is None or not sources.get(kind).downloadable:
+            continue
+        seen.add(kind)
+        assert tuple(overlay["data"]["classes"]) == sources.get(kind).classes, preset
+        params = pipeline.validate_params(pipeline.merge_params(pipeline.merge_params(base, paper), overlay))
+        assert params["model"]["variants"] == ["rd4ad", "skrd4ad"] and params["data"]["name"] == kind
+    assert seen == set(sources.downloadable())  # every downloaded source has its preset
+
+
+def test_readme_table_is_the_registrys() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert sources.markdown_table() in readme
+    proc = subprocess.run([sys.executable, "-m", "skrd4ad", "sources"], env=ENV, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout == sources.markdown_table()
+
+
+def test_pipeline_rejects_classes_the_source_does_not_have() -> None:
+    from skrd4ad import pipeline
+
+    params = {"data": {"dataset": "vad", "classes": ["bottle"]}, "train": {}}
+    with pytest.raises(pipeline.ParamsError, match=r"data.classes: 'bottle' is not a class of vad \(vad\)"):
+        pipeline.validate_params(params)
+
+
+# ------------------------------------------------------------------------------------------ VAD
+
+
+def test_confirmation_target_form_and_link() -> None:
+    page = ('<html><form id="download-form" action="https://drive.usercontent.google.com/download" method="get">'
+            '<input type="submit" value="Download anyway"/><input type="hidden" name="id" value="F1">'
+            '<input type="hidden" name="export" value="download"><input type="hidden" name="confirm" value="t">'
+            '<input type="hidden" name="uuid" value="u-1"></form></html>')
+    assert confirmation_target(page, "https://drive.google.com/uc?export=download&id=F1") == (
+        "https://drive.usercontent.google.com/download?id=F1&export=download&confirm=t&uuid=u-1")
+    old = '<a id="uc-download-link" href="/uc?export=download&amp;confirm=AbC&amp;id=F1">Download anyway</a>'
+    assert confirmation_target(old, "https://drive.google.com/uc?export=download&id=F1") == (
+        "https://drive.google.com/uc?export=download&confirm=AbC&id=F1")
+    assert confirmation_target("<html><p>Quota exceeded</p></html>", "https://x/") is None
+
+
+def test_vad_fetch_resumes_converts_and_prints_licence_once(server, tmp_path: Path, capfd) -> None:  # noqa: F811
+    archive = vad_zip()
+    server.files["/VAD.zip"] = archive
+    server.drop_once.add("/VAD.zip")
+    out = fetch_dataset("vad", tmp_path / "data", url=_url(server, "/VAD.zip"), sha256=_sha(archive), progress=False)
+    assert out == tmp_path / "data" / "vad" and (out / FETCH_MARKER).is_file()
+    half = len(archive) // 2
+    assert server.log == [("/VAD.zip", None), ("/VAD.zip", f"bytes={half}-")]  # resumed after the drop
+    for folder, n in VAD_FOLDERS.items():
+        assert len(list((out / "vad" / folder).glob("*.png"))) == n, folder
+    assert not (out / "vad" / "ground_truth").exists()
+    err = capfd.readouterr().err
+    assert err.count("licence CC BY-NC-SA 4.0") == 1
+    assert ("VAD archive (VAD): train/bad 2, train/good 3, test/bad 2, test/bad_unseen_defects 1, test/good 2"
+            in err)
+    fetch_dataset("vad", tmp_path / "data", url=_url(server, "/VAD.zip"), sha256=_sha(archive), progress=False)
+    assert "licence" not in capfd.readouterr().err and len(server.log) == 2  # no-op: nothing fetched
+
+
+def test_vad_wrong_sha256_is_refused(server, tmp_path: Path) -> None:  # noqa: F811
+    server.files["/VAD.zip"] = vad_zip()
+    with pytest.raises(ChecksumError, match="sha256 mismatch"):
+        fetch_dataset("vad", tmp_path / "d", url=_url(server, "/VAD.zip"), sha256="0" * 64, progress=False)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["downloads"]
+    assert (tmp_path / "d" / "downloads" / "VAD.zip.corrupt").is_file()
+
+
+def test_vad_from_drive_confirmation_page_after_a_dead_mirror(server, tmp_path: Path) -> None:  # noqa: F811
+    """The first location is down (404); the second answers with Drive's HTML page, whose form
+    leads to the file; the confirmed link is resumed with Range after a drop."""
+    archive = vad_zip()
+    page = ('<!DOCTYPE html><html><body><p>Google Drive can\'t scan this file for viruses.</p>'
+            '<form id="download-form" action="/download" method="get">'
+            '<input type="hidden" name="id" value="F1"><input type="hidden" name="export" value="download">'
+            '<input type="hidden" name="confirm" value="t"><input type="hidden" name="uuid" value="u-1"></form>'
+            '</body></html>').encode()
+    server.files["/uc?export=download&id=F1"] = page
+    server.types["/uc?export=download&id=F1"] = "text/html; charset=utf-8"
+    target = "/download?id=F1&export=download&confirm=t&uuid=u-1"
+    server.files[target] = archive
+    server.drop_once.add(target)
+    out = fetch_dataset("vad", tmp_path / "d", urls=[_url(server, "/mirror-gone.zip"),
+                                                     _url(server, "/uc?export=download&id=F1")],
+                        sha256=_sha(archive), progress=False)
+    assert [p for p, _ in server.log] == ["/mirror-gone.zip", "/uc?export=download&id=F1", target, target]
+    assert server.log[-1][1] == f"bytes={len(archive) // 2}-"
+    assert len(list((out / "vad" / "train" / "bad").glob("*.png"))) == 2
+    assert (tmp_path / "d" / "downloads" / "VAD.zip").read_bytes() == archive
+
+
+def test_html_page_without_a_form_is_one_clear_error(server, tmp_path: Path) -> None:  # noqa: F811
+    server.files["/q"] = b"<html><body>Too many users have viewed or downloaded this file recently</body></html>"
+    server.types["/q"] = "text/html"
+    with pytest.raises(DownloadError, match="answered with an HTML page, not the file"):
+        fetch_dataset("vad", tmp_path / "d", url=_url(server, "/q"), sha256="0" * 64, progress=False)
+
+
+@pytest.mark.parametrize("folders, message", [
+    ({**VAD_FOLDERS, "train/weird": 1}, "unexpected train/weird"),
+    ({k: v for k, v in VAD_FOLDERS.items() if k != "test/bad"}, "test/bad is missing or empty"),
+])
+def test_vad_unknown_layout_is_refused(server, tmp_path: Path, folders, message) -> None:  # noqa: F811
+    archive = vad_zip(folders)
+    server.files["/VAD.zip"] = archive
+    with pytest.raises(DatasetError, match=f"VAD archive: {message}"):
+        fetch_dataset("vad", tmp_path / "d", url=_url(server, "/VAD.zip"), sha256=_sha(archive), progress=False)
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["downloads"]  # nothing half-converted
+
+
+def test_vad_cli_download_and_prepare_keep_train_bad_out_of_training(server, tmp_path: Path) -> None:  # noqa: F811
+    from skrd4ad.cli import main
+    from skrd4ad.data.prepared import PreparedClass
+
+    archive = vad_zip(top="")
+    server.files["/VAD.zip"] = archive
+    assert main(["download", "--dataset", "vad", "--root", str(tmp_path / "raw"), "--url",
+                 _url(server, "/VAD.zip"), "--sha256", _sha(archive)]) == 0
+    assert main(["prepare", "--root", str(tmp_path / "raw" / "vad"), "--classes", "vad", "--out",
+                 str(tmp_path / "prep"), "--image-size", "32"]) == 0
+    prepared = PreparedClass(tmp_path / "prep")
+    assert prepared.image_level_only and prepared.test_masks is None
+    normal = np.concatenate([prepared.train_images, prepared.val_images])  # train/good, split into train and val
+    assert normal.shape == (3, 32, 32, 3) and len(prepared.val_images) == 1  # default val_fraction: at least 1
+    assert (np.abs(normal.reshape(-1, 3).astype(int) - GOOD_RGB).max() <= 1)  # good ones only
+    assert prepared.labelled_anomalies is not None and prepared.labelled_anomalies.shape == (2, 32, 32, 3)
+    assert (np.abs(prepared.labelled_anomalies.reshape(-1, 3).astype(int) - BAD_RGB).max() <= 1)
+    assert prepared.test_labels.tolist() == [1, 1, 1, 0, 0]
+    assert prepared.meta["n_labelled_anomalies"] == 2 and prepared.meta["counts"]["labelled_anomalies"] == {"bad": 2}
+    rows = prepared.manifest[prepared.manifest["split"] == "labelled_anomalies"]
+    assert rows["file"].tolist() == ["vad/train/bad/000.png", "vad/train/bad/001.png"]
+    assert set(rows["label"]) == {1}
+
+
+def test_classes_without_labelled_anomalies_have_none(prepared_brick: Path) -> None:
+    from skrd4ad.data.prepared import PreparedClass
+
+    prepared = PreparedClass(prepared_brick)
+    assert prepared.labelled_anomalies is None and "n_labelled_anomalies" not in prepared.meta
+    assert not (prepared_brick / "labelled_anomalies.npy").exists()
+
+
+def test_training_reads_only_train_good(tmp_path: Path) -> None:
+    """train/bad is declared by a source, so the layout accepts it, as labelled anomalies only;
+    any other train folder is still refused, naming the accepted ones."""
+    from skrd4ad.data.layout import scan_class
+
+    for folder, n in {"train/good": 2, "train/bad": 1, "test/good": 1, "test/bad": 1}.items():
+        for i in range(n):
+            (tmp_path / "c" / folder).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "c" / folder / f"{i}.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    samples = scan_class(tmp_path, "c")
+    assert [(s.split, s.label, s.defect_type) for s in samples] == [
+        ("train", 0, "good"), ("train", 0, "good"), ("train", 1, "bad"), ("test", 1, "bad"), ("test", 0, "good")]
+    (tmp_path / "c" / "train" / "other").mkdir()
+    with pytest.raises(DatasetError, match=re.escape("one-class training reads only") + ".*train/bad"):
+        scan_class(tmp_path, "c")
+
+
+def test_every_location_failing_lists_each(server, tmp_path: Path) -> None:  # noqa: F811
+    archive = vad_zip()
+    server.files["/b.zip"] = archive
+    with pytest.raises(ChecksumError, match=r"every location failed: GET .*/a.zip failed with HTTP 404.* \| "
+                                            r"sha256 mismatch for .*/b.zip"):
+        fetch_dataset("vad", tmp_path / "d", urls=[_url(server, "/a.zip"), _url(server, "/b.zip")],
+                      sha256="0" * 64, progress=False)
+
+
+def test_tiny_vad_run_reports_overall_and_per_subset_image_auroc(server, tmp_path: Path) -> None:  # noqa: F811
+    """Download, prepare, train (1 epoch) and evaluate a VAD-shaped archive: image AUROC overall
+    and per test subset (seen defects ``bad``, ``bad_unseen_defects``), no pixel metrics."""
+    import json
+
+    from skrd4ad.cli import main
+
+    archive = vad_zip()
+    server.files["/VAD.zip"] = archive
+    assert main(["download", "--dataset", "vad", "--root", str(tmp_path / "raw"), "--url",
+                 _url(server, "/VAD.zip"), "--sha256", _sha(archive)]) == 0
+    assert main(["prepare", "--root", str(tmp_path / "raw" / "vad"), "--classes", "vad", "--out",
+                 str(tmp_path / "prep"), "--image-size", "64"]) == 0
+    assert main(["train", "--data", str(tmp_path / "prep"), "--out", str(tmp_path / "m.pt"), "--arch", "mobilenet_v2",
+                 "--variant", "skrd4ad", "--teacher-weights", "none", "--epochs", "1", "--batch-size", "2",
+                 "--device", "cpu"]) == 0
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "m.pt"), "--data", str(tmp_path / "prep"), "--out",
+                 str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("image_auroc", "image_auroc_bad", "image_auroc_bad_unseen_defects"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    assert not any(k.startswith("pixel_") for k in metrics)
