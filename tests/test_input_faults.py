@@ -50,7 +50,7 @@ def test_truncated_prepared_array_names_the_file_sizes_and_the_command(data: dic
     raw = data["raw"].resolve()
     assert str(err.value) == (
         f"{cache / name} is truncated ({full - 1000} of {full} bytes); re-run prepare for brick: "
-        f"skrd4ad prepare --root {raw} --classes brick --out {cache} --image-size 64 (or the pipeline's prepare step)")
+        f"skrd4ad prepare --root {raw} --classes brick --out {cache} --image-size 64 --val-fraction 0 (or the pipeline's prepare step)")
     assert main(["evaluate", "--checkpoint", str(data["model"]), "--data", str(cache), "--out",
                  str(tmp_path / "eval"), "--no-companion"]) == 1
     assert last_error(capsys) == f"skrd4ad evaluate: error: {err.value}"

@@ -66,18 +66,34 @@ def _string_tokens(path: Path) -> list[tuple[int, str]]:
     return [(t.start[0], t.string) for t in tokens if t.type == tokenize.STRING]
 
 
+#: Where the same word as a source's name is something else: a params key (``data.folder``,
+#: ``data.synthetic``), a module or CLI command of the synthetic generator, the registry's order.
+#: A new place that spells a source name fails the test below.
+NAME_IS_SOMETHING_ELSE = {
+    ("skrd4ad/cli.py", "synthetic"),  # the `skrd4ad synthetic` generator command and data.synthetic's schema
+    ("skrd4ad/data/__init__.py", "synthetic"),  # lazy imports from the module skrd4ad/data/synthetic.py
+    ("skrd4ad/data/sources/__init__.py", "synthetic"),  # the registry lists the embedded default first
+    ("skrd4ad/data/synthetic.py", "synthetic"),  # the generator's own staging folder kind
+    ("skrd4ad/pipeline.py", "folder"),  # the key data.folder
+    ("workflow/rules/common.smk", "synthetic"),  # the key data.synthetic
+    ("workflow/rules/common.smk", "folder"),  # the key data.folder
+}
+
+
 def test_no_dataset_name_outside_its_own_module() -> None:
-    """The registry is the one list: no code but a source's own module spells a downloaded
-    source's name as a string ("mvtec", 'vad', ...; docstrings that mention one are fine)."""
+    """The registry is the one list: no code but a source's own module spells a source's name as a
+    string ("mvtec", 'vad', ...; docstrings that mention one are fine), except where the same word
+    is a params key or a module (NAME_IS_SOMETHING_ELSE)."""
     files = [*sorted((REPO / "skrd4ad").rglob("*.py")), *sorted((REPO / "workflow").rglob("*.py")),
              *sorted((REPO / "workflow").rglob("*.smk")), REPO / "Snakefile"]
     found = []
-    for name in sources.downloadable():
+    for name in sources.names():
         own = REPO / "skrd4ad/data/sources" / f"{name}.py"
         quoted = {f'"{name}"', f"'{name}'"}
         for path in files:
-            if path != own:
-                found += [f"{path.relative_to(REPO)}:{line} {s}" for line, s in _string_tokens(path) if s in quoted]
+            rel = str(path.relative_to(REPO))
+            if path != own and (rel, name) not in NAME_IS_SOMETHING_ELSE:
+                found += [f"{rel}:{line} {s}" for line, s in _string_tokens(path) if s in quoted]
     assert not found, f"dataset names spelled outside their source module: {found}"
 
 

@@ -231,19 +231,18 @@ def test_predict_and_export_use_the_deployed_threshold(run: dict[str, Path], tmp
     assert meta["thresholds"]["chosen_on"] == record["chosen_on"]
 
 
-def test_labelled_anomalies_outside_the_test_set_switch_to_the_f1_rule(run: dict[str, Path], tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import skrd4ad.evaluate as ev
-
+def test_labelled_anomalies_outside_the_test_set_switch_to_the_f1_rule(run: dict[str, Path], tmp_path: Path) -> None:
     base = PreparedClass(run["prepared"])
-    # stand-ins for labelled anomalous training images (VAD's train/bad): the test set's anomalous ones
+    # stand-ins for labelled anomalous training images (VAD's train/bad), written as prepare writes
+    # them: the test set's anomalous ones
     extra = np.array(base.test_images)[base.test_labels == 1]
-
-    class WithAnomalies(PreparedClass):
-        labelled_anomalies = extra
-
-    monkeypatch.setattr(ev, "PreparedClass", WithAnomalies)
-    evaluate(run["model"], run["prepared"], tmp_path / "eval", EvalConfig(num_figures=0, device="cpu"))
+    prepared = tmp_path / "prepared"
+    shutil.copytree(run["prepared"], prepared)
+    np.save(prepared / "labelled_anomalies.npy", extra)
+    meta = json.loads((prepared / "meta.json").read_text())
+    (prepared / "meta.json").write_text(json.dumps({**meta, "n_labelled_anomalies": len(extra)}))
+    assert PreparedClass(prepared).labelled_anomalies.shape == extra.shape
+    evaluate(run["model"], prepared, tmp_path / "eval", EvalConfig(num_figures=0, device="cpu"))
     record = json.loads((tmp_path / "eval" / "thresholds.json").read_text())
     _, val_scores = _eager(run, np.asarray(base.val_images))
     _, anomaly_scores = _eager(run, extra)
