@@ -105,6 +105,20 @@ def test_state_of_other_config_is_not_resumed(prepared_brick: Path, tmp_path: Pa
     assert result.resumed_from == 0 and result.epochs_run == 4
 
 
+def test_state_of_another_train_split_is_not_resumed(tmp_path: Path) -> None:
+    """Same source, same config, another validation split (so other training images): start again."""
+    from skrd4ad.data.prepare import prepare_class
+    from skrd4ad.data.synthetic import generate
+
+    generate(tmp_path / "raw", ["brick"], seed=0, image_size=96, n_train=6, n_test_good=2, n_test_bad=3)
+    prepared = prepare_class(tmp_path / "raw", "brick", tmp_path / "prep", image_size=64, progress=False)
+    train(tiny_config(epochs=4), prepared, tmp_path / "m.pt", progress=False, max_epochs_this_run=2)
+    prepared = prepare_class(tmp_path / "raw", "brick", tmp_path / "prep", image_size=64, progress=False,
+                             val_fraction=0.3)
+    result = train(tiny_config(epochs=4), prepared, tmp_path / "m.pt", progress=False)
+    assert result.resumed_from == 0 and result.epochs_run == 4
+
+
 def _cli_train(data: Path, out: Path, epochs: int) -> list[str]:
     return [sys.executable, "-m", "skrd4ad", "train", "--data", str(data), "--out", str(out),
             "--arch", "mobilenet_v2", "--variant", "rd4ad", "--teacher-weights", "none",
