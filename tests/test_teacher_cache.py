@@ -18,26 +18,15 @@ import pytest
 import torch
 
 from skrd4ad import teacher_cache
-from skrd4ad.config import TrainConfig
 from skrd4ad.data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
 from skrd4ad.io import HOST_TAG
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.rd4ad import build_model
 from skrd4ad.models.variants.base import Variant
 from skrd4ad.train import default_state_path, train
+from test_train import student_weights, tiny_config  # the same tiny SK-RD4AD job
 
 KIND = teacher_cache.STAGING_KIND
-
-
-def tiny_config(**kw) -> TrainConfig:
-    base = dict(arch="mobilenet_v2", variant="skrd4ad", teacher_weights=None, epochs=3, batch_size=4,
-                checkpoint_every=1, seed=7, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def student_weights(path: Path) -> dict[str, torch.Tensor]:
-    return torch.load(path, map_location="cpu", weights_only=True)["student"]
 
 
 def differing(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> list[str]:
