@@ -200,10 +200,214 @@ def test_auto_in_training_logs_its_choice(prepared_brick: Path, tmp_path: Path, 
 
 
 def test_memory_budget_is_a_share_of_what_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(teacher_cache, "_host_available", lambda: 8 * 2**30)
+    monkeypatch.setattr(teacher_cache, "host_memory_available", lambda: (8 * 2**30, "host memory available"))
+    monkeypatch.delenv(teacher_cache.JOB_THREADS_ENV, raising=False)
     budget, how = teacher_cache.memory_budget(torch.device("cpu"))
     assert budget == int(8 * 2**30 * teacher_cache.MEMORY_FRACTION) and "host memory available" in how
     assert how == "50% of 8590.0 MB host memory available" or teacher_cache.MEMORY_FRACTION != 0.5, how
+
+
+GB = 10**9
+
+
+def fake_host(root: Path, cgroup: str, files: dict[str, str], mem_available: int = 32 * GB) -> Path:
+    """A fake ``/`` under ``root``: ``proc/meminfo`` (MemAvailable in kB), ``proc/self/cgroup`` and
+    the cgroup files ``files`` (paths relative to ``sys/fs/cgroup``)."""
+    (root / "proc" / "self").mkdir(parents=True)
+    (root / "proc" / "meminfo").write_text(f"MemTotal:       99999999 kB\nMemFree:  1 kB\n"
+                                           f"MemAvailable:   {mem_available // 1024} kB\n")
+    (root / "proc" / "self" / "cgroup").write_text(cgroup)
+    for rel, text in files.items():
+        path = root / "sys" / "fs" / "cgroup" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+SLURM_V2 = "system.slice/slurmstepd.scope/job_7"
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    # Slurm's job cgroup holds the limit, its step says max: 10 GB - 4 GB used + 1 GB inactive page cache
+    ({f"{SLURM_V2}/memory.max": f"{10 * GB}\n", f"{SLURM_V2}/memory.current": f"{4 * GB}\n",
+      f"{SLURM_V2}/memory.stat": f"anon {3 * GB}\nfile {GB}\ninactive_file {GB}\nactive_file 0\n",
+      f"{SLURM_V2}/step_0/memory.max": "max\n", f"{SLURM_V2}/step_0/memory.current": f"{3 * GB}\n"}, 7 * GB),
+    # a tighter limit deeper down wins; no memory.stat: nothing reclaimable counted
+    ({f"{SLURM_V2}/memory.max": f"{10 * GB}\n", f"{SLURM_V2}/memory.current": f"{4 * GB}\n",
+      f"{SLURM_V2}/step_0/memory.max": f"{5 * GB}\n", f"{SLURM_V2}/step_0/memory.current": f"{3 * GB}\n"}, 2 * GB),
+    # over the limit (page cache not yet reclaimed): no room, not a negative one
+    ({f"{SLURM_V2}/step_0/memory.max": f"{GB}\n", f"{SLURM_V2}/step_0/memory.current": f"{2 * GB}\n"}, 0),
+    # the memory controller is there and limits nothing
+    ({f"{SLURM_V2}/memory.max": "max\n", f"{SLURM_V2}/memory.current": f"{4 * GB}\n",
+      f"{SLURM_V2}/step_0/memory.max": "max\n", f"{SLURM_V2}/step_0/memory.current": f"{3 * GB}\n"}, None),
+])
+def test_cgroup_v2_room_is_the_tightest_limit_of_the_chain(tmp_path: Path, files: dict[str, str],
+                                                           expected: int | None) -> None:
+    root = fake_host(tmp_path, f"0::/{SLURM_V2}/step_0\n", files)
+    assert teacher_cache.cgroup_memory_room(root) == expected
+
+
+def test_cgroup_v1_memory_controller_is_the_fallback(tmp_path: Path) -> None:
+    """A hybrid host (as Slurm's cgroup v1 plugin sees it): the unified hierarchy has no memory
+    files; the v1 memory controller's job folder has the limit, its parent is "unlimited" (2**63 - 4096)."""
+    cgroup = "12:pids:/\n4:memory:/slurm/uid_1/job_9\n2:cpu,cpuacct:/slurm/uid_1/job_9\n0::/\n"
+    files = {"unified/cgroup.procs": "", "memory/memory.limit_in_bytes": "9223372036854771712\n",
+             "memory/memory.usage_in_bytes": f"{20 * GB}\n",
+             "memory/slurm/uid_1/memory.limit_in_bytes": "9223372036854771712\n",
+             "memory/slurm/uid_1/memory.usage_in_bytes": f"{9 * GB}\n",
+             "memory/slurm/uid_1/job_9/memory.limit_in_bytes": f"{6 * GB}\n",
+             "memory/slurm/uid_1/job_9/memory.usage_in_bytes": f"{3 * GB}\n",
+             "memory/slurm/uid_1/job_9/memory.stat": f"cache {GB}\ninactive_file {GB}\n"
+                                                    f"total_inactive_file {GB // 2}\n"}
+    root = fake_host(tmp_path, cgroup, files)
+    assert teacher_cache.cgroup_memory_room(root) == 3 * GB + GB // 2
+    assert teacher_cache.host_memory_available(root) == (3 * GB + GB // 2, "host memory available (cgroup limit)")
+    (root / "sys/fs/cgroup/memory/slurm/uid_1/job_9/memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert teacher_cache.cgroup_memory_room(root) is None
+    assert teacher_cache.host_memory_available(root) == (32 * GB // 1024 * 1024, "host memory available")
+
+
+def test_a_container_sees_its_own_cgroup_as_the_root(tmp_path: Path) -> None:
+    """Under a cgroup namespace /proc/self/cgroup may name a path the mount does not show: the
+    mount's own files are the container's."""
+    root = fake_host(tmp_path, "0::/../../kubepods/pod1/abc\n",
+                     {"memory.max": f"{2 * GB}\n", "memory.current": f"{GB // 2}\n"})
+    assert teacher_cache.cgroup_memory_room(root) == GB + GB // 2
+
+
+@pytest.mark.parametrize("cgroup", ["", "0::/\n", "garbage\n"])
+def test_no_cgroup_limit_means_memavailable(tmp_path: Path, cgroup: str) -> None:
+    root = fake_host(tmp_path, cgroup, {}, mem_available=5 * GB)
+    assert teacher_cache.cgroup_memory_room(root) is None
+    assert teacher_cache.host_memory_available(root) == (5 * GB // 1024 * 1024, "host memory available")
+    assert teacher_cache.cgroup_memory_room(tmp_path / "nothing") is None
+
+
+def test_a_cgroup_limit_above_memavailable_changes_nothing(tmp_path: Path) -> None:
+    root = fake_host(tmp_path, "0::/job\n", {"job/memory.max": f"{64 * GB}\n", "job/memory.current": "0\n"},
+                     mem_available=5 * GB)
+    assert teacher_cache.cgroup_memory_room(root) == 64 * GB
+    assert teacher_cache.host_memory_available(root) == (5 * GB // 1024 * 1024, "host memory available")
+
+
+def test_host_budget_under_a_cgroup_is_shared_by_the_jobs_that_fit_the_cpus(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    root = fake_host(tmp_path, "0::/job\n", {"job/memory.max": f"{24 * GB}\n", "job/memory.current": f"{4 * GB}\n"})
+    monkeypatch.setattr(teacher_cache, "ROOT", root)
+    monkeypatch.setattr(teacher_cache, "_usable_cpus", lambda: 9)
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(teacher_cache.JOB_THREADS_ENV, raising=False)  # the CLI, DVC: one job
+    assert teacher_cache.memory_budget(cpu) == (10 * GB, "50% of 20000.0 MB host memory available (cgroup limit)")
+    monkeypatch.setenv(teacher_cache.JOB_THREADS_ENV, "4")  # Snakemake's threads: 4 on 9 CPUs: 2 at once
+    assert teacher_cache.memory_budget(cpu) == (
+        5 * GB, "50% of 20000.0 MB host memory available (cgroup limit), shared by 2 concurrent jobs "
+                "(9 usable CPUs / 4 threads per job)")
+    monkeypatch.setenv(teacher_cache.JOB_THREADS_ENV, "16")  # more threads than CPUs: still one job
+    assert teacher_cache.memory_budget(cpu)[0] == 10 * GB
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv(teacher_cache.JOB_THREADS_ENV, bad)
+        with pytest.raises(ValueError, match=teacher_cache.JOB_THREADS_ENV):
+            teacher_cache.memory_budget(cpu)
+
+
+def test_gpu_budget_is_shared_by_the_jobs_per_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * GB, 80 * GB))
+    monkeypatch.setenv(teacher_cache.JOB_THREADS_ENV, "1")  # host threads do not matter on a GPU
+    gpu = torch.device("cuda:0")
+    monkeypatch.delenv("SKRD4AD_JOBS_PER_GPU", raising=False)
+    assert teacher_cache.memory_budget(gpu) == (4 * GB, "50% of 8000.0 MB free on cuda:0")
+    monkeypatch.setenv("SKRD4AD_JOBS_PER_GPU", "4")
+    assert teacher_cache.memory_budget(gpu) == (
+        GB, "50% of 8000.0 MB free on cuda:0, shared by 4 concurrent jobs (SKRD4AD_JOBS_PER_GPU=4)")
+
+
+OOM_ERRORS = [
+    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"),
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                 "you tried to allocate 1000000000000000 bytes. Error code 12 (Cannot allocate memory)"),
+    MemoryError(),
+]
+
+
+def _small_model_and_images(prepared_brick: Path):
+    torch.manual_seed(0)
+    model = build_model("resnet18", "rd4ad", teacher_weights=None)
+    fold_batchnorm(model.teacher)
+    return model, PreparedClass(prepared_brick).train_images
+
+
+def _no_memory(error: BaseException):
+    def allocate(shapes, dtypes, device):
+        raise error
+    return allocate
+
+
+@pytest.mark.parametrize("error", OOM_ERRORS, ids=["cuda", "cpu-allocator", "MemoryError"])
+def test_auto_falls_back_to_disk_then_off_when_memory_runs_out(prepared_brick: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture,
+                                                               error: BaseException) -> None:
+    model, images = _small_model_and_images(prepared_brick)
+    with teacher_cache.open_cache("off", model, images, batch_size=4, amp="none", device=torch.device("cpu"),
+                                  memory_format=torch.contiguous_format, out_path=tmp_path / "m.pt") as none:
+        assert none is None
+    reference = [model.teacher(to_model_input(batch_from(images, np.arange(len(images))), torch.device("cpu")))]
+    monkeypatch.setattr(teacher_cache, "memory_budget", lambda device: (10**15, "test budget"))
+    monkeypatch.setattr(teacher_cache, "_memory_tensors", _no_memory(error))
+    kwargs = dict(batch_size=4, amp="none", device=torch.device("cpu"), memory_format=torch.contiguous_format,
+                  out_path=tmp_path / "m.pt")
+    with caplog.at_level(logging.INFO, logger="skrd4ad.teacher_cache"):
+        with teacher_cache.open_cache("auto", model, images, **kwargs) as cache:
+            assert cache is not None and len(staging_folders(tmp_path)) == 1  # on disk after all
+            for got, want in zip(cache.gather(np.arange(len(images))), reference[0], strict=True):
+                torch.testing.assert_close(got, want.detach(), rtol=1e-4, atol=1e-5)
+    assert staging_folders(tmp_path) == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("teacher cache: disk after all for 6 train images: ")
+    assert "\n" not in warnings[0] and teacher_cache.out_of_memory_text(error) in warnings[0]
+    caplog.clear()
+    monkeypatch.setattr(teacher_cache, "disk_budget", lambda folder: 0)
+    with caplog.at_level(logging.INFO, logger="skrd4ad.teacher_cache"):
+        with teacher_cache.open_cache("auto", model, images, **kwargs) as cache:
+            assert cache is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("teacher cache: off after all for 6 train images: ")
+
+
+@pytest.mark.parametrize("error", OOM_ERRORS, ids=["cuda", "cpu-allocator", "MemoryError"])
+def test_explicit_memory_that_does_not_fit_raises_one_line(prepared_brick: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    model, images = _small_model_and_images(prepared_brick)
+    monkeypatch.setattr(teacher_cache, "_memory_tensors", _no_memory(error))
+    with pytest.raises(MemoryError, match=r"^train\.teacher_cache is memory, but .* set train\.teacher_cache to "
+                                          r"auto \(falls back to disk\), disk or off$") as info:
+        with teacher_cache.open_cache("memory", model, images, batch_size=4, amp="none", device=torch.device("cpu"),
+                                      memory_format=torch.contiguous_format, out_path=tmp_path / "m.pt"):
+            pass
+    assert "\n" not in str(info.value) and teacher_cache.out_of_memory_text(error) in str(info.value)
+    assert staging_folders(tmp_path) == []
+
+
+def test_other_errors_while_filling_the_cache_are_not_taken_for_out_of_memory(prepared_brick: Path, tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    model, images = _small_model_and_images(prepared_brick)
+    monkeypatch.setattr(teacher_cache, "memory_budget", lambda device: (10**15, "test budget"))
+    monkeypatch.setattr(teacher_cache, "_memory_tensors", _no_memory(RuntimeError("shape '[6, 64]' is invalid")))
+    with pytest.raises(RuntimeError, match="is invalid"):
+        with teacher_cache.open_cache("auto", model, images, batch_size=4, amp="none", device=torch.device("cpu"),
+                                      memory_format=torch.contiguous_format, out_path=tmp_path / "m.pt"):
+            pass
+    assert teacher_cache.out_of_memory_text(ValueError("out of memory")) is None
+
+
+def test_training_with_auto_survives_a_memory_cache_that_runs_out(prepared_brick: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    train(tiny_config(epochs=1, teacher_cache="off"), prepared_brick, tmp_path / "off.pt", progress=False)
+    monkeypatch.setattr(teacher_cache, "memory_budget", lambda device: (10**15, "test budget"))
+    monkeypatch.setattr(teacher_cache, "_memory_tensors", _no_memory(OOM_ERRORS[0]))
+    train(tiny_config(epochs=1), prepared_brick, tmp_path / "auto.pt", progress=False)
+    assert staging_folders(tmp_path) == []
+    assert not differing(student_weights(tmp_path / "off.pt"), student_weights(tmp_path / "auto.pt"))
 
 
 def test_unquoted_off_in_yaml_means_off() -> None:

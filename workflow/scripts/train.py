@@ -5,6 +5,7 @@ error as one ``ERROR`` line: into Snakemake's log file, or on stderr under DVC."
 
 import argparse
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,11 @@ def run(params: dict[str, Any], data: Path, cls: str, variant: str, seed: int, m
     from skrd4ad.train import train
 
     from skrd4ad.gpu_slots import gpu_slot
+    from skrd4ad.teacher_cache import JOB_THREADS_ENV
 
     if threads:
         torch.set_num_threads(threads)
+        os.environ[JOB_THREADS_ENV] = str(threads)  # jobs that may run beside it share the teacher cache's budget
     config = pipeline.train_config(params, cls, variant, seed)
     # one GPU per concurrent job (Snakemake's --resources gpu=N does not pick devices)
     with gpu_slot() if config.device != "cpu" else contextlib.nullcontext():
