@@ -110,11 +110,11 @@ def _inactive_file(path: Path, key: str) -> int:
 
 
 def _cgroup_chain(mount: Path, rel: str) -> list[Path]:
-    """The folders of cgroup ``rel`` under ``mount`` and of its ancestors up to ``mount``; only
-    ``mount`` when ``rel`` is not found there (a container that shows its own cgroup as the root)."""
-    parts = [p for p in rel.strip().split("/") if p]
-    own = mount.joinpath(*parts)
-    if not parts or not own.is_dir():
+    """The folders of cgroup ``rel`` under ``mount`` and of its ancestors up to ``mount`` (folders
+    that do not exist have no files to read); only ``mount`` when ``rel`` climbs above it (``/..``:
+    a cgroup namespace's view of a cgroup outside it; the mount shows the container's own)."""
+    parts = [p for p in rel.strip().split("/") if p not in ("", ".")]
+    if ".." in parts:
         return [mount]
     return [mount.joinpath(*parts[:k]) for k in range(len(parts), -1, -1)]
 

@@ -271,7 +271,10 @@ def test_a_container_sees_its_own_cgroup_as_the_root(tmp_path: Path) -> None:
     """Under a cgroup namespace /proc/self/cgroup may name a path the mount does not show: the
     mount's own files are the container's."""
     root = fake_host(tmp_path, "0::/../../kubepods/pod1/abc\n",
-                     {"memory.max": f"{2 * GB}\n", "memory.current": f"{GB // 2}\n"})
+                     {"memory.max": f"{2 * GB}\n", "memory.current": f"{GB // 2}\n",
+                      # what the path would reach if followed: outside the cgroup mount, not read
+                      "../../kubepods/pod1/abc/memory.max": "1\n", "../../kubepods/pod1/abc/memory.current": "0\n"})
+    assert (root / "sys/kubepods/pod1/abc/memory.max").is_file()
     assert teacher_cache.cgroup_memory_room(root) == GB + GB // 2
 
 
