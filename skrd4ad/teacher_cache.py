@@ -51,7 +51,6 @@ import numpy as np
 import torch
 
 from .data.prepared import batch_from, to_model_input
-from .checkpoint import short_error
 from .device import autocast
 from .gpu_slots import JOBS_PER_GPU_ENV, jobs_per_gpu_setting
 from .io import StagingDir, check_free_space, clean_stale_staging, disk_full_as_error, format_mb, space_margin

@@ -379,7 +379,8 @@ def test_auto_falls_back_to_disk_then_off_when_memory_runs_out(prepared_brick: P
 
 @pytest.mark.parametrize("error", OOM_ERRORS, ids=["cuda", "cpu-allocator", "MemoryError"])
 def test_explicit_memory_that_does_not_fit_raises_one_line(prepared_brick: Path, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           error: BaseException) -> None:
     model, images = _small_model_and_images(prepared_brick)
     monkeypatch.setattr(teacher_cache, "_memory_tensors", _no_memory(error))
     with pytest.raises(MemoryError, match=r"^train\.teacher_cache is memory, but .* set train\.teacher_cache to "
