@@ -20,15 +20,11 @@ neither numpy nor torch.
 
 from __future__ import annotations
 
-import functools
-import importlib
-import os
-import pkgutil
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 from skrd4ad.data.layout import LABELLED_ANOMALIES, DatasetError, list_classes
+from skrd4ad.plugins import PluginRegistry
 
 from .base import FETCH_MARKER, Location, Source, copy_tree, layout_root
 
@@ -38,63 +34,23 @@ __all__ = ["FETCH_MARKER", "LABELLED_ANOMALIES", "Location", "Source", "names", 
 
 ENTRY_POINT_GROUP = "skrd4ad.sources"
 ENV_VAR = "SKRD4AD_SOURCES"
-_FIRST = ("synthetic",)
-_NOT_SOURCES = ("base",)
 
 
-def _instance(obj: Any, where: str) -> Source:
-    source = obj() if isinstance(obj, type) and issubclass(obj, Source) else obj
-    if not isinstance(source, Source) or not source.name:
-        raise TypeError(f"{where} is {obj!r}, not a Source with a name; point it at a subclass of "
-                        "skrd4ad.data.sources.base.Source (or an instance) that sets name and label")
-    return source
+def _check(source: Source) -> None:
+    for key in source.extra_sets:
+        if not key.startswith("train/") or key.count("/") != 1 or key == "train/good":
+            raise ValueError(f"dataset source {source.name}: extra set {key!r} must be train/<folder> "
+                             "(not train/good)")
 
 
-def _from_module(module_name: str, where: str) -> Source:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportError(f"{where}: cannot import source module {module_name!r} ({exc}); "
-                          "fix the name or put its folder on PYTHONPATH") from exc
-    if not hasattr(module, "SOURCE"):
-        raise TypeError(f"{where}: module {module_name!r} defines no SOURCE; add `SOURCE = MySource()`")
-    return _instance(module.SOURCE, f"{where}: {module_name}.SOURCE")
-
-
-def _builtin_modules() -> list[str]:
-    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
-             and m.name not in _NOT_SOURCES]
-    return [m for m in _FIRST if m in found] + sorted(m for m in found if m not in _FIRST)
-
-
-@functools.lru_cache(maxsize=1)
-def _registry() -> dict[str, Source]:
-    found: list[Source] = [_from_module(f"{__name__}.{m}", "built-in source") for m in _builtin_modules()]
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plug-in names itself
-            raise ImportError(f"entry point {ep.name} = {ep.value} (group {ENTRY_POINT_GROUP}) cannot be "
-                              f"loaded: {exc}; fix or uninstall the package that declares it") from exc
-        found.append(_instance(obj, f"entry point {ep.name} = {ep.value}"))
-    for module_name in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
-        found.append(_from_module(module_name, ENV_VAR))
-    registry: dict[str, Source] = {}
-    for source in found:
-        if source.name in registry and type(registry[source.name]) is not type(source):
-            raise ValueError(f"two dataset sources are named {source.name!r} ({type(registry[source.name]).__module__} "
-                             f"and {type(source).__module__}); rename one")
-        for key in source.extra_sets:
-            if not key.startswith("train/") or key.count("/") != 1 or key == "train/good":
-                raise ValueError(f"dataset source {source.name}: extra set {key!r} must be train/<folder> "
-                                 "(not train/good)")
-        registry.setdefault(source.name, source)
-    return registry
+_registry: PluginRegistry[Source] = PluginRegistry(
+    kind="source", kinds="dataset sources", attr="SOURCE", base=Source, package=__name__, package_path=__path__,
+    group=ENTRY_POINT_GROUP, env_var=ENV_VAR, first=("synthetic",), check=_check)
 
 
 def refresh() -> None:
     """Forget the sources found so far (after changing ``SKRD4AD_SOURCES`` or installing one)."""
-    _registry.cache_clear()
+    _registry.refresh()
 
 
 def names() -> tuple[str, ...]:

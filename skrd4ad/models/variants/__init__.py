@@ -20,12 +20,9 @@ Importing this package and reading names, labels and settings schemas does not i
 
 from __future__ import annotations
 
-import functools
-import importlib
-import os
-import pkgutil
-from importlib.metadata import entry_points
 from typing import Any
+
+from skrd4ad.plugins import PluginRegistry
 
 from .base import Variant
 
@@ -35,58 +32,15 @@ ENTRY_POINT_GROUP = "skrd4ad.variants"
 ENV_VAR = "SKRD4AD_VARIANTS"
 #: Built-in modules listed first, in this order (the paper's baseline, then ours).
 _FIRST = ("rd4ad", "skrd4ad")
-_NOT_VARIANTS = ("base",)
 
-
-def _instance(obj: Any, where: str) -> Variant:
-    variant = obj() if isinstance(obj, type) and issubclass(obj, Variant) else obj
-    if not isinstance(variant, Variant) or not variant.name:
-        raise TypeError(f"{where} is {obj!r}, not a Variant with a name; point it at a subclass of "
-                        "skrd4ad.models.variants.base.Variant (or an instance) that sets name and label")
-    return variant
-
-
-def _from_module(module_name: str, where: str) -> Variant:
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ImportError(f"{where}: cannot import variant module {module_name!r} ({exc}); "
-                          "fix the name or put its folder on PYTHONPATH") from exc
-    if not hasattr(module, "VARIANT"):
-        raise TypeError(f"{where}: module {module_name!r} defines no VARIANT; add `VARIANT = MyVariant()`")
-    return _instance(module.VARIANT, f"{where}: {module_name}.VARIANT")
-
-
-def _builtin_modules() -> list[str]:
-    found = [m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")
-             and m.name not in _NOT_VARIANTS]
-    return [m for m in _FIRST if m in found] + sorted(m for m in found if m not in _FIRST)
-
-
-@functools.lru_cache(maxsize=1)
-def _registry() -> dict[str, Variant]:
-    found: list[Variant] = [_from_module(f"{__name__}.{m}", "built-in variant") for m in _builtin_modules()]
-    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plug-in names itself
-            raise ImportError(f"entry point {ep.name} = {ep.value} (group {ENTRY_POINT_GROUP}) cannot be "
-                              f"loaded: {exc}; fix or uninstall the package that declares it") from exc
-        found.append(_instance(obj, f"entry point {ep.name} = {ep.value}"))
-    for module_name in filter(None, (m.strip() for m in os.environ.get(ENV_VAR, "").split(","))):
-        found.append(_from_module(module_name, ENV_VAR))
-    registry: dict[str, Variant] = {}
-    for variant in found:
-        if variant.name in registry and type(registry[variant.name]) is not type(variant):
-            raise ValueError(f"two variants are named {variant.name!r} ({type(registry[variant.name]).__module__} "
-                             f"and {type(variant).__module__}); rename one")
-        registry.setdefault(variant.name, variant)
-    return registry
+_registry: PluginRegistry[Variant] = PluginRegistry(
+    kind="variant", kinds="variants", attr="VARIANT", base=Variant, package=__name__, package_path=__path__,
+    group=ENTRY_POINT_GROUP, env_var=ENV_VAR, first=_FIRST)
 
 
 def refresh() -> None:
     """Forget the variants found so far (after changing ``SKRD4AD_VARIANTS`` or installing one)."""
-    _registry.cache_clear()
+    _registry.refresh()
 
 
 def names() -> tuple[str, ...]:
