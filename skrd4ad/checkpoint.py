@@ -134,7 +134,10 @@ def save_checkpoint(path: Path, model: ReverseDistillation, config: TrainConfig,
         "teacher_state": teacher_state,  # CPU tensors taken before the model moved to its device
         "epochs": len(history),
         "final_loss": history[-1]["loss"] if history else None,
-        "data": {"class": data.class_name, "source_digest": data.meta.get("source_digest")},
+        # train_files: the train split (PreparedClass.train_files_digest); evaluate chooses the
+        # threshold on the validation images only when it matches (absent in older checkpoints)
+        "data": {"class": data.class_name, "source_digest": data.meta.get("source_digest"),
+                 "train_files": data.train_files_digest()},
         "versions": package_versions(),
         "code": code_provenance(),  # not the git revision: a same-code rerun writes the same bytes
     }

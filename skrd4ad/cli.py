@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import SCHEMA, EvalConfig, TrainConfig, from_dict, schema_defaults
+from .config import SCHEMA, EvalConfig, TrainConfig, from_dict, schema_defaults, schema_section
 from .data import sources
 from .models.choices import COMBINES, SCORE_KINDS, TEACHER_ARCHS
 from .pipeline import format_error
@@ -39,9 +39,42 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _bounds(schema: dict[str, Any]) -> str:
+    """The range a schema allows, in words: ``from 0 to 0.5``, ``at least 1``, ``above 0 and at most 1``."""
+    def bound(*kinds: tuple[str, str]) -> tuple[str, Any] | None:
+        return next(((words, schema[key]) for key, words in kinds if key in schema), None)
+
+    lo = bound(("minimum", "at least"), ("exclusiveMinimum", "above"))
+    hi = bound(("maximum", "at most"), ("exclusiveMaximum", "below"))
+    if lo and hi and (lo[0], hi[0]) == ("at least", "at most"):
+        return f"from {lo[1]} to {hi[1]}"
+    return " and ".join(f"{w} {v}" for w, v in filter(None, (lo, hi))) or "any"
+
+
+def schema_type(key: str, schema: dict[str, Any], python: type) -> Any:
+    """An argparse ``type``: the text as ``python`` (int or float), checked against the params
+    schema of ``key`` (e.g. ``prepare.val_fraction``); a value out of range is a usage error naming
+    the option, the key and the range (``argument --val-fraction: prepare.val_fraction: 0.7 is
+    greater than the maximum of 0.5 (allowed: from 0 to 0.5)``)."""
+
+    def convert(text: str) -> Any:
+        import jsonschema
+
+        value = python(text)  # ValueError: argparse's "invalid float value: 'x'"
+        errors = list(jsonschema.Draft202012Validator(schema).iter_errors(value))
+        if errors:
+            raise argparse.ArgumentTypeError(f"{key}: {jsonschema.exceptions.best_match(errors).message} "
+                                             f"(allowed: {_bounds(schema)})")
+        return value
+
+    convert.__name__ = python.__name__
+    return convert
+
+
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One ``--option`` per dataclass field, defaulting to None (= the dataclass default, which is
-    the params schema's): its choices (listed by ``--help``) and type come from the schema."""
+    the params schema's): its choices (listed by ``--help``), type and range come from the schema."""
+    section = "train" if cls is TrainConfig else "evaluate"
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -61,6 +94,9 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
                                      "(train.variant_overrides.<variant> in params.yaml)")
         elif f.type is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif f.type in (int, float) and schema:
+            parser.add_argument(flag, type=schema_type(f"{section}.{f.name}", schema, f.type), default=None,
+                                help=text)
         else:
             parser.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None, help=text)
 
@@ -308,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="*", help="default: all synthetic classes")
     synthetic = SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"]
     for key in ("seed", "image_size", "n_train", "n_test_good", "n_test_bad"):
-        p.add_argument(f"--{key.replace('_', '-')}", type=int, default=synthetic[key]["default"], help="default %(default)s")
+        p.add_argument(f"--{key.replace('_', '-')}", type=schema_type(f"data.synthetic.{key}", synthetic[key], int),
+                       default=synthetic[key]["default"], help="default %(default)s")
     p.set_defaults(func=_cmd_synthetic)
 
     p = add("download", help="download, verify, extract and convert a dataset (MVTec layout) into <root>/<dataset>")
@@ -327,10 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True,
                    help="output dir (with several classes: one sub-directory per class)")
-    p.add_argument("--image-size", type=int, default=schema_defaults("prepare")["image_size"], help="default %(default)s")
-    p.add_argument("--val-fraction", type=float, default=schema_defaults("prepare")["val_fraction"],
+    prepare = schema_section("prepare")
+    p.add_argument("--image-size", type=schema_type("prepare.image_size", prepare["image_size"], int),
+                   default=prepare["image_size"]["default"], help="default %(default)s")
+    p.add_argument("--val-fraction", type=schema_type("prepare.val_fraction", prepare["val_fraction"], float),
+                   default=prepare["val_fraction"]["default"],
                    help="hold out this fraction of the normal training images to choose thresholds on "
-                        "(never trained on; 0 = none); default %(default)s")
+                        f"(never trained on; 0 = none; {_bounds(prepare['val_fraction'])}); default %(default)s")
     p.add_argument("--image-level-only", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--allow-skip", action="store_true", help="skip unreadable files (listed in the manifest)")
     p.add_argument("--allow-empty-masks", action="store_true",
@@ -379,9 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=Path,
                    help="thresholds file for the sidecar (default: <checkpoint stem>.thresholds.json, or the pipeline's)")
     p.add_argument("--combine", choices=COMBINES, help="map settings (default: those of the thresholds, else the defaults)")
-    p.add_argument("--sigma", type=float)
+    evaluate = schema_section("evaluate")
+    p.add_argument("--sigma", type=schema_type("evaluate.sigma", evaluate["sigma"], float))
     p.add_argument("--score", choices=SCORE_KINDS)
-    p.add_argument("--topk", type=int)
+    p.add_argument("--topk", type=schema_type("evaluate.topk", evaluate["topk"], int))
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--dynamo", action="store_true", help="use torch.export (slower to export; same model)")
     add_teacher_option(p)

@@ -12,7 +12,9 @@ Writes into ``out_dir``:
   :data:`skrd4ad.aggregate.METRICS`);
 - ``thresholds.json``: the deployed image and pixel thresholds, chosen on the validation images
   prepare held out (``evaluate.threshold_fpr`` on the normal ones, or the F1-max where labelled
-  anomalous images outside the test set exist), with the test-set F1-max beside them as an
+  anomalous images outside the test set exist) when the checkpoint was trained on this cache's
+  train split (its recorded ``data.train_files`` digest; otherwise, or without validation images,
+  the test-set F1-max ships, ``fallback`` saying why), with the test-set F1-max beside them as an
   oracle for comparison, the map settings and the identity of the model they belong to
   (:mod:`skrd4ad.thresholds`; ``companion=True`` also writes it beside the checkpoint, where
   ``predict`` and ``export`` find it);
@@ -152,6 +154,22 @@ def _check_same_data(checkpoint: str | Path, ckpt: dict[str, Any], data_dir: str
     return [note]
 
 
+def _other_split(checkpoint: str | Path, ckpt: dict[str, Any], data_dir: str | Path,
+                 data: PreparedClass) -> str | None:
+    """Why ``data``'s validation images cannot choose the threshold of ``ckpt`` (its train split,
+    ``data.train_files`` in the checkpoint, differs from ``data``'s or is unknown); None when it is
+    the same split."""
+    trained = (ckpt.get("data") or {}).get("train_files")
+    current = data.train_files_digest()
+    if trained == current:
+        return None
+    if trained is None:
+        return (f"{checkpoint} records no train split (written before checkpoints recorded it), so the validation "
+                f"images of {data_dir} may have been trained on")
+    return (f"{checkpoint} was trained on another train split than {data_dir} holds (train-files digest "
+            f"{trained[:12]} vs {current[:12]}), so its validation images may have been trained on")
+
+
 def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
              config: EvalConfig | None = None, *, params: dict[str, Any] | None = None,
              allow_other_data: bool = False, companion: bool = False,
@@ -189,7 +207,12 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     # the validation images (held out by prepare, never trained on) and any labelled anomalous
     # images outside the test set: the deployed threshold is chosen on them alone
     val_maps = val_scores = anomaly_scores = None
-    if len(data.val_images):
+    other_split = _other_split(checkpoint, ckpt, data_dir, data) if len(data.val_images) else None
+    if other_split is not None:
+        log.warning("%s: the deployed threshold is the test-set F1-max (optimistic on that set); re-train with "
+                    "the current split (skrd4ad train --data %s, or the pipeline's train step) to choose it on "
+                    "held-out images", other_split, data_dir)
+    elif len(data.val_images):
         val_maps, val_scores = compute_maps(model, data.val_images, config)
         _check_finite(checkpoint, data_dir, "validation", val_maps, val_scores)
         labelled = getattr(data, "labelled_anomalies", None)
@@ -201,7 +224,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         val_maps=None if masks is None else val_maps.cpu().numpy(),  # type: ignore[union-attr]
         anomaly_scores=None if anomaly_scores is None else anomaly_scores.cpu().numpy())
     del val_maps
-    if deployed is None:
+    if deployed is None and other_split is None:
         log.warning("%s holds no validation images (prepare.val_fraction 0, or a single training image): the "
                     "deployed threshold is the test-set F1-max, optimistic on that set; prepare with "
                     "val_fraction > 0 to choose it on held-out images", data_dir)
@@ -247,7 +270,9 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         frame = result.curves.get(key)
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
     scalars = {k: float(v) for k, v in result.scalars.items()}
-    record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt, deployed)
+    fallback = other_split or (None if deployed is not None else "no validation images (prepare.val_fraction 0, "
+                                                                     "or a single training image)")
+    record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt, deployed, fallback=fallback)
     scalars.update(deployed_metrics(scores_np, labels, record["image_threshold"], maps, masks,
                                     record["pixel_threshold"]))
     write_json_atomic(out_dir / "provenance.json", provenance)

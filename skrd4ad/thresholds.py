@@ -17,9 +17,13 @@ validation images that prepare held out (``prepare.val_fraction``, never trained
 - ``val_fpr`` (default, normal images only): :func:`fpr_threshold` of the validation scores at
   ``evaluate.threshold_fpr``; the pixel threshold likewise over every pixel of their maps;
 - ``val_f1_max`` (labelled anomalous images outside the test set exist, e.g. VAD's ``train/bad``):
-  the image F1-max over the validation normals and those images; the pixel one as above;
-- ``test_f1_max`` (no validation images: ``val_fraction`` 0, or a class of one training image):
-  the test-set F1-max, as before, labelled optimistic.
+  the image F1-max over the validation normals and those images; the pixel one as above.  F1
+  depends on the share of anomalies, and this set's (``validation.anomaly_share``, A / (V + A))
+  is not the test set's: the threshold is F1-optimal at that share, not at the test set's;
+- ``test_f1_max`` (no validation images: ``val_fraction`` 0, or a class of one training image; or
+  a checkpoint trained on another train split than the cache's, whose validation images it may
+  have been trained on, e.g. an older checkpoint that records no split): the test-set F1-max, as
+  before, labelled optimistic; ``fallback`` says why.
 
 :func:`find_thresholds` looks, in order, for an explicit file, the companion beside the
 checkpoint, and the evaluation folder the pipeline wrote for a pipeline checkpoint.
@@ -146,17 +150,19 @@ def deployed_thresholds(val_scores: Any, threshold_fpr: float, *, val_maps: Any 
     pixel = None if val_maps is None else fpr_threshold(val_maps, threshold_fpr)
     validation = {"n_normal": int(v.size), "n_anomalous": int(a.size), "threshold_fpr": float(threshold_fpr),
                   "fpr": float((v >= image).mean())}
-    if a.size:
+    if a.size:  # F1 depends on the anomaly share, which here is not the test set's (nor production's)
         validation["recall"] = float((a >= image).mean())
+        validation["anomaly_share"] = float(a.size / (v.size + a.size))
     return {"image": float(image), "pixel": pixel, "rule": rule, "chosen_on": chosen_on, "validation": validation}
 
 
 def thresholds_record(metrics: dict[str, float], settings: dict[str, Any], checkpoint_id: str,
-                      ckpt: dict[str, Any], deployed: dict[str, Any] | None = None) -> dict[str, Any]:
+                      ckpt: dict[str, Any], deployed: dict[str, Any] | None = None, *,
+                      fallback: str | None = None) -> dict[str, Any]:
     """The JSON object evaluate writes, from its scalar metrics (the test set's F1-max thresholds:
-    the oracle), the deployed thresholds (:func:`deployed_thresholds`; None: no validation images,
-    the oracle is deployed, labelled so), the evaluate config and the model's identity
-    (:func:`skrd4ad.checkpoint.checkpoint_identity`)."""
+    the oracle), the deployed thresholds (:func:`deployed_thresholds`; None: no usable validation
+    images, the oracle is deployed, labelled so, with ``fallback``, why, recorded beside ``rule``),
+    the evaluate config and the model's identity (:func:`skrd4ad.checkpoint.checkpoint_identity`)."""
     pixel = metrics.get("pixel_f1_threshold")
     oracle = {"image_threshold": float(metrics["image_f1_threshold"]),
               "pixel_threshold": None if pixel is None or not math.isfinite(pixel) else float(pixel),
@@ -169,6 +175,7 @@ def thresholds_record(metrics: dict[str, float], settings: dict[str, Any], check
         "image_threshold": float(deployed["image"]),
         "pixel_threshold": None if deployed["pixel"] is None else float(deployed["pixel"]),
         "rule": deployed["rule"],
+        **({"fallback": fallback} if deployed["rule"] == "test_f1_max" and fallback else {}),
         "chosen_on": deployed["chosen_on"],
         "validation": deployed["validation"],
         "oracle": oracle,

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import logging
 import math
@@ -79,14 +78,6 @@ def _write_log(path: Path, history: list[dict[str, float]], terms: tuple[str, ..
     for row in history:
         writer.writerow({k: (f"{row[k]:.8g}" if k != "epoch" else int(row[k])) for k in columns})
     write_text_atomic(path, buf.getvalue())
-
-
-def _train_files_digest(data: PreparedClass) -> str:
-    """sha256 of the training images' file names in training order: a resume state made on
-    another train split (e.g. another ``prepare.val_fraction``) of the same source is not resumed."""
-    m = data.manifest
-    files = m[(m["split"] == "train") & (m["status"] == "ok")].sort_values("index")["file"]
-    return hashlib.sha256("\n".join(files).encode()).hexdigest()
 
 
 def default_state_path(model_path: Path) -> Path:
@@ -172,7 +163,7 @@ def train(config: TrainConfig, data_dir: str | Path, model_path: str | Path, *,
         raise ValueError(f"{data_dir}: the prepared train set is empty; re-run prepare on a class with train/good images")
     image_size = data.image_size
     identity = {"config": config.model_identity(), "data": data.meta.get("source_digest"),
-                "image_size": image_size, "train_files": _train_files_digest(data)}
+                "image_size": image_size, "train_files": data.train_files_digest()}
 
     device = resolve_device(config.device)
     memory_format = memory_format_for(config.memory_format, device, config.arch, config.amp)

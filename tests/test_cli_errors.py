@@ -231,3 +231,45 @@ def test_failed_snakemake_jobs_write_start_and_error_lines_to_their_logs(tmp_pat
     for ok in ("logs/download/parts.log", "logs/prepare/parts/grass.log"):
         lines = (repo / ok).read_text().strip().splitlines()
         assert "done in" in lines[-1] and "ERROR" not in "\n".join(lines), (ok, lines)
+
+
+# ----------------------------------------------------------------------------- bounded options
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["prepare", "--val-fraction", "0.7"],
+     "argument --val-fraction: prepare.val_fraction: 0.7 is greater than the maximum of 0.5 (allowed: from 0 to 0.5)"),
+    (["prepare", "--val-fraction", "-0.1"],
+     "argument --val-fraction: prepare.val_fraction: -0.1 is less than the minimum of 0 (allowed: from 0 to 0.5)"),
+    (["prepare", "--image-size", "16"],
+     "argument --image-size: prepare.image_size: 16 is less than the minimum of 32 (allowed: at least 32)"),
+    (["evaluate", "--fpr-limit", "0"],
+     "argument --fpr-limit: evaluate.fpr_limit: 0.0 is less than or equal to the minimum of 0 "
+     "(allowed: above 0 and at most 1)"),
+    (["synthetic", "--n-train", "0"],
+     "argument --n-train: data.synthetic.n_train: 0 is less than the minimum of 1 (allowed: at least 1)"),
+    (["export", "--topk", "0"], "argument --topk: evaluate.topk: 0 is less than the minimum of 1 (allowed: at least 1)"),
+])
+def test_a_bounded_option_out_of_range_is_one_usage_error_naming_option_and_range(
+        argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every numeric option with bounds in the params schema is checked against them while the
+    command line is read: one line naming the option, the params key and the range (exit 2)."""
+    required = {"prepare": ["--root", "r", "--classes", "c", "--out", str(tmp_path / "o")],
+                "evaluate": ["--checkpoint", "m.pt", "--data", "d", "--out", str(tmp_path / "o")],
+                "synthetic": ["--out", str(tmp_path / "o")],
+                "export": ["--checkpoint", "m.pt", "--out", str(tmp_path / "o.onnx")]}[argv[0]]
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, *required])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.strip().splitlines()[-1] == f"skrd4ad {argv[0]}: error: {message}"
+    assert not (tmp_path / "o").exists()
+
+
+def test_bounded_options_accept_their_limits() -> None:
+    from skrd4ad.cli import build_parser
+
+    parser = build_parser()
+    for value in ("0", "0.5"):
+        assert parser.parse_args(["prepare", "--root", "r", "--classes", "c", "--out", "o", "--val-fraction",
+                                  value]).val_fraction == float(value)
+    assert parser.parse_args(["train", "--data", "d", "--out", "m.pt", "--epochs", "1"]).epochs == 1

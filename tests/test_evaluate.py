@@ -159,9 +159,11 @@ def test_cli_help_evaluate_and_errors(trained: dict[str, Path], tmp_path: Path, 
     with pytest.raises(SystemExit) as exit_:  # a fixed set of values: argparse lists them (usage error, 2)
         cli_main(["train", "--data", str(trained["prepared"]), "--out", str(tmp_path / "m.pt"), "--variant", "res3"])
     assert exit_.value.code == 2 and "invalid choice: 'res3' (choose from 'rd4ad', 'skrd4ad'" in capsys.readouterr().err
-    assert cli_main(["train", "--data", str(trained["prepared"]), "--out", str(tmp_path / "m.pt"),
-                     "--epochs", "0"]) == 1
-    assert "train.epochs: 0 is less than the minimum of 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # a range: a usage error naming the option, key and range (2)
+        cli_main(["train", "--data", str(trained["prepared"]), "--out", str(tmp_path / "m.pt"), "--epochs", "0"])
+    assert exit_.value.code == 2
+    assert ("argument --epochs: train.epochs: 0 is less than the minimum of 1 (allowed: at least 1)"
+            in capsys.readouterr().err)
     with pytest.raises(SystemExit) as exit_:
         cli_main(["--version"])
     assert exit_.value.code == 0 and capsys.readouterr().out.startswith("skrd4ad ")

@@ -54,7 +54,8 @@ def test_registry_is_light_and_feeds_schema_cli_and_pipeline() -> None:
     download = build_parser()._subparsers._group_actions[0].choices["download"]
     choices = next(a.choices for a in download._actions if a.dest == "dataset")
     assert tuple(choices) == sources.downloadable() and "vad" in choices and "folder" not in choices
-    assert sources.extra_train_folders() == ("bad",)
+    assert {n: sources.get(n).extra_train_folders for n in sources.names()
+            if sources.get(n).extra_train_folders} == {"vad": ("bad",)}
     with pytest.raises(DatasetError, match="unknown dataset source 'nope'; choose one of synthetic"):
         sources.get("nope")
 
@@ -144,6 +145,39 @@ def test_confirmation_target_form_and_link() -> None:
     assert confirmation_target(old, "https://drive.google.com/uc?export=download&id=F1") == (
         "https://drive.google.com/uc?export=download&confirm=AbC&id=F1")
     assert confirmation_target("<html><p>Quota exceeded</p></html>", "https://x/") is None
+
+
+@pytest.mark.parametrize("page, target", [
+    ('<a href="file:///etc/passwd?confirm=t">Download anyway</a>', "file:///etc/passwd?confirm=t"),
+    ('<form action="ftp://h/VAD.zip"><input type="hidden" name="confirm" value="t"></form>',
+     "ftp://h/VAD.zip?confirm=t"),
+    ('<form action="javascript:go()"><input type="hidden" name="confirm" value="t"></form>',
+     "javascript:go()?confirm=t"),
+])
+def test_confirmation_page_may_lead_only_to_http_or_https(page: str, target: str) -> None:
+    import doctest
+
+    from skrd4ad.data import download
+
+    with pytest.raises(DownloadError) as err:
+        confirmation_target(page, "https://drive.google.com/uc?id=F1")
+    assert str(err.value).startswith(f"the confirmation page of https://drive.google.com/uc?id=F1 leads to {target}, "
+                                     "not an http or https URL")
+    assert "\n" not in str(err.value) and type(err.value).__name__ == "_PermanentError"  # one line; not retried
+    assert confirmation_target('<a href="HTTP://h/f?confirm=t">x</a>', "https://h/") == "HTTP://h/f?confirm=t"
+    assert doctest.testmod(download).failed == 0
+
+
+def test_a_confirmation_page_to_a_local_file_is_not_followed(server, tmp_path: Path) -> None:  # noqa: F811
+    secret = tmp_path / "secret.zip"
+    secret.write_bytes(vad_zip())
+    server.files["/uc"] = f'<html><a href="{secret.as_uri()}?confirm=t">Download anyway</a></html>'.encode()
+    server.types["/uc"] = "text/html"
+    with pytest.raises(DownloadError, match=f"leads to {re.escape(secret.as_uri())}.*not an http or https URL"):
+        fetch_dataset("vad", tmp_path / "d", url=_url(server, "/uc"), sha256=_sha(secret.read_bytes()),
+                      progress=False)
+    assert server.log == [("/uc", None)]  # asked once: not retried
+    assert not (tmp_path / "d" / "vad").exists()
 
 
 def test_vad_fetch_resumes_converts_and_prints_licence_once(server, tmp_path: Path, capfd) -> None:  # noqa: F811
@@ -247,21 +281,53 @@ def test_classes_without_labelled_anomalies_have_none(prepared_brick: Path) -> N
     assert not (prepared_brick / "labelled_anomalies.npy").exists()
 
 
-def test_training_reads_only_train_good(tmp_path: Path) -> None:
-    """train/bad is declared by a source, so the layout accepts it, as labelled anomalies only;
-    any other train folder is still refused, naming the accepted ones."""
-    from skrd4ad.data.layout import scan_class
-
+def _class_with_train_bad(root: Path) -> Path:
     for folder, n in {"train/good": 2, "train/bad": 1, "test/good": 1, "test/bad": 1}.items():
         for i in range(n):
-            (tmp_path / "c" / folder).mkdir(parents=True, exist_ok=True)
-            (tmp_path / "c" / folder / f"{i}.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
-    samples = scan_class(tmp_path, "c")
-    assert [(s.split, s.label, s.defect_type) for s in samples] == [
-        ("train", 0, "good"), ("train", 0, "good"), ("train", 1, "bad"), ("test", 1, "bad"), ("test", 0, "good")]
-    (tmp_path / "c" / "train" / "other").mkdir()
+            (root / "c" / folder).mkdir(parents=True, exist_ok=True)
+            (root / "c" / folder / f"{i}.png").write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
+    return root
+
+
+def test_training_reads_only_train_good(tmp_path: Path) -> None:
+    """train/bad is an extra set of the VAD source, so in a folder that source fetched (its marker)
+    the layout accepts it, as labelled anomalies only; any other train folder is still refused,
+    naming the accepted ones."""
+    from skrd4ad.data.layout import scan_class
+
+    root = _class_with_train_bad(tmp_path)
+    (root / FETCH_MARKER).write_text('{"name": "vad"}')
+    want = [("train", 0, "good"), ("train", 0, "good"), ("train", 1, "bad"), ("test", 1, "bad"), ("test", 0, "good")]
+    assert [(s.split, s.label, s.defect_type) for s in scan_class(root, "c")] == want
+    (root / FETCH_MARKER).unlink()  # no marker: the caller names the source's folders
+    assert [(s.split, s.label, s.defect_type) for s in scan_class(root, "c", extra_train=("bad",))] == want
+    (root / "c" / "train" / "other").mkdir()
     with pytest.raises(DatasetError, match=re.escape("one-class training reads only") + ".*train/bad"):
-        scan_class(tmp_path, "c")
+        scan_class(root, "c", extra_train=sources.get("vad").extra_train_folders)
+
+
+@pytest.mark.parametrize("marker", [None, '{"name": "mvtec"}', '{"name": "gone"}', "not json"])
+def test_a_source_without_extra_sets_refuses_another_sources_folder(tmp_path: Path, marker: str | None) -> None:
+    """A folder not fetched as VAD (a user's folder, MVTec, an unregistered source, a damaged
+    marker) that holds a train/bad folder: refused as any other train folder, saying where
+    train/bad is a set of labelled anomalies, and nothing of it reaches prepare."""
+    from skrd4ad.data.layout import scan_class
+    from skrd4ad.data.prepare import prepare_class
+
+    root = _class_with_train_bad(tmp_path / "raw")
+    if marker is not None:
+        (root / FETCH_MARKER).write_text(marker)
+    assert sources.extra_train_folders(root) == ()
+    c = root / "c"
+    message = (f"unexpected {c / 'train' / 'bad'}: one-class training reads only {c / 'train' / 'good'}; "
+               f"move anomalous images to {c / 'test'}/<defect>/ and remove anything else (train/bad holds "
+               "labelled anomalies only in a dataset fetched by `skrd4ad download --dataset vad`)")
+    for call in (lambda: scan_class(root, "c"), lambda: scan_class(root, "c", extra_train=()),
+                 lambda: prepare_class(root, "c", tmp_path / "prep", image_size=8, progress=False)):
+        with pytest.raises(DatasetError) as err:
+            call()
+        assert str(err.value) == message
+    assert not (tmp_path / "prep").exists()
 
 
 def test_every_location_failing_lists_each(server, tmp_path: Path) -> None:  # noqa: F811

@@ -134,7 +134,8 @@ def test_f1_rule_with_labelled_anomalies_written_by_hand() -> None:
     # 0.6: 2/4 = .5; 0.5: 4/5 = .8; 0.4: 4/6; 0.35: 6/7 = .857 (best); 0.3: 6/8; 0.2: 6/9; 0.1: 6/10
     got = deployed_thresholds(np.array([0.1, 0.2, 0.3, 0.4]), 0.01, anomaly_scores=np.array([0.35, 0.5, 0.6]))
     assert got is not None and got["image"] == 0.35 and got["rule"] == "val_f1_max"
-    assert got["validation"] == {"n_normal": 4, "n_anomalous": 3, "threshold_fpr": 0.01, "fpr": 0.25, "recall": 1.0}
+    assert got["validation"] == {"n_normal": 4, "n_anomalous": 3, "threshold_fpr": 0.01, "fpr": 0.25, "recall": 1.0,
+                                 "anomaly_share": 3 / 7}
     normal_only = deployed_thresholds(np.array([0.1, 0.2, 0.3, 0.4]), 0.25, anomaly_scores=np.zeros(0))
     assert normal_only is not None and normal_only["rule"] == "val_fpr" and normal_only["image"] == 0.4
     assert deployed_thresholds(np.zeros(0), 0.01) is None
@@ -185,6 +186,7 @@ def test_thresholds_json_holds_the_validation_threshold_and_the_labelled_oracle(
     assert record["pixel_threshold"] == float(ranked[k - 1])
     assert record["validation"] == {"n_normal": len(val_scores), "n_anomalous": 0, "threshold_fpr": 0.01, "fpr": 0.0}
     assert "validation set" in record["chosen_on"] and "test" not in record["chosen_on"]
+    assert "fallback" not in record  # the file of a run on its own split keeps its earlier keys
     assert record["oracle"] == {"image_threshold": metrics["image_f1_threshold"],
                                 "pixel_threshold": metrics["pixel_f1_threshold"], "chosen_on": ORACLE_CHOSEN_ON}
     assert "oracle" in record["oracle"]["chosen_on"] and "never used" in record["oracle"]["chosen_on"]
@@ -253,6 +255,8 @@ def test_labelled_anomalies_outside_the_test_set_switch_to_the_f1_rule(run: dict
     assert record["rule"] == "val_f1_max"
     assert record["image_threshold"] == pytest.approx(max(t for t, v in f1.items() if v == best), rel=1e-6)
     assert record["validation"]["n_anomalous"] == len(extra)
+    # the F1 above holds at this set's anomaly share (A / (V + A)), recorded beside it
+    assert record["validation"]["anomaly_share"] == len(extra) / (len(val_scores) + len(extra))
 
 
 def test_without_a_validation_set_the_test_threshold_ships_labelled_so(run: dict[str, Path], tmp_path: Path) -> None:
@@ -264,6 +268,70 @@ def test_without_a_validation_set_the_test_threshold_ships_labelled_so(run: dict
     assert record["rule"] == "test_f1_max" and record["validation"] is None
     assert record["image_threshold"] == record["oracle"]["image_threshold"]
     assert "test set" in record["chosen_on"] and "optimistic" in record["chosen_on"]
+    assert record["fallback"].startswith("no validation images")
+
+
+# ------------------------------------------------------------------- the checkpoint's train split
+
+def _train_rows(prepared: Path) -> list[str]:
+    """The train split as written in manifest.csv: files of the ok train rows in index order."""
+    import csv
+
+    with open(prepared / "manifest.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] == "train" and r["status"] == "ok"]
+    return [r["file"] for r in sorted(rows, key=lambda r: int(r["index"]))]
+
+
+def test_the_checkpoint_records_its_train_split_outside_its_identity(run: dict[str, Path]) -> None:
+    from skrd4ad.checkpoint import IDENTITY_KEY, model_identity, read_checkpoint
+
+    ckpt = read_checkpoint(run["model"])
+    files = _train_rows(run["prepared"])
+    assert 0 < len(files) < 12 and not any(f in files for f in PreparedClass(run["prepared"]).val_manifest["file"])
+    assert ckpt["data"]["train_files"] == hashlib.sha256("\n".join(files).encode()).hexdigest()
+    # the model's identity (checkpoint_id) does not hash the data record: unchanged without it
+    older = {**ckpt, "data": {k: v for k, v in ckpt["data"].items() if k != "train_files"}}
+    assert model_identity(older) == model_identity(ckpt) == ckpt[IDENTITY_KEY]
+
+
+def _evaluate_with_log(model: Path, prepared: Path, out: Path, caplog: pytest.LogCaptureFixture) -> dict:
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="skrd4ad.evaluate"):
+        evaluate(model, prepared, out, EvalConfig(num_figures=0, device="cpu"))
+    return json.loads((out / "thresholds.json").read_text())
+
+
+def test_a_checkpoint_of_another_split_is_not_thresholded_on_its_training_images(
+        run: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Trained with val_fraction 0 (every normal image trained on), evaluated on the cache that
+    holds some of those images out: they are training images of this model, so the test-set
+    oracle ships, labelled so, with one warning that says why and what to do."""
+    whole = prepare_class(run["root"] / "raw", "gravel", tmp_path / "whole", image_size=64, progress=False)
+    assert len(PreparedClass(whole).val_images) == 0
+    config = TrainConfig(arch="mobilenet_v2", variant="rd4ad", teacher_weights=None, epochs=1, batch_size=4,
+                         device="cpu", seed=5)
+    train(config, whole, tmp_path / "whole.pt", progress=False)
+    record = _evaluate_with_log(tmp_path / "whole.pt", run["prepared"], tmp_path / "eval", caplog)
+    assert record["rule"] == "test_f1_max" and record["validation"] is None
+    assert record["image_threshold"] == record["oracle"]["image_threshold"]
+    assert "another train split" in record["fallback"] and "optimistic" in record["chosen_on"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "another train split" in warnings[0]
+    assert "re-train with the current split" in warnings[0]
+
+
+def test_a_checkpoint_without_a_recorded_split_falls_back_to_the_oracle(
+        run: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An older checkpoint (no data.train_files): its split is unknown, so is the validation set's."""
+    ckpt = torch.load(run["model"], map_location="cpu", weights_only=True)
+    del ckpt["data"]["train_files"]
+    torch.save(ckpt, tmp_path / "older.pt")
+    record = _evaluate_with_log(tmp_path / "older.pt", run["prepared"], tmp_path / "eval", caplog)
+    assert record["rule"] == "test_f1_max" and "records no train split" in record["fallback"]
+    assert record["image_threshold"] == record["oracle"]["image_threshold"]
+    assert record["checkpoint_id"] == json.loads((run["eval"] / "thresholds.json").read_text())["checkpoint_id"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "records no train split" in warnings[0]
 
 
 # ------------------------------------------------------------------------------------- CLI

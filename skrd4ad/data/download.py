@@ -84,20 +84,30 @@ class _ConfirmParser(html.parser.HTMLParser):
 
 def confirmation_target(page: str, url: str) -> str | None:
     """The URL a download-confirmation page leads to (its form, submitted with its inputs, or a
-    link with ``confirm=``), resolved against ``url``; ``None`` when the page has neither.
+    link with ``confirm=``), resolved against ``url``; ``None`` when the page has neither.  A
+    target that is not http or https (``file:``, ``ftp:``, ...) raises :class:`_PermanentError`
+    naming it: a web page must not make the download read a local file or another protocol.
 
     >>> confirmation_target('<form action="/get"><input type="hidden" name="id" value="x"></form>', "http://h/uc?id=x")
     'http://h/get?id=x'
+    >>> confirmation_target('<a href="file:///etc/passwd?confirm=t">go</a>', "https://h/uc")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    skrd4ad.data.download._PermanentError: the confirmation page of https://h/uc leads to file:///etc/passwd?...
     """
     parser = _ConfirmParser()
     parser.feed(page)
     if parser.action is not None and parser.fields:
         target = urllib.parse.urljoin(url, parser.action or url)
         query = urllib.parse.urlencode(parser.fields)
-        return f"{target}{'&' if '?' in target else '?'}{query}"
-    if parser.links:
-        return urllib.parse.urljoin(url, parser.links[0])
-    return None
+        target = f"{target}{'&' if '?' in target else '?'}{query}"
+    elif parser.links:
+        target = urllib.parse.urljoin(url, parser.links[0])
+    else:
+        return None
+    if urllib.parse.urlsplit(target).scheme.lower() not in ("http", "https"):
+        raise _PermanentError(f"the confirmation page of {url} leads to {target}, not an http or https URL; "
+                              "refusing to follow it: open the page in a browser, or use another location (--url)")
+    return target
 
 
 class UnsafeArchiveError(ValueError):

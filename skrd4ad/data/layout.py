@@ -98,8 +98,10 @@ def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | No
     """List and validate every image of one class: train samples first, then test samples.
 
     ``extra_train``: folders under ``train`` besides ``good`` whose images are labelled anomalies
-    (train samples with label 1, after the normal ones); ``None``: those the dataset sources
-    declare (:func:`skrd4ad.data.sources.extra_train_folders`, e.g. VAD's ``bad``).
+    (train samples with label 1, after the normal ones; a source's ``extra_train_folders``);
+    ``None``: those of the source that fetched ``root`` (:func:`skrd4ad.data.sources.extra_train_folders`,
+    e.g. VAD's ``bad`` in a folder written by ``skrd4ad download --dataset vad``), none for any
+    other folder.  Any other folder under ``train`` is refused.
 
     ``image_level_only``: ``True`` ignores masks, ``False`` requires a mask for every anomalous test
     image, ``None`` (auto) means image-level only exactly when the class has no ``ground_truth`` dir.
@@ -119,16 +121,19 @@ def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | No
     good_dir = train_dir / GOOD
     if not good_dir.is_dir():
         raise DatasetError(f"empty train set: {good_dir} does not exist; put the normal training images there")
-    if extra_train is None:
-        from skrd4ad.data.sources import extra_train_folders
+    from skrd4ad.data import sources
 
-        extra_train = extra_train_folders()
+    if extra_train is None:
+        extra_train = sources.extra_train_folders(root)
     for entry in _visible_entries(train_dir):
         if entry.name != GOOD and not (entry.is_dir() and entry.name in extra_train):
             also = f" (or labelled anomalies in train/{', train/'.join(extra_train)})" if extra_train else ""
+            owners = sources.extra_train_owners(entry.name) if entry.is_dir() else ()
+            other = (f" (train/{entry.name} holds labelled anomalies only in a dataset fetched by "
+                     f"`skrd4ad download --dataset {' or '.join(owners)}`)") if owners else ""
             raise DatasetError(
                 f"unexpected {entry}: one-class training reads only {good_dir}{also}; move anomalous images to "
-                f"{class_dir / 'test'}/<defect>/ and remove anything else"
+                f"{class_dir / 'test'}/<defect>/ and remove anything else{other}"
             )
     train_files = list_images(good_dir)
     if not train_files:

@@ -306,6 +306,7 @@ def prepare_class(
     allow_skip: bool = False,
     allow_empty_masks: bool = False,
     val_fraction: float = 0.0,
+    extra_train: tuple[str, ...] | None = None,
     progress: bool = True,
     workers: int | None = None,
 ) -> Path:
@@ -318,7 +319,10 @@ def prepare_class(
     (their defect pixels then count as normal; recorded in meta.json and as the manifest reason),
     otherwise :class:`DatasetError` names the mask; ``val_fraction``: hold out this fraction of the
     normal training images as ``val.npy`` (:func:`validation_split`; never trained on; 0 = none, the
-    Python default; the CLI and the pipeline pass ``prepare.val_fraction``, default 0.1); ``workers``: decoding threads (default: CPU
+    Python default; the CLI and the pipeline pass ``prepare.val_fraction``, default 0.1);
+    ``extra_train``: the train folders of labelled anomalies (see
+    :func:`~skrd4ad.data.layout.scan_class`; default: those of the source that fetched ``root``);
+    ``workers``: decoding threads (default: CPU
     count). ``image_size`` is not checked against the model here (tiny caches serve the data
     tests); the CLI and the model require a multiple of 32, see
     :func:`skrd4ad.models.rd4ad.check_image_size`. An existing ``out_dir`` is replaced only when
@@ -334,7 +338,7 @@ def prepare_class(
         raise DatasetError(f"image_size={image_size} must be a positive number of pixels")
     if image_level_only is None:
         image_level_only = is_image_level_only(root, class_name)
-    samples = scan_class(root, class_name, image_level_only=image_level_only)
+    samples = scan_class(root, class_name, image_level_only=image_level_only, extra_train=extra_train)
     train = [s for s in samples if s.split == "train" and s.label == 0]
     held = validation_split([_relative(s.path, root / class_name) for s in train], val_fraction)
     if val_fraction > 0 and not held.any():

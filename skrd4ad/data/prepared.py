@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -127,6 +128,15 @@ class PreparedClass:
             self._check_size(name)
             self.labelled_anomalies = _load_array(self.path / name)
             self._check(name, self.labelled_anomalies, (int(n_labelled), s, s, 3))
+
+    def train_files_digest(self) -> str:
+        """sha256 hex of the training images' file names (manifest ``file``) in training order,
+        joined by newlines: the train split.  Training records it (resume state and checkpoint); a
+        model made on another split (e.g. another ``prepare.val_fraction``) is not resumed, and
+        evaluate does not choose its threshold on this cache's validation images."""
+        m = self.manifest
+        files = m[(m["split"] == "train") & (m["status"] == "ok")].sort_values("index")["file"]
+        return hashlib.sha256("\n".join(files).encode()).hexdigest()
 
     def rerun_command(self) -> str:
         """The command that re-makes this cache (from the source recorded in meta.json)."""

@@ -29,6 +29,7 @@ from skrd4ad.plugins import PluginRegistry
 from .base import FETCH_MARKER, Location, Source, copy_tree, layout_root
 
 __all__ = ["FETCH_MARKER", "LABELLED_ANOMALIES", "Location", "Source", "names", "get", "label", "downloadable", "extra_train_folders",
+           "extra_train_owners", "fetched_as",
            "inject_schema", "markdown_table", "refresh", "fetch_dataset", "dataset_root", "copy_tree",
            "layout_root", "convert_visa", "import_two_folders"]
 
@@ -77,10 +78,30 @@ def label(name: str) -> str:
     return get(name).label or name
 
 
-def extra_train_folders() -> tuple[str, ...]:
-    """Folder names under ``<class>/train`` besides ``good`` that some source declares (sorted):
-    their images are labelled anomalies, never trained on."""
-    return tuple(sorted({key.split("/", 1)[1] for s in _registry().values() for key in s.extra_sets}))
+def fetched_as(root: str | Path) -> str | None:
+    """The name of the source that fetched the dataset folder ``root`` (from its
+    :data:`FETCH_MARKER`); None for any other folder (generated, a user's, hand-assembled)."""
+    import json
+
+    try:
+        name = json.loads((Path(root) / FETCH_MARKER).read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
+
+
+def extra_train_folders(root: str | Path) -> tuple[str, ...]:
+    """The folder names under ``<class>/train`` besides ``good`` that hold labelled anomalies
+    (never trained on) in the dataset folder ``root``: those of the source that fetched it
+    (:func:`fetched_as`, e.g. VAD's ``bad``); none for any other folder, or a source not registered."""
+    name = fetched_as(root)
+    source = _registry().get(name) if name is not None else None
+    return source.extra_train_folders if source is not None else ()
+
+
+def extra_train_owners(folder: str) -> tuple[str, ...]:
+    """The sources whose extra sets hold ``train/<folder>`` (for error messages)."""
+    return tuple(n for n, s in _registry().items() if folder in s.extra_train_folders)
 
 
 def inject_schema(schema: dict[str, Any]) -> dict[str, Any]:

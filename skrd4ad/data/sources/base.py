@@ -72,6 +72,12 @@ class Source:
     def downloadable(self) -> bool:
         return bool(self.locations)
 
+    @property
+    def extra_train_folders(self) -> tuple[str, ...]:
+        """The folders under ``<class>/train`` besides ``good`` that this source's extra sets hold
+        (``{"train/bad": ...}`` -> ``("bad",)``), sorted."""
+        return tuple(sorted(key.split("/", 1)[1] for key in self.extra_sets))
+
     # --- archive -> MVTec layout ----------------------------------------------------------------
 
     def convert(self, extracted: Path, work: Path) -> Path:
