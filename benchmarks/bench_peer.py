@@ -1,4 +1,4 @@
-"""Peer benchmark: our training step and inference against anomalib's ReverseDistillation.
+"""Peer benchmark: our training step, inference and whole job against anomalib's ReverseDistillation.
 
 Runs only where ``anomalib`` is installed (``pip install anomalib``: an optional tool of this
 benchmark, never a dependency of ``skrd4ad``); without it, it prints one line saying so, writes
@@ -44,9 +44,43 @@ per-round ratio anomalib / ours (> 1: ours is faster) as median [min, max], next
 issue 14: training step >= 1.3x at equal width and >= 1.0x at anomalib's default width,
 inference >= 1.5x (read here as: at both widths).
 
-    pip install anomalib                       # in a separate environment; see the docstring above
+Whole job (``--job``, or ``--job-only`` without the step and inference parts; issue 20): the
+same job as two users would run it, each side in fresh processes, on the CPU.  The embedded
+synthetic dataset's first class (``skrd4ad.data.DEFAULT_CLASSES[0]``: brick, with its default
+sizes: 80 train, 20 good and 40 anomalous test images over the defect types, masks) is written
+once in MVTec layout (``train/good``, ``test/good``, ``test/<defect>``, ``ground_truth/<defect>``)
+at ``--size`` px, untimed; then, with ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` = ``--threads`` on
+both sides:
+
+- ``ours``: ``skrd4ad prepare`` (``--image-size`` = size, ``--val-fraction 0`` so that both sides
+  train on the same 80 images) + ``skrd4ad train`` (rd4ad, wide_resnet50_2, ``--teacher-weights
+  none`` = random, ``--epochs``, ``--batch-size``, CPU, float32; teacher cache, memory layout and
+  the rest at their defaults) + ``skrd4ad evaluate`` (batch as training, default figures): three
+  processes of the ``skrd4ad`` command of this environment, the package being the one this script
+  imports (PYTHONPATH is passed on);
+- ``anomalib``: one process (this script with a hidden ``--anomalib-job``) running
+  ``Engine.fit`` + ``Engine.test`` on ``anomalib.data.Folder`` (train/eval batch as ours,
+  ``num_workers`` = ``--anomalib-workers``, default 8 = anomalib's; its default splits, so
+  validation = half of the test set, run after every epoch) with ``ReverseDistillation(
+  pre_trained=False)`` (random weights, nothing downloaded), its pre-processor at ``--size``, its
+  bottleneck rebuilt at our width 128 as above, ``Engine(max_epochs=--epochs, accelerator="cpu",
+  devices=1, enable_progress_bar=False)``.  Everything else is what a default user gets: no logger
+  (Engine's default), anomalib's ``ModelCheckpoint`` (Engine adds it), the model's default
+  post-processor, evaluator and visualizer (which writes an image per test image).
+
+Timed, interleaved round by round (``--job-rounds``, after ``--job-warmup`` untimed rounds): each
+side's whole wall clock (ratio anomalib / ours, goal >= 1.3x); the mean seconds per training epoch
+(ours: from the training log's "s/epoch", which includes filling the teacher cache in epoch 1;
+anomalib: a Lightning callback from each epoch's start to the validation after it, data loading
+included); and ``skrd4ad evaluate``'s whole process against the ``Engine.test`` call alone
+(anomalib's imports and model set-up come before it; the JSON also gives the ratio with them).
+Each side's metrics are kept in the JSON's ``runs`` (random weights: they only show both ran).
+
+    pip install -e '.[peer]'                   # in a separate environment; see the docstring above
     python benchmarks/bench_peer.py            # CPU, 2 cores: 5-10 minutes (more when the cores are shared)
     python benchmarks/bench_peer.py --quick    # smoke run: 64 px, batch 2, 1 round
+    python benchmarks/bench_peer.py --job-only # whole job, 3 rounds + 1 warm-up: ~25 minutes a round on 2 busy cores
+    python benchmarks/bench_peer.py --job-only --quick  # smoke: 64 px, batch 2, 8 train images, 1 epoch, 1 round
 """
 
 from __future__ import annotations
@@ -55,7 +89,12 @@ import argparse
 import importlib.metadata
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -67,6 +106,7 @@ from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.prepared import to_model_input
 from skrd4ad.device import memory_format_for
 from skrd4ad.inference import predict_batch
+from skrd4ad.io import write_json_atomic
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
 from skrd4ad.models.rd4ad import build_model
@@ -79,6 +119,7 @@ EQUAL_WIDTH = 128  # our OCBE width for wide_resnet50_2 (ARCH_SPECS) and the ref
 SIDES = ("ours", "anomalib_equal_width", "anomalib_default")
 GOALS = {("training", "anomalib_equal_width"): 1.3, ("training", "anomalib_default"): 1.0,
          ("inference", "anomalib_equal_width"): 1.5, ("inference", "anomalib_default"): 1.5}
+JOB_GOAL = 1.3  # issue 20: whole job and training epoch at least 1.3x anomalib at equal width, CPU float32
 NOT_INSTALLED = ("anomalib is not installed: pip install anomalib (optional, never a dependency of skrd4ad; "
                  "see benchmarks/bench_peer.py) -- skipping the peer benchmark")
 
@@ -287,10 +328,225 @@ def bench_inference(an, size: int, batch: int, device: torch.device, rounds: int
     }
 
 
+# --- the whole job: prepare + train + evaluate (ours, CLI) vs Engine.fit + Engine.test (anomalib) ---
+
+EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) loss \S+ \(([\d.]+) s/epoch")
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str], log_name: str) -> tuple[float, str]:
+    """Run one command (no shell) in ``cwd``; its wall-clock seconds and its stderr.  A failure
+    raises with the command and the end of its output."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    (cwd / f"{log_name}.stdout").write_text(proc.stdout)
+    (cwd / f"{log_name}.stderr").write_text(proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} exited {proc.returncode}: ...{(proc.stdout + proc.stderr)[-3000:]}")
+    return seconds, proc.stderr
+
+
+def _skrd4ad_cli() -> list[str]:
+    """The ``skrd4ad`` command of this interpreter's environment (its console script, else ``-m``)."""
+    script = Path(sys.executable).with_name("skrd4ad")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "skrd4ad"]
+
+
+def _job_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONUNBUFFERED="1")
+    # the benchmarked package: the one this script imports (a worktree on PYTHONPATH or the install)
+    import skrd4ad
+
+    root = str(Path(skrd4ad.__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([root, *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    return env
+
+
+def ours_job(spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    """``skrd4ad prepare``, ``train`` and ``evaluate`` as three processes; each one's wall clock
+    and the training log's seconds per epoch."""
+    cli, env, cls = _skrd4ad_cli(), _job_env(spec["threads"]), spec["class"]
+    work.mkdir(parents=True)
+    prepared, model = work / "prepared", work / "model.pt"
+    t_prepare, _ = _run([*cli, "prepare", "--root", spec["root"], "--classes", cls, "--out", str(prepared),
+                         "--image-size", str(spec["size"]), "--val-fraction", "0"], work, env, "prepare")
+    t_train, log = _run([*cli, "train", "--data", str(prepared), "--out", str(model), "--arch", ARCH,
+                         "--variant", "rd4ad", "--teacher-weights", "none", "--seed", "0",
+                         "--epochs", str(spec["epochs"]), "--batch-size", str(spec["batch"]), "--device", "cpu",
+                         "--amp", "none"], work, env, "train")
+    t_eval, _ = _run([*cli, "evaluate", "--checkpoint", str(model), "--data", str(prepared), "--out",
+                      str(work / "eval"), "--batch-size", str(spec["batch"]), "--device", "cpu"], work, env,
+                     "evaluate")
+    # the log gives the mean seconds per epoch so far (0.1 s resolution): elapsed = mean * epochs
+    means = {int(m[1]): float(m[3]) for m in EPOCH_LINE.finditer(log)}
+    if sorted(means) != list(range(1, spec["epochs"] + 1)):
+        raise RuntimeError(f"{work / 'train.stderr'}: expected one 'epoch k/{spec['epochs']}' line per epoch, "
+                           f"found epochs {sorted(means)}")
+    elapsed = [0.0] + [means[k] * k for k in sorted(means)]
+    metrics_path = work / "eval" / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return {"prepare_s": t_prepare, "train_s": t_train, "evaluate_s": t_eval,
+            "epoch_s": [b - a for a, b in zip(elapsed, elapsed[1:])], "epoch_mean_s": means[spec["epochs"]],
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+
+
+def anomalib_job(spec: dict[str, Any], work: Path) -> dict[str, Any]:
+    """One process running :func:`_anomalib_child` (``Engine.fit`` + ``Engine.test``)."""
+    work.mkdir(parents=True)
+    spec_path = work / "spec.json"
+    spec_path.write_text(json.dumps(dict(spec, work=str(work))))
+    _, _ = _run([sys.executable, str(Path(__file__).resolve()), "--anomalib-job", str(spec_path)], work,
+                _job_env(spec["threads"]), "anomalib")
+    return json.loads((work / "timings.json").read_text())
+
+
+def _anomalib_child(spec_path: Path) -> int:
+    """Inside the anomalib process: ``Folder`` on the synthetic class, ``ReverseDistillation``
+    with random weights at our bottleneck width, ``Engine(max_epochs=...)`` on the CPU with its
+    defaults otherwise; times ``fit``, ``test`` and each training epoch (a Lightning callback)."""
+    t_start = time.perf_counter()
+    spec = json.loads(Path(spec_path).read_text())
+    torch.set_num_threads(spec["threads"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from anomalib.data import Folder
+        from anomalib.engine import Engine
+        from anomalib.models import ReverseDistillation
+        from anomalib.models.image.reverse_distillation.components import get_bottleneck_layer
+        from lightning.pytorch import Callback, seed_everything
+
+    class EpochTimer(Callback):
+        """Seconds of each training epoch's batches: from its start to the start of the
+        validation that follows it (or to its end, without validation)."""
+
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+            self._t0: float | None = None
+
+        def _stop(self) -> None:
+            if self._t0 is not None:
+                self.seconds.append(time.perf_counter() - self._t0)
+                self._t0 = None
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            self._t0 = time.perf_counter()
+
+        def on_validation_start(self, trainer, pl_module) -> None:
+            self._stop()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self._stop()
+
+    seed_everything(0, verbose=False)
+    root = Path(spec["root"]) / spec["class"]
+    datamodule = Folder(name=spec["class"], root=root, normal_dir="train/good", normal_test_dir="test/good",
+                        abnormal_dir=[f"test/{d}" for d in spec["defects"]],
+                        mask_dir=[f"ground_truth/{d}" for d in spec["defects"]],
+                        train_batch_size=spec["batch"], eval_batch_size=spec["batch"],
+                        num_workers=spec["anomalib_workers"], seed=0)
+    size = (spec["size"], spec["size"])
+    model = ReverseDistillation(backbone=ARCH, layers=list(LAYERS), pre_trained=False,
+                                pre_processor=ReverseDistillation.configure_pre_processor(size))
+    if spec["width"] is not None:  # our width (ReverseDistillationModel builds it at 64, see the docstring)
+        model.model.bottleneck = get_bottleneck_layer(ARCH, width_per_group=spec["width"])
+    timer = EpochTimer()
+    engine = Engine(max_epochs=spec["epochs"], accelerator="cpu", devices=1, callbacks=[timer],
+                    default_root_dir=Path(spec["work"]) / "results", enable_progress_bar=False)
+    t_ready = time.perf_counter()
+    engine.fit(model, datamodule=datamodule)
+    t_fit = time.perf_counter()
+    results = engine.test(model, datamodule=datamodule, verbose=False)
+    t_test = time.perf_counter()
+    if len(timer.seconds) != spec["epochs"]:
+        raise RuntimeError(f"timed {len(timer.seconds)} training epochs, expected {spec['epochs']}")
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    write_json_atomic(Path(spec["work"]) / "timings.json", {
+        "setup_s": t_ready - t_start, "fit_s": t_fit - t_ready, "test_s": t_test - t_fit,
+        "epoch_s": timer.seconds, "epoch_mean_s": sum(timer.seconds) / len(timer.seconds),
+        "torch_threads": torch.get_num_threads(), "metrics": metrics})
+    return 0
+
+
+def bench_job(args: argparse.Namespace) -> dict[str, Any]:
+    """The whole job, interleaved round by round: wall clock per side, per training epoch, and
+    our evaluate stage against ``Engine.test``."""
+    from skrd4ad.data import DEFAULT_CLASSES, DEFECT_TYPES, generate
+
+    cls = DEFAULT_CLASSES[0]  # the embedded default dataset's first class
+    base = Path(tempfile.mkdtemp(prefix="bench_peer_job_"))
+    try:
+        sizes = ({"n_train": 8, "n_test_good": 4, "n_test_bad": len(DEFECT_TYPES)} if args.quick else {})
+        generate(base / "data", [cls], image_size=args.size, **sizes)  # its own defaults otherwise
+        spec = {"root": str(base / "data"), "class": cls, "defects": list(DEFECT_TYPES), "size": args.size,
+                "batch": args.batch, "epochs": args.epochs, "threads": args.threads, "width": EQUAL_WIDTH,
+                "anomalib_workers": args.anomalib_workers}
+        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "anomalib": []}
+        calls = {"ours": 0, "anomalib": 0}
+
+        def side(name: str, job) -> Any:
+            def call() -> None:
+                calls[name] += 1
+                runs[name].append(job(spec, base / f"{name}_{calls[name]}"))
+            return call
+
+        loads, log_load = _load_log()
+
+        def between(round_: int, name: str) -> None:  # untimed: the last job's files go, the load is logged
+            for old in base.glob("*_[0-9]*"):
+                shutil.rmtree(old, ignore_errors=True)
+            log_load(round_, name)
+            print(f"job round {round_ + 1}/{args.job_rounds}: {name} (load {loads[-1]})", flush=True)
+
+        times, _ = interleaved({"ours": side("ours", ours_job), "anomalib": side("anomalib", anomalib_job)},
+                               args.job_rounds, warmup=args.job_warmup, between=between)
+        timed = {k: v[args.job_warmup:] for k, v in runs.items()}  # the warm-up rounds come first
+        ours, peer = timed["ours"], timed["anomalib"]
+        epoch_ours, epoch_peer = [r["epoch_mean_s"] for r in ours], [r["epoch_mean_s"] for r in peer]
+        eval_ours, test_peer = [r["evaluate_s"] for r in ours], [r["test_s"] for r in peer]
+        with_setup = [r["test_s"] + r["setup_s"] for r in peer]
+        return {
+            "what": (f"the same job on the embedded synthetic class {cls!r} ({spec['size']} px PNGs in MVTec layout, "
+                     f"generated once, untimed): {ARCH}, random weights, {args.epochs} epochs, batch {args.batch}, "
+                     f"float32, CPU, {args.threads} threads (OMP_NUM_THREADS and torch) on both sides, each side in "
+                     "fresh processes. ours: the skrd4ad CLI, prepare (--val-fraction 0: trains on the same images "
+                     "as anomalib) + train (rd4ad, --teacher-weights none, other settings at their defaults: "
+                     "teacher cache auto, memory layout auto) + evaluate (--batch-size as training, default "
+                     "figures), three processes, whole wall clock. anomalib: one process, Folder datamodule "
+                     f"(train/eval batch {args.batch}, num_workers {args.anomalib_workers}, default splits: "
+                     "validation = half of the test set, run after every epoch) + ReverseDistillation "
+                     "(pre_trained=False, bottleneck rebuilt at our width 128) + Engine(max_epochs, "
+                     "accelerator='cpu', enable_progress_bar=False) with its defaults otherwise (no logger, "
+                     "its ModelCheckpoint, the model's default visualizer writing every test image), "
+                     "Engine.fit then Engine.test; whole wall clock of the process"),
+            "epoch_what": ("mean seconds per training epoch; ours from the training log (includes filling the "
+                           "teacher cache in epoch 1), anomalib from a callback: the epoch's training batches "
+                           "(data loading included), without the validation run after each epoch"),
+            "evaluate_what": ("ours: the `skrd4ad evaluate` process (interpreter start, imports, checkpoint load, "
+                              "maps, metrics, figures); anomalib: the Engine.test call alone (imports and model "
+                              "setup are before it; with them: test_plus_setup)"),
+            "spec": spec, "rounds": args.job_rounds, "warmup_rounds": args.job_warmup,
+            "job_seconds": {k: side_summary(v) for k, v in times.items()},
+            "anomalib_over_ours": ratio_summary(times["anomalib"], times["ours"]),
+            "epoch_seconds": {"ours": side_summary(epoch_ours), "anomalib": side_summary(epoch_peer)},
+            "epoch_anomalib_over_ours": ratio_summary(epoch_peer, epoch_ours),
+            # without the first epoch (ours fills the teacher cache there): the epochs a longer run repeats
+            "later_epochs_anomalib_over_ours": (ratio_summary([sum(r["epoch_s"][1:]) for r in peer],
+                                                              [sum(r["epoch_s"][1:]) for r in ours])
+                                                if args.epochs > 1 else None),
+            "evaluate_seconds": {"ours_evaluate": side_summary(eval_ours), "anomalib_test": side_summary(test_peer)},
+            "evaluate_anomalib_test_over_ours": ratio_summary(test_peer, eval_ours),
+            "evaluate_anomalib_test_plus_setup_over_ours": ratio_summary(with_setup, eval_ours),
+            "runs": timed, "loadavg_1min_before_each_timed_call": loads,
+        }
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/bench_peer.json"))
-    parser.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 2, 1 round each")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 64 px, batch 2, 1 round each (--job: 1 epoch on 8 training images)")
     parser.add_argument("--size", type=int, default=256, help="image side in px (a multiple of 32)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--train-rounds", type=int, default=None,
@@ -298,11 +554,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--infer-rounds", type=int, default=None,
                         help="timed inference rounds after 1 warm-up (default 5 on the CPU, 30 on CUDA)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--job", action="store_true",
+                        help="also run the whole job (prepare + train + evaluate vs Engine.fit + Engine.test), CPU")
+    parser.add_argument("--job-only", action="store_true", help="only the whole job (implies --job)")
+    parser.add_argument("--job-rounds", type=int, default=3, help="timed whole-job rounds (default 3)")
+    parser.add_argument("--job-warmup", type=int, default=1, help="untimed whole-job rounds first (default 1)")
+    parser.add_argument("--epochs", type=int, default=3, help="training epochs of the whole job (default 3)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="CPU threads of each whole-job side (default: this process's torch threads)")
+    parser.add_argument("--anomalib-workers", type=int, default=8,
+                        help="Folder's num_workers in the whole job (default 8: anomalib's own default)")
+    parser.add_argument("--anomalib-job", type=Path, help=argparse.SUPPRESS)  # the anomalib side's process
     args = parser.parse_args(argv)
+    if args.anomalib_job is not None:
+        return _anomalib_child(args.anomalib_job)
     device = torch.device(args.device)
+    args.job = args.job or args.job_only
     if args.quick:
         args.size, args.batch = 64, 2
         args.train_rounds, args.infer_rounds = args.train_rounds or 1, args.infer_rounds or 1
+        args.job_rounds, args.job_warmup, args.epochs = 1, 0, 1
     cpu = device.type == "cpu"
     args.train_rounds = args.train_rounds or (3 if cpu else 20)
     args.infer_rounds = args.infer_rounds or (5 if cpu else 30)
@@ -316,35 +587,47 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args.out}")
         return 0
 
-    torch.manual_seed(0)
-    data = torch.randint(0, 256, (args.batch, args.size, args.size, 3), dtype=torch.uint8)
-    if device.type == "cuda":
-        data = data.pin_memory()
-    result.update(skipped=False, setup={
-        "arch": ARCH, "variant": "rd4ad", "weights": "random (torch.manual_seed(0)); encoder and decoder weights "
-        "shared by all sides, bottleneck shared at equal width", "image_size": args.size, "batch_size": args.batch,
-        "dtype": "float32 (no autocast)", "input": "the same random uint8 batch (B, H, W, 3), converted by each "
-        "side's own normalisation inside the timed call", "device": str(device), "torch_threads": torch.get_num_threads(),
-        "bottleneck_width": {"ours": EQUAL_WIDTH, "anomalib_equal_width": EQUAL_WIDTH, "anomalib_default": 64}})
+    result.update(skipped=False, goals=[])
+    if not args.job_only:
+        torch.manual_seed(0)
+        data = torch.randint(0, 256, (args.batch, args.size, args.size, 3), dtype=torch.uint8)
+        if device.type == "cuda":
+            data = data.pin_memory()
+        result["setup"] = {
+            "arch": ARCH, "variant": "rd4ad", "weights": "random (torch.manual_seed(0)); encoder and decoder weights "
+            "shared by all sides, bottleneck shared at equal width", "image_size": args.size, "batch_size": args.batch,
+            "dtype": "float32 (no autocast)", "input": "the same random uint8 batch (B, H, W, 3), converted by each "
+            "side's own normalisation inside the timed call", "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "bottleneck_width": {"ours": EQUAL_WIDTH, "anomalib_equal_width": EQUAL_WIDTH, "anomalib_default": 64}}
 
-    result["training"] = bench_training(an, args.size, args.batch, device, args.train_rounds, data)
-    print(json.dumps({"training": {k: fmt_ratio(result["training"][f"{k}_over_ours"]) for k in SIDES[1:]},
-                      "median_s": {k: round(v["median_s"], 3) for k, v in result["training"]["step_seconds"].items()}}),
-          flush=True)
-    result["inference"] = bench_inference(an, args.size, args.batch, device, args.infer_rounds, data)
-    print(json.dumps({"inference": {k: fmt_ratio(result["inference"][f"{k}_over_ours"]) for k in SIDES[1:]},
-                      "median_s": {k: round(v["median_s"], 3) for k, v in result["inference"]["batch_seconds"].items()}}),
-          flush=True)
-
-    result["goals"] = []
-    for (part, peer), target in GOALS.items():
-        r = result[part][f"{peer}_over_ours"]
-        result["goals"].append({"comparison": f"{part} vs {peer}", "target_ratio": target, "median": r["median"],
-                                "min": r["min"], "max": r["max"], "met": r["median"] >= target})
-        print(f"{part:9s} vs {peer:20s}: {fmt_ratio(r)} (goal >= {target}x: {'met' if r['median'] >= target else 'NOT met'})")
+        result["training"] = bench_training(an, args.size, args.batch, device, args.train_rounds, data)
+        print(json.dumps({"training": {k: fmt_ratio(result["training"][f"{k}_over_ours"]) for k in SIDES[1:]},
+                          "median_s": {k: round(v["median_s"], 3)
+                                       for k, v in result["training"]["step_seconds"].items()}}), flush=True)
+        result["inference"] = bench_inference(an, args.size, args.batch, device, args.infer_rounds, data)
+        print(json.dumps({"inference": {k: fmt_ratio(result["inference"][f"{k}_over_ours"]) for k in SIDES[1:]},
+                          "median_s": {k: round(v["median_s"], 3)
+                                       for k, v in result["inference"]["batch_seconds"].items()}}), flush=True)
+        for (part, peer), target in GOALS.items():
+            result["goals"].append(_goal(f"{part} vs {peer}", result[part][f"{peer}_over_ours"], target))
+    if args.job:
+        job = result["job"] = bench_job(args)
+        for name, key in (("whole job vs anomalib_equal_width", "anomalib_over_ours"),
+                          ("training epoch (whole job) vs anomalib_equal_width", "epoch_anomalib_over_ours")):
+            result["goals"].append(_goal(name, job[key], JOB_GOAL))
+        print(f"{'evaluate vs Engine.test':52s}: {fmt_ratio(job['evaluate_anomalib_test_over_ours'])} "
+              f"(with anomalib's imports and setup: {fmt_ratio(job['evaluate_anomalib_test_plus_setup_over_ours'])})")
     write_result(args.out, result)
     print(f"wrote {args.out}")
     return 0
+
+
+def _goal(name: str, ratio: dict[str, Any], target: float) -> dict[str, Any]:
+    met = ratio["median"] >= target
+    print(f"{name:52s}: {fmt_ratio(ratio)} (goal >= {target}x: {'met' if met else 'NOT met'})", flush=True)
+    return {"comparison": name, "target_ratio": target, "median": ratio["median"], "min": ratio["min"],
+            "max": ratio["max"], "met": met}
 
 
 if __name__ == "__main__":
