@@ -178,9 +178,11 @@ def test_aupro_seed_with_an_infinite_map_value_is_a_note() -> None:
 
 def test_image_size_must_be_a_multiple_of_32(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_mvtec_class(tmp_path, size=(40, 40))
-    assert cli_main(["prepare", "--root", str(tmp_path), "--classes", "widget", "--out", str(tmp_path / "out"),
-                     "--image-size", "33"]) == 1
-    assert "--image-size=33 must be a positive multiple of 32" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # read against the schema's bounds while parsing: usage error
+        cli_main(["prepare", "--root", str(tmp_path), "--classes", "widget", "--out", str(tmp_path / "out"),
+                  "--image-size", "33"])
+    assert exit_info.value.code == 2
+    assert "--image-size: prepare.image_size: 33 is not a multiple of 32" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match=r"image_size=100 must be a positive multiple of 32 .*use 96 or 128"):
         check_image_size(100)
