@@ -154,6 +154,9 @@ def _check_same_data(checkpoint: str | Path, ckpt: dict[str, Any], data_dir: str
     return [note]
 
 
+_NO_VALIDATION = "no validation images (prepare.val_fraction 0, or a single training image)"
+
+
 def _other_split(checkpoint: str | Path, ckpt: dict[str, Any], data_dir: str | Path,
                  data: PreparedClass) -> str | None:
     """Why ``data``'s validation images cannot choose the threshold of ``ckpt`` (its train split,
@@ -225,9 +228,8 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         anomaly_scores=None if anomaly_scores is None else anomaly_scores.cpu().numpy())
     del val_maps
     if deployed is None and other_split is None:
-        log.warning("%s holds no validation images (prepare.val_fraction 0, or a single training image): the "
-                    "deployed threshold is the test-set F1-max, optimistic on that set; prepare with "
-                    "val_fraction > 0 to choose it on held-out images", data_dir)
+        log.warning("%s holds %s: the deployed threshold is the test-set F1-max, optimistic on that set; prepare with "
+                    "val_fraction > 0 to choose it on held-out images", data_dir, _NO_VALIDATION)
 
     # Figures are drawn by worker threads while this thread computes the metrics (Pillow's PNG
     # encoder and NumPy's sorts release the GIL); they replace ``figures/`` only once both succeed.
@@ -270,8 +272,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         frame = result.curves.get(key)
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
     scalars = {k: float(v) for k, v in result.scalars.items()}
-    fallback = other_split or (None if deployed is not None else "no validation images (prepare.val_fraction 0, "
-                                                                     "or a single training image)")
+    fallback = other_split or (None if deployed is not None else _NO_VALIDATION)
     record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt, deployed, fallback=fallback)
     scalars.update(deployed_metrics(scores_np, labels, record["image_threshold"], maps, masks,
                                     record["pixel_threshold"]))
