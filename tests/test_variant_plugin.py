@@ -135,3 +135,43 @@ def test_toy_variant_runs_in_both_engines(engine: str, tmp_path: Path) -> None:
     assert 0.0 <= metrics["pixel_auroc"] <= 1.0
     summary = pd.read_csv(repo / "results/tables/synthetic.csv")
     assert {"rd4ad", "toy"} <= set(summary["variant"])
+
+
+#: Where a variant's name is spelled on purpose outside its own module: the registry's built-in
+#: order, and the package's own name (which is also the variant ``skrd4ad``): logger, distribution
+#: metadata, argparse prog, cache folder. A new place that spells a variant name fails the test below.
+NAME_IS_SOMETHING_ELSE = {
+    ("skrd4ad/models/variants/__init__.py", "rd4ad"),  # _FIRST: built-ins listed first, in order
+    ("skrd4ad/models/variants/__init__.py", "skrd4ad"),  # _FIRST
+    ("skrd4ad/cache.py", "skrd4ad"),  # ~/.cache/skrd4ad
+    ("skrd4ad/cli.py", "skrd4ad"),  # logger, version("skrd4ad"), prog
+    ("skrd4ad/export.py", "skrd4ad"),  # package versions recorded in the export
+    ("skrd4ad/provenance.py", "skrd4ad"),  # package versions recorded in provenance.json
+}
+
+
+def test_no_variant_name_outside_its_own_module() -> None:
+    """The issue's grep, as a test: no code in ``skrd4ad/`` or ``workflow/`` but a variant's own
+    module spells a built-in variant's name as a string (docstrings and comments may mention it),
+    except the places in NAME_IS_SOMETHING_ELSE."""
+    import io
+    import tokenize
+
+    from skrd4ad.models import variants
+
+    files = [*sorted((REPO / "skrd4ad").rglob("*.py")), *sorted((REPO / "workflow").rglob("*.py")),
+             *sorted((REPO / "workflow").rglob("*.smk")), REPO / "Snakefile"]
+    strings = {}
+    for path in files:
+        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+        strings[path] = [(t.start[0], t.string) for t in tokens if t.type == tokenize.STRING]
+    assert set(BUILT_IN) <= set(variants.names())
+    found = []
+    for name in BUILT_IN:
+        own = REPO / "skrd4ad/models/variants" / f"{name}.py"
+        quoted = {f'"{name}"', f"'{name}'"}
+        for path in files:
+            rel = str(path.relative_to(REPO))
+            if path != own and (rel, name) not in NAME_IS_SOMETHING_ELSE:
+                found += [f"{rel}:{line} {s}" for line, s in strings[path] if s in quoted]
+    assert not found, f"variant names spelled outside their variant module: {found}"
