@@ -4,16 +4,15 @@ with train/bad kept as labelled anomalies that are never trained on."""
 
 from __future__ import annotations
 
-import io
 import re
 import subprocess
 import sys
-import tokenize
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+from code_scan import code_files, string_tokens
 from data_fixtures import png_bytes, zip_bytes
 from pipeline_fixtures import ENV, REPO
 from test_download import _sha, _url, server  # noqa: F401  (the local HTTP server fixture)
@@ -60,13 +59,6 @@ def test_registry_is_light_and_feeds_schema_cli_and_pipeline() -> None:
         sources.get("nope")
 
 
-def _string_tokens(path: Path) -> list[tuple[int, str]]:
-    if path.suffix != ".py" and path.name != "Snakefile" and path.suffix != ".smk":
-        return []
-    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-    return [(t.start[0], t.string) for t in tokens if t.type == tokenize.STRING]
-
-
 #: Where the same word as a source's name is something else: a params key (``data.folder``,
 #: ``data.synthetic``), a module or CLI command of the synthetic generator, the registry's order.
 #: A new place that spells a source name fails the test below.
@@ -85,8 +77,7 @@ def test_no_dataset_name_outside_its_own_module() -> None:
     """The registry is the one list: no code but a source's own module spells a source's name as a
     string ("mvtec", 'vad', ...; docstrings that mention one are fine), except where the same word
     is a params key or a module (NAME_IS_SOMETHING_ELSE)."""
-    files = [*sorted((REPO / "skrd4ad").rglob("*.py")), *sorted((REPO / "workflow").rglob("*.py")),
-             *sorted((REPO / "workflow").rglob("*.smk")), REPO / "Snakefile"]
+    files = code_files()
     found = []
     for name in sources.names():
         own = REPO / "skrd4ad/data/sources" / f"{name}.py"
@@ -94,7 +85,7 @@ def test_no_dataset_name_outside_its_own_module() -> None:
         for path in files:
             rel = str(path.relative_to(REPO))
             if path != own and (rel, name) not in NAME_IS_SOMETHING_ELSE:
-                found += [f"{rel}:{line} {s}" for line, s in _string_tokens(path) if s in quoted]
+                found += [f"{rel}:{line} {s}" for line, s in string_tokens(path) if s in quoted]
     assert not found, f"dataset names spelled outside their source module: {found}"
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from code_scan import code_files, string_tokens
 from pipeline_fixtures import BIN, ENV, REPO, TINY, make_copy
 
 TOY_COLUMNS = ["epoch", "loss", "loss_layer1", "loss_layer2", "loss_layer3", "consistency", "head"]
@@ -156,17 +157,9 @@ def test_no_variant_name_outside_its_own_module() -> None:
     module spells a built-in variant's name as a plain string literal (docstrings and comments may
     mention it), except the counted places in NAME_IS_SOMETHING_ELSE. YAML (the schema's defaults)
     is not scanned: the registry's defaults live there on purpose."""
-    import io
-    import tokenize
-
     from skrd4ad.models import variants
 
-    files = [*sorted((REPO / "skrd4ad").rglob("*.py")), *sorted((REPO / "workflow").rglob("*.py")),
-             *sorted((REPO / "workflow").rglob("*.smk")), REPO / "Snakefile"]
-    strings = {}
-    for path in files:
-        tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
-        strings[str(path.relative_to(REPO))] = [(t.start[0], t.string) for t in tokens if t.type == tokenize.STRING]
+    strings = {str(path.relative_to(REPO)): string_tokens(path) for path in code_files()}
     assert set(BUILT_IN) <= set(variants.names())
     found = []
     for name in BUILT_IN:
