@@ -223,3 +223,15 @@ def test_a_truncated_metrics_file_is_named(tmp_path: Path) -> None:
     path.write_text(path.read_text()[:30])
     with pytest.raises(ValueError, match=r"seed3/brick/metrics.json: not valid JSON .*re-run evaluate for brick/skrd4ad/seed 3"):
         aggregate(params(), results, tmp_path / "tables", tmp_path / "figures")
+
+
+@pytest.mark.parametrize("table", ["synthetic.md", "synthetic-rdpp.md"])
+def test_readme_quotes_the_committed_tables(table: str) -> None:
+    """Every table row of a committed run's ``results/tables/<name>.md`` appears in the README as
+    written, so a re-made run whose numbers moved cannot leave the README's table behind."""
+    repo = Path(__file__).resolve().parents[1]
+    rows = [line for line in (repo / "results/tables" / table).read_text().splitlines() if line.startswith("|")]
+    readme = set((repo / "README.md").read_text().splitlines())
+    assert len(rows) > 4, f"results/tables/{table} has no table"
+    missing = [row[:80] for row in rows if row not in readme]
+    assert not missing, f"README.md does not quote these rows of results/tables/{table}: {missing}"
