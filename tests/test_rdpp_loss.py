@@ -63,21 +63,36 @@ def test_contrast_below_and_above_margin() -> None:
     assert contrast_loss([noisy], [proj], margin=-0.5).item() == pytest.approx(1.1 / 2)
     # margin 0.5: 0.6 - 0.5 = 0.1 and 0
     assert contrast_loss([noisy], [proj], margin=0.5).item() == pytest.approx(0.1 / 2)
-    # the default is the authors' code's margin -0.5
-    assert contrast_loss([noisy], [proj]).item() == pytest.approx(0.55)
     # whole maps are flattened per sample (not per pixel): (1,0,0,1) vs (1,0,1,0) -> cos 0.5
     a = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 2, 1, 2)
     b = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 2, 1, 2)
     assert contrast_loss([a], [b], margin=0.0).item() == pytest.approx(0.5)
 
 
+def test_contrast_default_margin_is_the_authors_latest_where_the_term_is_active() -> None:
+    """Cosines 0.8 and 0.6, both above 0.5, so the margin decides the value.  By hand, with the
+    authors' margin 0.5 (``CosineEmbeddingLoss(margin=0.5)``, target -1, since their commit
+    55314de): mean(0.8 - 0.5, 0.6 - 0.5) = 0.2.  The margin -0.5 they had for one day would give
+    mean(1.3, 1.1) = 1.2."""
+    noisy = torch.tensor([[1.0, 0.0], [1.0, 0.0]]).view(2, 2, 1, 1)
+    proj = torch.tensor([[0.8, 0.6], [0.6, 0.8]]).view(2, 2, 1, 1)
+    assert contrast_loss([noisy], [proj]).item() == pytest.approx(0.2)
+    assert contrast_loss([noisy], [proj], margin=-0.5).item() == pytest.approx(1.2)
+    # two stages are summed: the second at cos 0.9 -> 0.4
+    noisy2 = torch.tensor([1.0, 0.0, 0.0, 0.0]).view(1, 4, 1, 1).expand(2, 4, 1, 1)
+    proj2 = torch.tensor([0.9, math.sqrt(1 - 0.81), 0.0, 0.0]).view(1, 4, 1, 1).expand(2, 4, 1, 1)
+    assert contrast_loss([noisy, noisy2], [proj, proj2]).item() == pytest.approx(0.2 + 0.4)
+
+
 def test_contrast_equals_torch_cosine_embedding_loss() -> None:
     torch.manual_seed(0)
-    noisy = [torch.randn(4, 8, 3, 3), torch.randn(4, 16, 2, 2)]
-    proj = [torch.randn(4, 8, 3, 3), torch.randn(4, 16, 2, 2)]
-    ref = torch.nn.CosineEmbeddingLoss(margin=-0.5)
+    base = [torch.randn(4, 8, 3, 3), torch.randn(4, 16, 2, 2)]
+    noisy = [b + 0.3 * torch.randn_like(b) for b in base]  # cosines well above 0.5: the term is active
+    proj = [b + 0.3 * torch.randn_like(b) for b in base]
+    ref = torch.nn.CosineEmbeddingLoss(margin=0.5)
     target = -torch.ones(4)
     expected = sum(ref(a.flatten(1), b.flatten(1), target) for a, b in zip(noisy, proj))
+    assert expected.item() > 0.5  # active, so a wrong margin would show
     assert contrast_loss(noisy, proj).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
@@ -96,6 +111,19 @@ def test_sinkhorn_divergence_approaches_exact_ot() -> None:
     assert exact == pytest.approx(0.5)
     assert sinkhorn_divergence(x, y).item() == pytest.approx(exact, rel=2e-3)
     assert sinkhorn_divergence(x, x).item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_ssot_on_a_batch_of_one_or_two_is_finite(batch: int) -> None:
+    """One point: geomloss with the cloud's own diameter (0) fails on log(0); with the authors'
+    fixed diameter it is 0, as is any cloud against a shuffled copy of itself."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, 8)
+    assert sinkhorn_divergence(x, x).item() == pytest.approx(0.0, abs=1e-6)
+    f = [torch.randn(batch, 4, 3, 3, requires_grad=True)]
+    value = ssot_loss(f, torch.arange(batch).flip(0))
+    value.backward()
+    assert math.isfinite(value.item()) and torch.isfinite(f[0].grad).all()
 
 
 def test_sinkhorn_divergence_random_clouds_match_assignment() -> None:
@@ -140,7 +168,7 @@ def test_projection_loss_puts_terms_together() -> None:
     out = projection_loss(noisy, pn, pc, perm)
     expected = (ssot_loss(pc, perm) + 0.01 * recon_loss(pn, pc) + 0.1 * contrast_loss(noisy, pc)) / 1.11
     assert out.total.item() == pytest.approx(expected.item(), rel=1e-6)
-    assert out.recon.item() > 0 and out.contrast.item() > 0 and not out.recon.requires_grad
+    assert out.recon.item() > 0 and not out.recon.requires_grad and not out.contrast.requires_grad
     out.total.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in proj.parameters())
     assert np.isfinite(out.ssot.item())

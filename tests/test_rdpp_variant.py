@@ -4,16 +4,18 @@ saved RNG), the projection in the checkpoint and at inference, and its two learn
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 from test_train import assert_bitwise_equal, student_weights, tiny_config
 
 from skrd4ad.checkpoint import load_checkpoint
 from skrd4ad.models import variants
 from skrd4ad.models.rd4ad import build_model
-from skrd4ad.train import make_optimizer, train
+from skrd4ad.train import make_optimizer, train, train_step
 
 
 def test_rdpp_logs_its_terms_and_resumes_bitwise(prepared_brick: Path, tmp_path: Path) -> None:
@@ -55,3 +57,24 @@ def test_rdpp_trains_the_projection_at_its_own_rate() -> None:
     assert {id(p) for p in groups[1]["params"]} == projection
     assert not projection & {id(p) for p in groups[0]["params"]}
     assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(model.student.parameters()))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rdpp_training_step_on_a_batch_of_one_or_two(batch: int) -> None:
+    """A class of 16k + 1 training images ends each epoch on a batch of one: the step must run
+    (geomloss's Sinkhorn on one point failed before the authors' fixed diameter was used)."""
+    config = tiny_config(variant="rdpp")
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", "rdpp", teacher_weights=None)
+    device = torch.device("cpu")
+    optimizer = make_optimizer(model, config, device)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    before = [p.detach().clone() for p in model.student.parameters()]
+    images = torch.randint(0, 256, (batch, 64, 64, 3), dtype=torch.uint8)
+    terms = train_step(model, optimizer, scaler, images, config)
+    columns = dict(zip(variants.get("rdpp").log_columns(config), terms.tolist()))
+    assert all(math.isfinite(v) for v in columns.values())
+    assert columns["ssot"] == pytest.approx(0.0, abs=1e-6) and columns["recon"] > 0
+    after = list(model.student.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(before, after))  # the step moved the weights

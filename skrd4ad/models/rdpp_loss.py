@@ -2,31 +2,30 @@
 
     L_proj = (SSOT + 0.01 * recon + 0.1 * contrast) / 1.11
 
-each term summed over the three teacher stages.  Conventions, as in the authors' code
-(github.com/tientrandinh/Revisiting-Reverse-Distillation, ``utils/utils_train.py``):
+each term summed over the three teacher stages.  Conventions as read in the authors' latest code
+(github.com/tientrandinh/Revisiting-Reverse-Distillation at ``7f2ceb7``, ``utils/utils_train.py``):
 
 - ``ssot``: debiased Sinkhorn divergence (geomloss, ``p=2``, so the cost is ``|x - y|^2 / 2``,
-  ``blur=0.05``, ``scaling=0.95``) between two point clouds of ``B`` points with uniform
-  weights: each point is one sample's projected clean map flattened to ``C*H*W`` values and
-  softmaxed over those values; the second cloud is the same batch in the order ``perm``.
-  Because a cloud with uniform weights is a set, the shuffled copy is the same measure, so this
-  term is 0 up to rounding and gives no gradient (kept for fidelity; see the tests).  The
-  authors also pass ``diameter=1e7``, which only starts geomloss's blur annealing from a larger
-  scale (hundreds more iterations, same limit); we let geomloss take the clouds' own diameter.
+  ``blur=0.05``, ``scaling=0.95``, ``diameter=1e7``, ``truncate=10``) between two point clouds
+  of ``B`` points with uniform weights: each point is one sample's projected clean map flattened
+  to ``C*H*W`` values and softmaxed over those values; the second cloud is the same batch in the
+  order ``perm``.  Because a cloud with uniform weights is a set, the shuffled copy is the same
+  measure, so this term is 0 up to rounding and gives no gradient (kept for fidelity; see the
+  tests).  The fixed ``diameter`` matters for a batch of one: geomloss would otherwise take the
+  cloud's own diameter, 0, and fail on ``log(0)``; with it, one point gives 0.
 - ``recon``: ``mean over (B, H, W)`` of ``1 - cos`` taken over the channel axis, between the
   projections of the noisy and of the clean batch.
-- ``contrast``: ``mean over B`` of ``max(0, cos(flat(noisy_b), flat(proj_clean_b)) - margin)``
+- ``contrast``: ``mean over B`` of ``max(0, cos(flat(noisy_b), flat(proj_clean_b)) - 0.5)``
   between the UN-projected teacher maps of the noisy batch and the projected clean maps (torch's
-  ``CosineEmbeddingLoss`` with target -1).  The authors' code uses ``margin=-0.5`` (target
-  corrected to -1 in their issue #1), i.e. it penalises any cosine above -0.5; the issue text we
-  were given says 0.5.  ``CONTRAST_MARGIN`` holds the code's value; pass ``margin`` to change it.
+  ``CosineEmbeddingLoss(margin=0.5)`` with target -1): it penalises a cosine above 0.5.  Their
+  history: ``6abf0c2`` set the target to -1, ``55314de`` (a day later) the margin from -0.5 to
+  +0.5.  ``CONTRAST_MARGIN`` holds the latest value; pass ``margin`` to change it.
 
 Optimisation in the authors' runs (for the training glue): wide_resnet50_2 teacher, 256 px,
 batch 16; two Adam optimisers with betas (0.5, 0.999): lr 1e-3 for the projection layers, 5e-3
-for bottleneck + decoder; both step every 2 batches.  NB: their loop calls ``zero_grad()``
-before every ``backward()``, so each step uses only the gradient of the batch it follows (the
-other batch's gradient is discarded), not a sum over the two.  Per-class epochs:
-``workflow/config/rdpp-paper.yaml``.
+for bottleneck + decoder; both step every 2 batches and zero the gradients after the step
+(``main.py`` since ``94a8df5``), so each step uses the sum of the two batches' gradients.
+Per-class epochs: ``workflow/config/rdpp-paper.yaml``.
 
 All terms are computed in float32 (also under autocast).
 """
@@ -48,10 +47,13 @@ CONTRAST_WEIGHT = 0.1
 PROJ_NORMALISER = 1.11
 #: Weight of L_proj in the total loss (``--weight_proj`` of the authors' code).
 PROJ_WEIGHT = 0.2
-#: The authors' code: ``CosineEmbeddingLoss(margin=-0.5)`` with target -1.
-CONTRAST_MARGIN = -0.5
+#: The authors' code (``55314de`` on): ``CosineEmbeddingLoss(margin=0.5)`` with target -1.
+CONTRAST_MARGIN = 0.5
 SINKHORN_BLUR = 0.05
 SINKHORN_SCALING = 0.95
+#: The authors' fixed start of the blur annealing (not the clouds' own diameter, 0 for one point).
+SINKHORN_DIAMETER = 1e7
+SINKHORN_TRUNCATE = 10
 
 
 @dataclass
@@ -70,7 +72,8 @@ def _sinkhorn():  # noqa: ANN202 - geomloss.SamplesLoss
         import geomloss
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise ImportError("RD++'s SSOT loss needs geomloss; pip install geomloss (listed in pyproject.toml)") from exc
-    return geomloss.SamplesLoss("sinkhorn", p=2, blur=SINKHORN_BLUR, scaling=SINKHORN_SCALING, debias=True)
+    return geomloss.SamplesLoss("sinkhorn", p=2, blur=SINKHORN_BLUR, scaling=SINKHORN_SCALING, debias=True,
+                                diameter=SINKHORN_DIAMETER, truncate=SINKHORN_TRUNCATE)
 
 
 def sinkhorn_divergence(x: Tensor, y: Tensor) -> Tensor:
