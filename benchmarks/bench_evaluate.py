@@ -63,7 +63,7 @@ from skrd4ad.checkpoint import load_checkpoint
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.prepared import PreparedClass, to_model_input
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.evaluate import compute_maps, evaluate
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm

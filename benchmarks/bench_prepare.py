@@ -32,7 +32,7 @@ from PIL import Image
 from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.prepared import PreparedClass, batch_from, iterate_batches
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 
 
 def _epoch_cache(out_dir: Path, batch_size: int, seed: int) -> list[torch.Tensor]:

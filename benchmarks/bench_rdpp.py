@@ -13,7 +13,7 @@ default 128, batch 8, float32, CPU, ``--threads`` 2), per timed call two batches
 ``noise``: the pseudo-anomaly noise of one batch of 16 at 256 px (rectangle sides 10-31 px, 6
 octaves): ``opensimplex`` (the package's ``OpenSimplex(seed).noise3array`` per image on the
 image's rectangle, as the authors' loader does, but without their numba) vs
-:func:`skrd4ad.data.simplex_noise.simplex_noise` on all 16 at once (each on a 31x31 box, so more
+:func:`skrd4ad.models.variants.rdpp.simplex_noise.simplex_noise` on all 16 at once (each on a 31x31 box, so more
 points than the rectangles need); skipped when ``opensimplex`` is not installed.
 
 Interleaved rounds after one warm-up (see ``_common``); ratios per round as median [min, max]:
@@ -33,8 +33,8 @@ import torch
 
 from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
 from skrd4ad.config import TrainConfig
-from skrd4ad.data.pseudo_anomaly import add_pseudo_anomalies, sample_boxes
-from skrd4ad.data.simplex_noise import random_permutations, simplex_noise
+from skrd4ad.models.variants.rdpp.pseudo_anomaly import add_pseudo_anomalies, sample_boxes
+from skrd4ad.models.variants.rdpp.simplex_noise import random_permutations, simplex_noise
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.rd4ad import build_model
 from skrd4ad.train import make_optimizer, train_step

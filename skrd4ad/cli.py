@@ -143,7 +143,7 @@ def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
 
 
 def _cmd_synthetic(args: argparse.Namespace) -> int:
-    from .data.synthetic import generate
+    from .data.sources.synthetic.generate import generate
 
     kwargs = {k: getattr(args, k) for k in ("image_size", "n_train", "n_test_good", "n_test_bad")}
     print(generate(args.out, args.classes or None, seed=args.seed, **kwargs))

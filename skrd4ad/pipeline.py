@@ -25,9 +25,9 @@ from .config import SCHEMA_PATH, EvalConfig, TrainConfig, from_dict
 from .data import sources
 from .models import variants
 
-#: ``data.folder`` of the sources that are not the user's folder: the package code that makes or fetches them (a
-#: DVC dependency of download, as a folder dataset's own folder is).
-PACKAGE_DATA_SOURCE = "skrd4ad/data"
+#: ``data.folder`` of the sources that are not the user's folder: a constant file every stage already depends on
+#: (DVC's download depends on ``${data.folder}``; their code is tracked by the ``code`` stage's stamp instead).
+NO_DATA_FOLDER = "data/params.ok"
 
 
 class ParamsError(ValueError):
@@ -67,7 +67,7 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     if data["folder"].startswith("~"):
         raise ParamsError(f"data.folder: {data['folder']!r}: DVC does not expand '~'; write the full path")
     if sources.get(kind).user_folder:
-        if data["folder"] == PACKAGE_DATA_SOURCE:
+        if data["folder"] == NO_DATA_FOLDER:
             raise ParamsError(f"data.folder: dataset {kind!r} needs data.folder set to an MVTec-layout directory")
         if data["name"] in sources.names():
             raise ParamsError(f"data.name: give your folder dataset a name of its own (e.g. "
@@ -76,10 +76,10 @@ def validate_params(params: dict[str, Any], schema_path: str | Path = SCHEMA_PAT
     elif data["name"] in sources.names() and data["name"] != kind:
         raise ParamsError(f"data.name: {data['name']!r} names the {data['name']} dataset's outputs, but "
                           f"data.dataset is {kind!r}; set data.name (e.g. {kind!r})")
-    elif data["folder"] != PACKAGE_DATA_SOURCE:
+    elif data["folder"] != NO_DATA_FOLDER:
         readers = [n for n in sources.names() if sources.get(n).user_folder]
         raise ParamsError(f"data.folder is only read for dataset {' / '.join(map(repr, readers))} (data.dataset is {kind!r}); "
-                          f"set it to {PACKAGE_DATA_SOURCE} or null")
+                          f"set it to {NO_DATA_FOLDER} or null")
     source = sources.get(kind)
     unknown = [c for c in data["classes"] if source.downloadable and source.classes and c not in source.classes]
     if unknown:

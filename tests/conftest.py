@@ -43,7 +43,7 @@ def prepared_brick(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic ``brick`` (seed 0, generated at 96 px: 6 train, 2 good + 3 anomalous test
     images) prepared at 64 px; returns the prepared folder.  Shared: do not write into it."""
     from skrd4ad.data.prepare import prepare_class
-    from skrd4ad.data.synthetic import generate
+    from skrd4ad.data.sources.synthetic.generate import generate
 
     root = tmp_path_factory.mktemp("prepared_brick")
     generate(root / "raw", ["brick"], seed=0, image_size=96, n_train=6, n_test_good=2, n_test_bad=3)
@@ -72,7 +72,7 @@ def cli_brick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     through the CLI and one test image (read-only: tests write elsewhere)."""
     from skrd4ad.cli import main
     from skrd4ad.data.prepare import prepare_class
-    from skrd4ad.data.synthetic import generate
+    from skrd4ad.data.sources.synthetic.generate import generate
 
     root = tmp_path_factory.mktemp("cli_brick")
     raw = generate(root / "raw", ["brick"], seed=1, image_size=64, n_train=8, n_test_good=2, n_test_bad=3)

@@ -18,7 +18,7 @@ from pipeline_fixtures import BIN, ENV, REPO, TINY, make_copy
 from skrd4ad import pipeline
 from skrd4ad.cli import main
 from skrd4ad.data.prepare import prepare_class
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.models.teacher import build_teacher
 from skrd4ad.checkpoint import load_checkpoint
 from skrd4ad.train import default_state_path

@@ -19,7 +19,7 @@ from skrd4ad.checkpoint import cache_teacher, load_checkpoint, teacher_cache_dir
 from skrd4ad.cli import main as cli_main
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.prepare import prepare_class
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.evaluate import evaluate
 from skrd4ad.io import sha256_file
 from skrd4ad.predict import SkippedFilesError, predict

@@ -27,7 +27,7 @@ from skrd4ad import io as skio
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data import sources
 from skrd4ad.data.sources import FETCH_MARKER, fetch_dataset
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.io import (
     HOST_TAG,
     STAGING_LOCK,

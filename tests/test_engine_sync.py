@@ -1,9 +1,9 @@
-"""The two engines cannot drift: each DVC stage depends on exactly the package code its script
-runs (followed through imports), and declares the params its script reads."""
+"""The two engines cannot drift: each DVC stage depends on exactly the code skrd4ad.jobcode gives
+Snakemake (its script's package imports, and its variant's or source's own code through the `code`
+stage's stamp), and declares the params its script reads."""
 
 from __future__ import annotations
 
-import ast
 import re
 from pathlib import Path
 
@@ -13,97 +13,98 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _module_file(name: str) -> Path | None:
-    base = REPO.joinpath(*name.split("."))
-    for cand in (base.with_suffix(".py"), base / "__init__.py"):
-        if cand.is_file():
-            return cand
-    return None
-
-
-def _module_name(path: Path) -> str:
-    rel = path.relative_to(REPO).with_suffix("")
-    parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-    return ".".join(parts)
-
-
-#: The variant registry, which imports its variant modules by name, unseen by the import scan.
-VARIANT_REGISTRY = REPO / "skrd4ad/models/variants/__init__.py"
-SOURCE_REGISTRY = REPO / "skrd4ad/data/sources/__init__.py"  # likewise every source module
-
-
-def package_closure(script: Path) -> set[str]:
-    """Repository-relative files of every ``skrd4ad`` module ``script`` imports, directly or
-    through other modules, at top level or inside functions (parent packages' ``__init__`` too;
-    not the imports under ``if TYPE_CHECKING:``, which never run)."""
-    seen: set[Path] = set()
-    todo = [script]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        is_pkg = path.name == "__init__.py"
-        if path in (VARIANT_REGISTRY, SOURCE_REGISTRY):  # it imports every module by listing its folder
-            todo += sorted(path.parent.glob("*.py"))
-        here = _module_name(path) if path.is_relative_to(REPO / "skrd4ad") else ""
-        names: list[str] = []
-        tree = ast.parse(path.read_text())
-        typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)  # never run
-                       and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
-                       for stmt in node.body for n in ast.walk(stmt)}
-        for node in ast.walk(tree):
-            if id(node) in typing_only:
-                continue
-            if isinstance(node, ast.Import):
-                names += [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    parts = here.split(".")[: len(here.split(".")) - node.level + (1 if is_pkg else 0)]
-                    base = ".".join(parts + ([node.module] if node.module else []))
-                else:
-                    base = node.module or ""
-                names.append(base)
-                names += [f"{base}.{a.name}" for a in node.names]  # `from pkg import module`
-        for name in names:
-            if not name.startswith("skrd4ad"):
-                continue
-            parts = name.split(".")
-            for k in range(1, len(parts) + 1):  # the module and its parent packages
-                found = _module_file(".".join(parts[:k]))
-                if found is not None:
-                    todo.append(found)
-    return {str(p.relative_to(REPO)) for p in seen if p != script}
-
-
 def _stages() -> dict[str, dict]:
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
+#: The stamp each stage that runs a plug-in depends on (written by the `code` stage).
+STAMPS = {"train": "data/code/variant-${item.variant}.json", "evaluate": "data/code/variant-${item.variant}.json",
+          "download": "data/code/source-${data.dataset}.json", "prepare": "data/code/source-${data.dataset}.json"}
+
+
+def test_every_stage_is_a_job_of_jobcode() -> None:
+    from skrd4ad import jobcode
+
+    assert set(_stages()) == set(jobcode.JOBS)
+    for name, stage in _stages().items():
+        assert re.search(r"workflow/scripts/\w+\.py", stage["cmd"]).group(0) == jobcode.JOBS[name]
+
+
 @pytest.mark.parametrize("name", sorted(_stages()))
 def test_dvc_stage_depends_on_exactly_the_code_it_runs(name: str) -> None:
-    stage = _stages()[name]
-    script = re.search(r"workflow/scripts/\w+\.py", stage["cmd"]).group(0)
-    code = {d for d in stage["deps"] if isinstance(d, str) and d.startswith("skrd4ad")
-            and (d.endswith(".py") or (REPO / d).is_dir())}  # package code (data files such as the schema aside)
-    assert script in stage["deps"]
-    used = package_closure(REPO / script)
+    """The package code a stage lists is the code skrd4ad.jobcode gives Snakemake (folders stand for
+    their modules); a stage that runs a variant or source depends on its stamp and on no plug-in
+    module directly (which would re-run every variant's jobs when one changes)."""
+    from skrd4ad import jobcode
 
-    def covered(f: str) -> bool:
-        return any(f == d or f.startswith(d.rstrip("/") + "/") for d in code)
+    deps = [d for d in _stages()[name]["deps"] if isinstance(d, str)]
+    code = [d for d in deps if d.startswith(("skrd4ad", "workflow/scripts")) and not d.endswith(".yaml")]
+    assert code[0] == jobcode.JOBS[name] and code[1:] == sorted(code[1:]), \
+        f"dvc.yaml stage {name}: list the script first, then the package code sorted"
+    expanded = jobcode.expand_dvc_deps(code)
+    want = set(jobcode.shared_files(name))
+    missing, extra = sorted(want - expanded), sorted(expanded - want)
+    assert not missing, f"dvc.yaml stage {name} runs but does not depend on {missing} (python -m skrd4ad.jobcode)"
+    assert not extra, f"dvc.yaml stage {name} depends on {extra} but never runs them (python -m skrd4ad.jobcode)"
+    plugin_dirs = ("skrd4ad/models/variants/", "skrd4ad/data/sources/")
+    own = [f for f in expanded if f.startswith(plugin_dirs) and Path(f).parent.as_posix() + "/" not in plugin_dirs]
+    assert not own, f"dvc.yaml stage {name} depends on plug-in code {own}; that goes through the stamp"
+    if name in STAMPS:
+        assert STAMPS[name] in deps
+    else:
+        assert not [d for d in deps if d.startswith("data/code")]
 
-    missing = sorted(f for f in used if not covered(f))
-    assert not missing, f"dvc.yaml stage {name} runs but does not depend on {missing}"
-    unused = sorted(d for d in code if not any(f == d or f.startswith(d + "/") for f in used))
-    assert not unused, f"dvc.yaml stage {name} depends on {unused} but its script never imports them"
+
+def test_the_code_stage_stamps_what_the_stages_read() -> None:
+    from skrd4ad import jobcode
+
+    stage = _stages()["code"]
+    assert stage["always_changed"] is True and stage["outs"] == ["data/code"]
+    assert set(stage["params"]) == {"model.variants", "data.dataset"}
+    for dep in STAMPS.values():
+        kind = dep.split("/")[-1].split("-")[0]
+        assert dep.endswith(jobcode.stamp_name(kind, "${item.variant}" if kind == "variant" else "${data.dataset}"))
 
 
-def test_import_closure_follows_relative_and_lazy_imports() -> None:
-    closure = package_closure(REPO / "workflow" / "scripts" / "evaluate.py")
-    assert {"skrd4ad/evaluate.py", "skrd4ad/metrics/__init__.py", "skrd4ad/metrics/seed.py", "skrd4ad/models/rd4ad.py", "skrd4ad/__init__.py",
-            "skrd4ad/models/__init__.py", "skrd4ad/pipeline.py"} <= closure
-    assert "skrd4ad/train.py" not in closure and "skrd4ad/cli.py" not in closure
+def test_shared_code_known_members() -> None:
+    """By hand, from the stage scripts: training runs the loop, the teacher cache and the decoder,
+    not the metrics; evaluation the metrics and the anomaly maps, not the training loop; no stage
+    shares a variant's or a source's module; the download runs no network model code."""
+    from skrd4ad import jobcode
+
+    train, evaluate = set(jobcode.shared_files("train")), set(jobcode.shared_files("evaluate"))
+    download = set(jobcode.shared_files("download"))
+    assert {"skrd4ad/train.py", "skrd4ad/teacher_cache.py", "skrd4ad/models/decoder.py",
+            "skrd4ad/models/variants/base.py", "workflow/scripts/train.py"} <= train
+    assert not {f for f in train if f.startswith("skrd4ad/metrics/")} and "skrd4ad/evaluate.py" not in train
+    assert {"skrd4ad/evaluate.py", "skrd4ad/metrics/ranking.py", "skrd4ad/models/anomaly_map.py"} <= evaluate
+    assert "skrd4ad/train.py" not in evaluate and "skrd4ad/cli.py" not in train | evaluate
+    assert {"skrd4ad/data/download.py", "skrd4ad/data/sources/base.py"} <= download
+    assert "skrd4ad/models/decoder.py" not in download and "skrd4ad/models/teacher.py" not in download
+    for files in (train, evaluate, download):
+        assert not [f for f in files if f.count("/") >= 4 and f.startswith(("skrd4ad/models/variants/",
+                                                                              "skrd4ad/data/sources/"))]
+
+
+def test_each_builtin_plugin_owns_its_folder() -> None:
+    """A built-in variant's or source's own code is its package folder, and nothing outside it
+    (what only RD++ uses lives in its folder, so it re-runs nothing else)."""
+    from skrd4ad import jobcode
+    from skrd4ad.data import sources
+    from skrd4ad.models import variants
+
+    for kind, names in (("variant", variants.names()), ("source", sources.names())):
+        for name in names:
+            folder = f"{jobcode.builtin_folder(kind)}/{name}/"
+            own = jobcode.own_files(kind, name)
+            assert own[0] == folder + "__init__.py", (kind, name, own)
+            assert all(f.startswith(folder) for f in own), (kind, name, own)
+    assert jobcode.own_files("variant", "rd4ad") == ["skrd4ad/models/variants/rd4ad/__init__.py"]
+    assert set(jobcode.own_files("variant", "rdpp")) == {f"skrd4ad/models/variants/rdpp/{m}.py" for m in
+                                                         ("__init__", "loss", "projection", "pseudo_anomaly",
+                                                          "simplex_noise")}
+    assert "skrd4ad/data/sources/synthetic/generate.py" in jobcode.own_files("source", "synthetic")
 
 
 def test_dvc_train_params_are_the_ones_snakemake_reruns_on() -> None:
@@ -127,7 +128,7 @@ def test_dvc_aggregate_params_are_the_ones_snakemake_reruns_on() -> None:
     assert _stages()["aggregate"]["params"] == list(pipeline.AGGREGATE_PARAM_KEYS)
     assert "report" in pipeline.AGGREGATE_PARAM_KEYS
     rule = (REPO / "workflow/rules/report.smk").read_text().split("rule aggregate:")[1]
-    assert re.search(r"\n    params:\n        read=aggregate_params,\n", rule)
+    assert re.search(r"\n    params:\n        code=job_code\(\"aggregate\"\),\n        read=aggregate_params,\n", rule)
     common = (REPO / "workflow/rules/common.smk").read_text()
     body = common.split("def aggregate_params(wildcards):")[1].split("\ndef ")[0]
     assert "pipeline.AGGREGATE_PARAM_KEYS" in body
@@ -284,7 +285,7 @@ def test_cli_and_generator_defaults_are_the_schemas() -> None:
 
     from skrd4ad.cli import build_parser
     from skrd4ad.config import SCHEMA
-    from skrd4ad.data.synthetic import generate
+    from skrd4ad.data.sources.synthetic.generate import generate
 
     synthetic = SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"]
     params = inspect.signature(generate).parameters

@@ -16,7 +16,7 @@ from skrd4ad.cli import main as cli_main
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.prepared import PreparedClass
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.evaluate import compute_maps, evaluate
 from skrd4ad.predict import predict
 from skrd4ad.checkpoint import load_checkpoint

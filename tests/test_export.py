@@ -21,7 +21,7 @@ from skrd4ad.checkpoint import load_checkpoint
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.prepared import PreparedClass
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.export import ONNX_FORMAT, export_onnx, verify_onnx
 from skrd4ad.inference import predict_batch
 from skrd4ad.io import sha256_file

@@ -16,7 +16,7 @@ from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.layout import DatasetError
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.prepared import PreparedClass
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.evaluate import evaluate
 from skrd4ad.metrics import AuproSeedUndefinedError, aupro_seed, compute_metrics
 from skrd4ad.models.rd4ad import build_model, check_image_size

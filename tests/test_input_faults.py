@@ -17,7 +17,7 @@ from skrd4ad.cli import main
 from skrd4ad.data.layout import DatasetError
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.prepared import PreparedClass
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["--arch", "mobilenet_v2", "--teacher-weights", "none", "--batch-size", "4", "--device", "cpu",

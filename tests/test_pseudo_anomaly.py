@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from skrd4ad.data import simplex_noise as simplex_module
+from skrd4ad.models.variants.rdpp import simplex_noise as simplex_module
 from skrd4ad.data.prepared import to_model_input
-from skrd4ad.data.pseudo_anomaly import add_pseudo_anomalies, sample_boxes, side_range
-from skrd4ad.data.simplex_noise import random_permutations, simplex3, simplex_noise
+from skrd4ad.models.variants.rdpp.pseudo_anomaly import add_pseudo_anomalies, sample_boxes, side_range
+from skrd4ad.models.variants.rdpp.simplex_noise import random_permutations, simplex3, simplex_noise
 
 _GRAD3 = [(1, 1, 0), (-1, 1, 0), (1, -1, 0), (-1, -1, 0), (1, 0, 1), (-1, 0, 1),
           (1, 0, -1), (-1, 0, -1), (0, 1, 1), (0, -1, 1), (0, 1, -1), (0, -1, -1)]

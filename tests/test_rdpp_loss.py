@@ -10,9 +10,9 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from skrd4ad.models import projection as projection_module
-from skrd4ad.models.projection import Projection, StageProjection
-from skrd4ad.models.rdpp_loss import (combine_projection_terms, contrast_loss, projection_loss, rdpp_total,
+from skrd4ad.models.variants.rdpp import projection as projection_module
+from skrd4ad.models.variants.rdpp.projection import Projection, StageProjection
+from skrd4ad.models.variants.rdpp.loss import (combine_projection_terms, contrast_loss, projection_loss, rdpp_total,
                                       recon_loss, sinkhorn_divergence, ssot_loss)
 
 

@@ -1,4 +1,4 @@
-"""The registered RD++ variant (``skrd4ad/models/variants/rdpp.py``): its loss terms in the training
+"""The registered RD++ variant (``skrd4ad/models/variants/rdpp/__init__.py``): its loss terms in the training
 log, a split run that resumes to the same weights as an unbroken one (the noise is drawn from the
 saved RNG), the projection in the checkpoint and at inference, and its two learning rates."""
 

@@ -42,7 +42,7 @@ SOURCE = Toy()
 def toy_plugin(root: Path, srv, *, entry_point: bool) -> Path:  # noqa: F811
     """``root/plugins/toy_source.py`` whose archive (a tiny synthetic brick in MVTec layout, in a
     top folder) ``srv`` serves; with ``entry_point``, an installed distribution declaring it."""
-    from skrd4ad.data.synthetic import generate
+    from skrd4ad.data.sources.synthetic.generate import generate
 
     generate(root / "made", ["brick"], seed=0, image_size=64, n_train=6, n_test_good=2, n_test_bad=3)
     archive = tar_of_folder(root / "made", prefix="toyset/")

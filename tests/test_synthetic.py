@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from skrd4ad.data.layout import DatasetError, list_classes, scan_class
-from skrd4ad.data.synthetic import DEFECT_TYPES, MARKER, SOURCES, contact_sheet, generate, make_image
+from skrd4ad.data.sources.synthetic.generate import DEFECT_TYPES, MARKER, SOURCES, contact_sheet, generate, make_image
 
 SMALL = dict(image_size=64, n_train=3, n_test_good=2, n_test_bad=6)
 

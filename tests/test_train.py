@@ -108,7 +108,7 @@ def test_state_of_other_config_is_not_resumed(prepared_brick: Path, tmp_path: Pa
 def test_state_of_another_train_split_is_not_resumed(tmp_path: Path) -> None:
     """Same source, same config, another validation split (so other training images): start again."""
     from skrd4ad.data.prepare import prepare_class
-    from skrd4ad.data.synthetic import generate
+    from skrd4ad.data.sources.synthetic.generate import generate
 
     generate(tmp_path / "raw", ["brick"], seed=0, image_size=96, n_train=6, n_test_good=2, n_test_bad=3)
     prepared = prepare_class(tmp_path / "raw", "brick", tmp_path / "prep", image_size=64, progress=False)

@@ -17,7 +17,7 @@ import torch
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.prepare import prepare_class, validation_split
 from skrd4ad.data.prepared import PreparedClass
-from skrd4ad.data.synthetic import generate
+from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.evaluate import compute_maps, evaluate
 from skrd4ad.predict import predict
 from skrd4ad.thresholds import (ORACLE_CHOSEN_ON, THRESHOLDS_FORMAT, deployed_thresholds, find_thresholds,

@@ -21,7 +21,8 @@ _WHERE = {
     "to_model_input": "prepared",
     "convert_visa": "sources", "dataset_root": "sources", "fetch_dataset": "sources",
     "import_two_folders": "sources",
-    "DEFAULT_CLASSES": "synthetic", "DEFECT_TYPES": "synthetic", "contact_sheet": "synthetic", "generate": "synthetic",
+    "DEFAULT_CLASSES": "sources.synthetic.generate", "DEFECT_TYPES": "sources.synthetic.generate",
+    "contact_sheet": "sources.synthetic.generate", "generate": "sources.synthetic.generate",
 }
 
 __all__ = sorted(_WHERE)

@@ -3,7 +3,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from skrd4ad import engines, pipeline
+from skrd4ad import engines, jobcode, pipeline
 from skrd4ad.data import sources
 
 # Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
@@ -84,6 +84,24 @@ def aggregate_params(wildcards):
     (``pipeline.AGGREGATE_PARAM_KEYS``); a param, so a new contrast re-runs the aggregate.
     """
     return {k: pipeline.lookup(config, k) for k in pipeline.AGGREGATE_PARAM_KEYS}
+
+
+def job_code(job):
+    """A param function: the digest of the code ``job`` runs (skrd4ad/jobcode.py, the same files
+    dvc.yaml lists and its ``code`` stage stamps), so editing that code re-runs the job, and a
+    fresh clone, a new mtime or a reinstall with the same code re-runs nothing.  train/evaluate
+    add their variant's own code, download/prepare the dataset source's, wherever installed.
+    """
+    kind = jobcode.OWN.get(job)
+
+    def digest(wildcards):
+        if kind == "variant":
+            return jobcode.job_digest(job, wildcards.variant)
+        if kind == "source":
+            return jobcode.job_digest(job, config["data"]["dataset"])
+        return jobcode.job_digest(job)
+
+    return digest
 
 
 def _gpus_for(device):

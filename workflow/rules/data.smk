@@ -10,6 +10,7 @@ rule download:
     conda:
         "../envs/skrd4ad.yaml"
     params:
+        code=job_code("download"),
         data=download_params,
     message:
         "Fetching dataset {wildcards.name} into MVTec layout"
@@ -25,6 +26,7 @@ rule fetch_teacher:
     conda:
         "../envs/skrd4ad.yaml"
     params:
+        code=job_code("fetch_teacher"),
         source=TEACHER_SOURCE,
     message:
         "Fetching {wildcards.arch} teacher weights ({params.source})"
@@ -44,6 +46,7 @@ rule prepare:
     conda:
         "../envs/skrd4ad.yaml"
     params:
+        code=job_code("prepare"),
         image_size=config["prepare"]["image_size"],
         image_level_only=config["data"]["image_level_only"],
         allow_empty_masks=config["prepare"]["allow_empty_masks"],

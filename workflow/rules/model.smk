@@ -15,6 +15,7 @@ rule train:
     resources:
         gpu=train_gpus,
     params:
+        code=job_code("train"),
         config=train_config,
     message:
         "Training {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"
@@ -39,6 +40,7 @@ rule evaluate:
     resources:
         gpu=eval_gpus,
     params:
+        code=job_code("evaluate"),
         config=config["evaluate"],
     message:
         "Evaluating {wildcards.variant} on {wildcards.name}/{wildcards.cls} (seed {wildcards.seed})"

@@ -9,6 +9,8 @@ rule validate_params:
     localrule: True
     conda:
         "../envs/skrd4ad.yaml"
+    params:
+        code=job_code("validate_params"),
     message:
         "Recording that the params are valid ({output})"
     script:

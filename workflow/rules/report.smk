@@ -60,6 +60,7 @@ rule aggregate:
     conda:
         "../envs/skrd4ad.yaml"
     params:
+        code=job_code("aggregate"),
         read=aggregate_params,
     message:
         "Aggregating {wildcards.name}: comparison table and figures"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .prepared import _imagenet_constants
-from .simplex_noise import random_permutations, simplex_noise
+from skrd4ad.data.prepared import _imagenet_constants
+from skrd4ad.models.variants.rdpp.simplex_noise import random_permutations, simplex_noise
 
 AMPLITUDE = 0.2
 OCTAVES = 6

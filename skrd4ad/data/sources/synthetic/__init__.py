@@ -1,12 +1,12 @@
 """The embedded synthetic dataset (the default): generated offline from scikit-image textures,
-with masks (:mod:`skrd4ad.data.synthetic`)."""
+with masks (:mod:`skrd4ad.data.sources.synthetic.generate`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from .base import Source
+from skrd4ad.data.sources.base import Source
 
 
 class Synthetic(Source):
@@ -17,12 +17,12 @@ class Synthetic(Source):
 
     @property
     def classes(self) -> tuple[str, ...]:  # type: ignore[override]
-        from skrd4ad.data.synthetic import DEFAULT_CLASSES
+        from skrd4ad.data.sources.synthetic.generate import DEFAULT_CLASSES
 
         return tuple(DEFAULT_CLASSES)
 
     def materialise(self, data: dict[str, Any], out: Path) -> None:
-        from skrd4ad.data.synthetic import generate
+        from skrd4ad.data.sources.synthetic.generate import generate
 
         generate(out, **data["synthetic"])
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from skrd4ad.data.layout import DatasetError, list_images
 
-from .base import Location, Source
+from skrd4ad.data.sources.base import Location, Source
 
 log = logging.getLogger(__name__)
 

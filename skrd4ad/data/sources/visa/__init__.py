@@ -11,7 +11,7 @@ from pathlib import Path
 from skrd4ad.data.layout import GOOD, DatasetError
 from skrd4ad.io import StagingDir
 
-from .base import Location, Source, binarise_mask_file
+from skrd4ad.data.sources.base import Location, Source, binarise_mask_file
 
 VISA_SPLIT_CSV = Path("split_csv") / "1cls.csv"
 _VISA_COLUMNS = ["object", "split", "label", "image", "mask"]

@@ -13,7 +13,7 @@ from typing import Any
 from skrd4ad.data.layout import GOOD, DatasetError, find_mask, list_classes, list_images
 from skrd4ad.io import StagingDir, disk_full_as_error
 
-from .base import Source, binarise_mask_file, copy_tree
+from skrd4ad.data.sources.base import Source, binarise_mask_file, copy_tree
 
 
 class Folder(Source):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Variant
+from skrd4ad.models.variants.base import Variant
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
 
-    from ..rd4ad import ReverseDistillation
+    from skrd4ad.models.rd4ad import ReverseDistillation
 
 
 class SKRD4AD(Variant):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Location, Source
+from skrd4ad.data.sources.base import Location, Source
 
 
 class MVTec(Source):

@@ -430,7 +430,7 @@ def contact_sheet(
     class_dir = root / class_name
     test_dir = class_dir / "test"
     if not test_dir.is_dir():
-        raise DatasetError(f"{test_dir} not found; generate the class first (skrd4ad.data.synthetic.generate)")
+        raise DatasetError(f"{test_dir} not found; generate the class first (skrd4ad.data.sources.synthetic.generate.generate)")
     rows: list[tuple[str, list[np.ndarray]]] = []
 
     def load(path: Path, size: int) -> np.ndarray:

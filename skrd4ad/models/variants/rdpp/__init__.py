@@ -2,12 +2,12 @@
 projection net per teacher stage between the teacher and the bottleneck (used at inference too),
 trained with pseudo-anomalies and a projection loss beside the distillation loss.
 
-- student: ``projection`` (:class:`~skrd4ad.models.projection.Projection`), then RD4AD's
+- student: ``projection`` (:class:`~skrd4ad.models.variants.rdpp.projection.Projection`), then RD4AD's
   ``bottleneck`` and ``decoder``; inference ``decoder(bottleneck(projection(teacher(x))))``, and the
   anomaly map compares the teacher's maps with the decoder's;
 - training: the teacher sees the clean batch and a copy with simplex noise in one rectangle per
-  image (:func:`~skrd4ad.data.pseudo_anomaly.add_pseudo_anomalies`); loss
-  ``L_RD + 0.2 * L_proj`` (:mod:`skrd4ad.models.rdpp_loss`), logged as ``loss, loss_rd, ssot,
+  image (:func:`~skrd4ad.models.variants.rdpp.pseudo_anomaly.add_pseudo_anomalies`); loss
+  ``L_RD + 0.2 * L_proj`` (:mod:`skrd4ad.models.variants.rdpp.loss`), logged as ``loss, loss_rd, ssot,
   recon, contrast``;
 - optimiser: Adam betas (0.5, 0.999) from ``train.betas``, ``projection_lr`` (1e-3) for the
   projection and ``train.lr`` (5e-3 in the paper) for bottleneck and decoder; one step every 2
@@ -21,13 +21,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .base import Variant
+from skrd4ad.models.variants.base import Variant
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
-    from ..rd4ad import ArchSpec, ReverseDistillation
-    from ..teacher import Teacher
+    from skrd4ad.models.rd4ad import ArchSpec, ReverseDistillation
+    from skrd4ad.models.teacher import Teacher
 
 
 class RDPP(Variant):
@@ -45,7 +45,7 @@ class RDPP(Variant):
 
     def build_student(self, teacher: Teacher, spec: ArchSpec, settings: dict[str, Any]) -> nn.Module:
         """RD4AD's student (bottleneck first, then decoder, from the global RNG) plus ``projection``."""
-        from ..projection import Projection
+        from skrd4ad.models.variants.rdpp.projection import Projection
 
         student = spec.student(teacher)
         student.projection = Projection(teacher.channels)
@@ -60,8 +60,8 @@ class RDPP(Variant):
         """The teacher sees the noisy copy, and the clean batch unless ``teacher_feats`` (cached)."""
         import torch
 
-        from ...data.prepared import IMAGENET_MEAN, IMAGENET_STD
-        from ...data.pseudo_anomaly import add_pseudo_anomalies
+        from skrd4ad.data.prepared import IMAGENET_MEAN, IMAGENET_STD
+        from skrd4ad.models.variants.rdpp.pseudo_anomaly import add_pseudo_anomalies
 
         gen = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # from the saved global RNG
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
@@ -81,8 +81,8 @@ class RDPP(Variant):
                 "projected_clean": p_clean, "perm": torch.randperm(b, generator=gen)}
 
     def loss(self, outputs: dict[str, Any], config: Any) -> dict[str, Tensor]:
-        from ..loss import distillation_loss
-        from ..rdpp_loss import projection_loss, rdpp_total
+        from skrd4ad.models.loss import distillation_loss
+        from skrd4ad.models.variants.rdpp.loss import projection_loss, rdpp_total
 
         rd = distillation_loss(outputs["teacher"], outputs["student"], config.loss, config.consistency_weight).total
         proj = projection_loss(outputs["noisy"], outputs["projected_noisy"], outputs["projected_clean"],

@@ -3,7 +3,7 @@ embedding alone.  The base class's defaults are this method; it only names it.""
 
 from __future__ import annotations
 
-from .base import Variant
+from skrd4ad.models.variants.base import Variant
 
 
 class RD4AD(Variant):

@@ -1,6 +1,6 @@
 """3-D simplex noise (Perlin's simplex grid, Gustavson's formulation), vectorised in torch over a
 batch of permutation tables, and its fractal (octave) sum.  RD++ draws its pseudo-anomalies from
-it (:mod:`skrd4ad.data.pseudo_anomaly`).
+it (:mod:`skrd4ad.models.variants.rdpp.pseudo_anomaly`).
 
 Ours rather than the ``opensimplex`` package: 15.8x [13.6, 16.0] faster for a batch of 16 at 256 px
 on 2 busy CPU cores (``benchmarks/bench_rdpp.py``, opensimplex 0.4.5.1 without numba), and it runs on
