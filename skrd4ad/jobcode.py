@@ -40,8 +40,8 @@ __all__ = ["JOBS", "OWN", "shared_files", "dvc_deps", "expand_dvc_deps", "own_fi
 
 #: Repository root (the folder holding ``workflow/`` and the package).
 ROOT = Path(__file__).resolve().parents[1]
-#: This package's import name.
-PACKAGE = __name__.split(".")[0]
+#: This package's import name (also under ``python -m``, where ``__name__`` is ``__main__``).
+PACKAGE = (__spec__.name if __spec__ is not None else __name__).split(".")[0]
 #: Each job's stage script, relative to :data:`ROOT`.
 JOBS = {name: f"workflow/scripts/{name}.py" for name in
         ("validate_params", "code", "download", "fetch_teacher", "prepare", "train", "evaluate", "aggregate")}
@@ -144,32 +144,55 @@ def import_closure(start: Path, tops: tuple[str, ...], *, stop_at_plugins: bool 
     return seen
 
 
-def _script(job: str) -> Path:
-    """The stage script of ``job``: in the workflow being run (the working directory), else beside the package."""
+def _script(job: str, cwd: Path) -> Path:
+    """The stage script of ``job``: in the workflow being run (``cwd``), else beside the package."""
     if job not in JOBS:
         raise ValueError(f"unknown pipeline job {job!r}; one of {', '.join(JOBS)}")
-    here = Path.cwd() / JOBS[job]
+    here = cwd / JOBS[job]
     return here.resolve() if here.is_file() else ROOT / JOBS[job]
 
 
+@functools.lru_cache(maxsize=4096)
 def _name(path: Path) -> str:
-    """``path`` relative to its import root (or to the workflow for the stage scripts)."""
-    if path.is_relative_to(ROOT):
+    """``path`` relative to its import root: the package's files to the repository, the stage
+    scripts to the workflow, a plug-in's to the longest ``sys.path`` entry holding it (so a venv
+    inside the repository or another Python version names it the same)."""
+    if path.is_relative_to(ROOT / PACKAGE):
         return path.relative_to(ROOT).as_posix()
-    if path.is_relative_to(Path.cwd().resolve()):
-        return path.relative_to(Path.cwd().resolve()).as_posix()
-    for entry in map(Path, sys.path):
+    for base in (Path.cwd().resolve(), ROOT):
+        if path.is_relative_to(base / "workflow"):
+            return path.relative_to(base).as_posix()
+    roots = []
+    for entry in sys.path:
         try:
-            if entry.is_dir() and path.is_relative_to(entry.resolve()):
-                return path.relative_to(entry.resolve()).as_posix()
+            root = Path(entry or ".").resolve()
         except OSError:  # pragma: no cover - an unreadable sys.path entry
             continue
+        if root.is_dir() and path.is_relative_to(root):
+            roots.append(root)
+    if roots:
+        return path.relative_to(max(roots, key=lambda r: len(r.parts))).as_posix()
     return path.name  # pragma: no cover - a module off sys.path
 
 
-@functools.lru_cache(maxsize=None)
+def _sha256(path: Path) -> str:
+    """sha256 hex of a file's bytes, remembered while its size and time stay the same."""
+    st = path.stat()
+    return _sha256_of(path, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _shared(job: str) -> frozenset[Path]:
-    return frozenset(import_closure(_script(job), (PACKAGE,), stop_at_plugins=True))
+    return _shared_in(job, Path.cwd())
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_in(job: str, cwd: Path) -> frozenset[Path]:
+    return frozenset(import_closure(_script(job, cwd), (PACKAGE,), stop_at_plugins=True))
 
 
 def shared_files(job: str) -> list[str]:
@@ -189,17 +212,23 @@ def _plugin(kind: str, name: str) -> object:
     raise ValueError(f"unknown plug-in kind {kind!r}; variant or source")
 
 
-def _own_paths(kind: str, name: str) -> list[Path]:
+def _own_paths(kind: str, name: str) -> tuple[Path, ...]:
     module_name = type(_plugin(kind, name)).__module__
-    module = sys.modules[module_name]
-    start = Path(module.__file__).resolve()
+    start = Path(sys.modules[module_name].__file__).resolve()
+    return _own_closure(kind, module_name, start, Path.cwd())
+
+
+@functools.lru_cache(maxsize=None)
+def _own_closure(kind: str, module_name: str, start: Path, cwd: Path) -> tuple[Path, ...]:
     tops = tuple(dict.fromkeys((PACKAGE, module_name.split(".")[0])))
-    shared = frozenset().union(*(_shared(job) for job, k in OWN.items() if k == kind))
-    own = import_closure(start, tops, skip=shared)  # shared modules' own imports are the stages' code
+    # what every stage running the plug-in shares (its imports are the stages' code); a file only
+    # some of them share stays its own, so each job's code holds all that the plug-in imports
+    shared = frozenset.intersection(*(_shared(job) for job, k in OWN.items() if k == kind))
+    own = import_closure(start, tops, skip=shared)
     if module_name.startswith(_REGISTRY_PACKAGE[kind] + "."):  # a built-in: its whole folder
         folder = start.parent if start.name == "__init__.py" else start
         own |= {p for p in ([folder] if folder.is_file() else folder.rglob("*.py")) if "__pycache__" not in p.parts}
-    return sorted(own, key=_name)
+    return tuple(sorted(own, key=_name))
 
 
 def own_files(kind: str, name: str) -> list[str]:
@@ -237,7 +266,7 @@ def job_digest(job: str, plugin: str | None = None) -> str:
     h = hashlib.sha256()
     for path in _paths(job, plugin):
         h.update(_name(path).encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
+        h.update(bytes.fromhex(_sha256(path)))
     return h.hexdigest()
 
 
@@ -250,7 +279,7 @@ def own_stamp(kind: str, name: str) -> dict[str, object]:
     """What DVC's ``code`` stage records of a plug-in's own code: each file's sha256 by name, and
     their digest (``own_sha256``); equal for equal code wherever it is installed."""
     paths = _own_paths(kind, name)
-    files = {_name(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+    files = {_name(p): _sha256(p) for p in paths}
     h = hashlib.sha256()
     for file, sha in sorted(files.items()):
         h.update(file.encode() + b"\0" + bytes.fromhex(sha))

@@ -111,6 +111,7 @@ def outside_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (pkg / "variant.py").write_text(PLUGIN)
     (pkg / "helper.py").write_text("def scale(x):\n    return x\n")
     (pkg / "unused.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))  # an outer entry too (a venv inside a project): the longest names it
     monkeypatch.syspath_prepend(str(tmp_path / "site"))
     monkeypatch.setenv(variants.ENV_VAR, "extplug.variant")
     variants.refresh()
@@ -131,6 +132,56 @@ def test_a_plugin_outside_the_repository_is_followed_through_its_own_package(out
     assert after["mine"] != before["mine"] and after["rd4ad"] == before["rd4ad"] and after["rdpp"] == before["rdpp"]
     (outside_plugin / "unused.py").write_text("X = 2\n")
     assert jobcode.job_digest("train", "mine") == after["mine"]
+
+
+def test_module_main_prints_what_dvc_yaml_lists() -> None:
+    """``python -m skrd4ad.jobcode`` (the command the test failures point to) prints each stage's
+    list as dvc_deps gives it, and each plug-in's own files."""
+    proc = subprocess.run([sys.executable, "-m", "skrd4ad.jobcode"], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    blocks: dict[str, list[str]] = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("  - "):
+            blocks[key].append(line[4:])
+        else:
+            key = line.rstrip(":")
+            blocks[key] = []
+    for job in jobcode.JOBS:
+        assert blocks[job] == jobcode.dvc_deps(job), job
+    assert blocks["variant rdpp"] == jobcode.own_files("variant", "rdpp")
+    assert len(blocks["train"]) > 20
+
+
+@pytest.mark.parametrize("job", sorted(jobcode.JOBS))
+def test_what_a_stage_script_imports_at_start_is_in_its_shared_code(job: str) -> None:
+    """A check independent of the AST walk: run the script's top-level imports in a fresh
+    interpreter and list the package modules loaded; every one is shared code of the job, or a
+    plug-in module (which the registries import to list names, and which counts per job)."""
+    code = ("import runpy, sys; runpy.run_path(sys.argv[1], run_name='probe'); "
+            "print('\\n'.join(sorted(m.__file__ for m in list(sys.modules.values()) "
+            "if getattr(m, '__file__', None))))")
+    proc = subprocess.run([sys.executable, "-c", code, jobcode.JOBS[job]], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    loaded = {Path(f).resolve().relative_to(REPO).as_posix() for f in proc.stdout.split()
+              if Path(f).resolve().is_relative_to(REPO / "skrd4ad")}
+    plugins = ("skrd4ad/models/variants/", "skrd4ad/data/sources/")
+    shared = set(jobcode.shared_files(job))
+    missing = sorted(f for f in loaded - shared if not (f.startswith(plugins) and f.count("/") >= 4))
+    assert "skrd4ad/pipeline.py" in loaded and not missing, missing
+
+
+def test_every_snakemake_rule_reruns_on_its_own_jobs_code() -> None:
+    import re
+
+    rules = {}
+    for smk in sorted((REPO / "workflow/rules").glob("*.smk")):
+        for name, body in re.findall(r"^rule (\w+):\n((?:    .*\n|\n)*)", smk.read_text(), flags=re.M):
+            rules[name] = body
+    assert set(jobcode.JOBS) - {"code"} <= set(rules)  # `code` is DVC's stamp stage
+    for name in set(jobcode.JOBS) - {"code"}:
+        assert f'code=job_code("{name}"),' in rules[name], name
 
 
 def test_doctest() -> None:

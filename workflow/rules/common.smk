@@ -12,6 +12,15 @@ pipeline.validate_params(
     config
 )  # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
 
+# Reruns follow the code of the package that runs (skrd4ad/jobcode.py); dvc.yaml lists this
+# folder's files, so the two must be the same copy (the README's editable install).
+if workflow.is_main_process and jobcode.ROOT != Path(workflow.basedir).resolve():
+    print(
+        f"Warning: skrd4ad is imported from {jobcode.ROOT}, not from this workflow's folder "
+        f"{workflow.basedir}: jobs re-run when that copy's code changes; pip install -e . here",
+        file=sys.stderr,
+    )
+
 # One engine at a time on this tree (skrd4ad/engines.py).  Snakemake parses this file before it
 # knows whether it will run jobs (-n, --summary, --report, --lint, --unlock all parse it, and so
 # does every remote job), so parsing takes no lock: a dry run only warns.  A real run takes DVC's
