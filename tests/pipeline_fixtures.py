@@ -41,6 +41,21 @@ def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedPr
     return proc
 
 
+def dvc_pending(repo: Path) -> dict:
+    """``dvc status --json`` without the ``code`` stage's "always changed" (it runs on every repro,
+    writing the own-code stamps; anything else listed would re-run)."""
+    status = json.loads(run([str(BIN / "dvc"), "status", "--json"], repo).stdout)
+    code = [item for item in status.pop("code", []) if item != "always changed"]
+    return {**status, **({"code": code} if code else {})}
+
+
+def ran_stages(stdout: str) -> list[str]:
+    """The stages a ``dvc repro`` (or ``--dry``) output says it runs, the always-run ``code`` aside."""
+    import re
+
+    return [s for s in re.findall(r"Running stage '([^']+)'", stdout) if s != "code"]
+
+
 def default_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 

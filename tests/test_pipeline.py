@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from pipeline_fixtures import BIN, ENV, REPO, TINY, check_results, default_params, make_copy, run, write_params
+from pipeline_fixtures import (BIN, ENV, REPO, TINY, check_results, default_params, dvc_pending, make_copy, ran_stages, run,
+                               write_params)
 
 from skrd4ad import pipeline
 
@@ -176,10 +177,9 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     dvc = str(BIN / "dvc")
     run([dvc, "repro"], repo)
     check_results(repo)
-    status = run([dvc, "status"], repo)
-    assert "up to date" in status.stdout
+    assert dvc_pending(repo) == {}
     dry = run([dvc, "repro", "--dry"], repo)
-    assert "Running stage" not in dry.stdout
+    assert ran_stages(dry.stdout) == []
     metrics = run([dvc, "metrics", "show"], repo).stdout
     assert "skrd4ad-rd4ad.pixel_auroc" in metrics and "provenance" not in metrics
     # one figure per class and kind, both variants on it; no per-job curve files
@@ -204,13 +204,13 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
                 "results/synthetic/checkpoints/skrd4ad/seed111/grass.pt",
                 "results/synthetic/eval/rd4ad/seed111/brick/metrics.json", "results/tables/synthetic.md"):
         assert (clone / rel).read_bytes() == (repo / rel).read_bytes(), rel
-    assert "up to date" in run([dvc, "status"], clone).stdout
-    assert "Running stage" not in run([dvc, "repro"], clone).stdout  # nothing is re-trained
+    assert dvc_pending(clone) == {}
+    assert ran_stages(run([dvc, "repro"], clone).stdout) == []  # nothing is re-trained
 
     params = copy.deepcopy(TINY)
     params["train"]["class_overrides"]["grass"] = {"epochs": 2}
     write_params(repo, params)
-    changed = json.loads(run([dvc, "status", "--json"], repo).stdout)
+    changed = dvc_pending(repo)
     # validate_params re-checks every params change; its output is constant, so nothing re-runs through it
     assert sorted(changed) == ["train@grass-rd4ad-111", "train@grass-skrd4ad-111", "validate_params"], changed
     run(["git", "checkout", "params.yaml"], repo)
@@ -263,10 +263,11 @@ def test_folder_datasets_side_by_side_and_dvc_adopts_snakemake_outputs(tmp_path:
         assert (repo / f"data/raw/{name}/brick/train/good").is_dir()
     assert not (repo / "results/tables/folder.md").exists()
 
-    assert "up to date" not in run([dvc, "status"], repo).stdout  # DVC has not seen these outputs yet
-    run([dvc, "commit", "-f"], repo)  # the documented adoption step
-    assert "up to date" in run([dvc, "status"], repo).stdout
-    assert "Running stage" not in run([dvc, "repro", "--dry"], repo).stdout
+    assert dvc_pending(repo) != {}  # DVC has not seen these outputs yet
+    run([dvc, "repro", "--single-item", "code"], repo)  # the documented adoption: the stamps (no job runs),
+    run([dvc, "commit", "-f"], repo)  # then the record of every stage
+    assert dvc_pending(repo) == {}
+    assert ran_stages(run([dvc, "repro", "--dry"], repo).stdout) == []
 
     image = next((sources["parts_b"] / "brick/train/good").iterdir())
     image.write_bytes(image.read_bytes() + b"\0")  # an edited source file
