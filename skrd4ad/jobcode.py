@@ -76,6 +76,11 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
+def _py_files(folder: Path) -> set[Path]:
+    """The Python files below ``folder`` (``__pycache__`` aside)."""
+    return {p for p in folder.rglob("*.py") if "__pycache__" not in p.parts}
+
+
 def _module_name(path: Path, root: Path) -> str:
     rel = path.relative_to(root).with_suffix("")
     parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
@@ -212,10 +217,14 @@ def _plugin(kind: str, name: str) -> object:
     raise ValueError(f"unknown plug-in kind {kind!r}; variant or source")
 
 
-def _own_paths(kind: str, name: str) -> tuple[Path, ...]:
+def _plugin_module(kind: str, name: str) -> tuple[str, Path]:
+    """The module that defines plug-in ``name`` of ``kind``, and its file."""
     module_name = type(_plugin(kind, name)).__module__
-    start = Path(sys.modules[module_name].__file__).resolve()
-    return _own_closure(kind, module_name, start, Path.cwd())
+    return module_name, Path(sys.modules[module_name].__file__).resolve()
+
+
+def _own_paths(kind: str, name: str) -> tuple[Path, ...]:
+    return _own_closure(kind, *_plugin_module(kind, name), Path.cwd())
 
 
 @functools.lru_cache(maxsize=None)
@@ -227,16 +236,15 @@ def _own_closure(kind: str, module_name: str, start: Path, cwd: Path) -> tuple[P
     own = import_closure(start, tops, skip=shared)
     if module_name.startswith(_REGISTRY_PACKAGE[kind] + "."):  # a built-in: its whole folder
         folder = start.parent if start.name == "__init__.py" else start
-        own |= {p for p in ([folder] if folder.is_file() else folder.rglob("*.py")) if "__pycache__" not in p.parts}
+        own |= {folder} if folder.is_file() else _py_files(folder)
     return tuple(sorted(own, key=_name))
 
 
 def own_files(kind: str, name: str) -> list[str]:
     """The own code of variant or source ``name``: its module (package) first, then the files it
     imports that the stages running it do not share, each relative to its import root."""
-    paths = _own_paths(kind, name)
-    module = Path(sys.modules[type(_plugin(kind, name)).__module__].__file__).resolve()
-    return [_name(module)] + [_name(p) for p in paths if p != module]
+    module = _plugin_module(kind, name)[1]
+    return [_name(module)] + [_name(p) for p in _own_paths(kind, name) if p != module]
 
 
 def builtin_folder(kind: str) -> str:
@@ -261,13 +269,17 @@ def job_files(job: str, plugin: str | None = None) -> list[str]:
     return [_name(p) for p in _paths(job, plugin)]
 
 
+def _digest(files: dict[str, str]) -> str:
+    """sha256 hex over ``{name: sha256 hex}`` in name order."""
+    h = hashlib.sha256()
+    for name, sha in sorted(files.items()):
+        h.update(name.encode() + b"\0" + bytes.fromhex(sha))
+    return h.hexdigest()
+
+
 def job_digest(job: str, plugin: str | None = None) -> str:
     """sha256 hex over the names and bytes of :func:`job_files`: equal for equal code anywhere."""
-    h = hashlib.sha256()
-    for path in _paths(job, plugin):
-        h.update(_name(path).encode() + b"\0")
-        h.update(bytes.fromhex(_sha256(path)))
-    return h.hexdigest()
+    return _digest({_name(p): _sha256(p) for p in _paths(job, plugin)})
 
 
 def stamp_name(kind: str, name: str) -> str:
@@ -278,24 +290,20 @@ def stamp_name(kind: str, name: str) -> str:
 def own_stamp(kind: str, name: str) -> dict[str, object]:
     """What DVC's ``code`` stage records of a plug-in's own code: each file's sha256 by name, and
     their digest (``own_sha256``); equal for equal code wherever it is installed."""
-    paths = _own_paths(kind, name)
-    files = {_name(p): _sha256(p) for p in paths}
-    h = hashlib.sha256()
-    for file, sha in sorted(files.items()):
-        h.update(file.encode() + b"\0" + bytes.fromhex(sha))
-    return {"kind": kind, "name": name, "own_sha256": h.hexdigest(), "files": dict(sorted(files.items()))}
+    files = {_name(p): _sha256(p) for p in _own_paths(kind, name)}
+    return {"kind": kind, "name": name, "own_sha256": _digest(files), "files": dict(sorted(files.items()))}
 
 
 def dvc_deps(job: str) -> list[str]:
     """:func:`shared_files` of ``job`` as dvc.yaml lists them: a folder whose every module the
     job runs (and which holds no plug-in) stands for its files."""
     files = set(shared_files(job))
+    plugins = {builtin_folder(kind) for kind in _REGISTRY_PACKAGE}
     entries: list[str] = []
     for folder in sorted({str(Path(f).parent) for f in files}, key=len):
         if any(folder == e or folder.startswith(e + "/") for e in entries):
             continue
-        inside = {p.relative_to(ROOT).as_posix() for p in (ROOT / folder).rglob("*.py") if "__pycache__" not in p.parts}
-        plugins = {_REGISTRY_PACKAGE[k].replace(".", "/") for k in _REGISTRY_PACKAGE}
+        inside = expand_dvc_deps([folder])
         if folder not in (PACKAGE, "workflow/scripts") and inside <= files and not any(
                 folder == p or folder.startswith(p + "/") or p.startswith(folder + "/") for p in plugins):
             entries.append(folder)
@@ -308,8 +316,7 @@ def expand_dvc_deps(entries: list[str]) -> set[str]:
     out: set[str] = set()
     for entry in entries:
         path = ROOT / entry
-        out |= ({p.relative_to(ROOT).as_posix() for p in path.rglob("*.py") if "__pycache__" not in p.parts}
-                if path.is_dir() else {entry})
+        out |= {p.relative_to(ROOT).as_posix() for p in _py_files(path)} if path.is_dir() else {entry}
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -51,8 +52,6 @@ def dvc_pending(repo: Path) -> dict:
 
 def ran_stages(stdout: str) -> list[str]:
     """The stages a ``dvc repro`` (or ``--dry``) output says it runs, the always-run ``code`` aside."""
-    import re
-
     return [s for s in re.findall(r"Running stage '([^']+)'", stdout) if s != "code"]
 
 
