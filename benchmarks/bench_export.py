@@ -39,7 +39,7 @@ from skrd4ad.config import EvalConfig
 from skrd4ad.export import AnomalyDetector, onnx_session, to_onnx, verify_onnx
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ import torch
 from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary, write_result
 from skrd4ad.config import TrainConfig
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.train import make_optimizer, train_step
 
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}

@@ -24,7 +24,7 @@ from _common import fmt_ratio, interleaved, machine, ratio_summary, side_summary
 from skrd4ad.config import TrainConfig
 from skrd4ad.device import memory_format_for
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.train import train_step
 
 IMPLEMENTATIONS = {"loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}

@@ -109,7 +109,7 @@ from skrd4ad.inference import predict_batch
 from skrd4ad.io import write_json_atomic
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.train import make_optimizer, train_step
 
 ARCH = "wide_resnet50_2"

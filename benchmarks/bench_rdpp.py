@@ -36,7 +36,7 @@ from skrd4ad.config import TrainConfig
 from skrd4ad.models.variants.rdpp.pseudo_anomaly import add_pseudo_anomalies, sample_boxes
 from skrd4ad.models.variants.rdpp.simplex_noise import random_permutations, simplex_noise
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.train import make_optimizer, train_step
 
 
@@ -55,7 +55,7 @@ def bench_training(arch: str, size: int, batch: int, rounds: int) -> dict:
         model = build_model(arch, name, teacher_weights=None).train()
         fold_batchnorm(model.teacher)  # as train() does
         optimizer = make_optimizer(model, config, device)
-        every = model.impl.accumulate
+        every = model.plugin.accumulate
         counts[name] = sum(p.numel() for p in model.student.parameters())
 
         def two(model=model, optimizer=optimizer, every=every, config=config) -> None:

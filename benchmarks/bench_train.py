@@ -55,7 +55,7 @@ from skrd4ad.device import memory_format_for
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.teacher_cache import open_cache
 from skrd4ad.train import make_optimizer, train_step
 

@@ -86,7 +86,7 @@ from _common import machine, ratio_summary, side_summary, write_result
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.inference import predict_batch
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.teacher_cache import open_cache
 from skrd4ad.train import make_optimizer, train_step
 

@@ -5,7 +5,7 @@ training logs ``<results>/train/<variant>/seed<seed>/<class>.tsv`` (``<results>`
 writes ``<tables>/<name>.{md,csv,tex,json}``, ``<figures>/<name>_{variants,loss,gallery,seeds}.png``
 and the comparison plot data ``<results>/plots/<kind>/<class>.csv``.  With several seeds the table
 shows mean ± standard deviation over seeds.  Each contrast of ``report`` (``b - a``,
-:func:`skrd4ad.pipeline.contrasts`) gets a difference block: the number of (class, seed) pairs, how
+:func:`skrd4ad.contrasts`) gets a difference block: the number of (class, seed) pairs, how
 many favour each side, how many classes favour ``b`` and, from six pairs on, a 95% bootstrap
 interval that resamples seeds within each class, with verdicts Holm-adjusted over the metrics of
 that contrast (:func:`skrd4ad.stats.stratified_difference`, :func:`skrd4ad.stats.with_holm`).
@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .io import StagingDir, atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
-from .pipeline import PLOT_KINDS, contrasts, report_tag, under_results  # noqa: E402
+from .contrasts import contrasts  # noqa: E402
+from .paths import PLOT_KINDS, report_tag, under_results  # noqa: E402
 from .stats import MIN_PAIRS, stratified_difference, with_holm  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -222,7 +223,7 @@ def summary_json(summary: pd.DataFrame, ci: pd.DataFrame) -> dict[str, Any]:
 
 def write_plot_data(results: Path, classes: list[str], variants: list[str], seeds: list[int], out: Path) -> None:
     """The comparison plots of ``dvc plots`` (dvc.yaml's top-level ``plots:``): per class one CSV
-    per kind (:data:`~skrd4ad.pipeline.PLOT_KINDS`) with the x column and one column per variant,
+    per kind (:data:`~skrd4ad.paths.PLOT_KINDS`) with the x column and one column per variant,
     the mean over seeds (curves interpolated onto a common FPR grid of 201 points)."""
     grid = np.linspace(0.0, 1.0, 201)
     for cls in classes:

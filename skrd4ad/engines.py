@@ -1,6 +1,6 @@
 """Snakemake and DVC on one tree: one engine at a time.
 
-Both engines write the same outputs (skrd4ad/pipeline.py ``PATHS``), so running them at once
+Both engines write the same outputs (skrd4ad/paths.py ``PATHS``), so running them at once
 lets DVC check cached outputs out over files Snakemake is writing.  What DVC leaves on disk while
 it runs (DVC 3, read from its source and checked by sampling a ``dvc repro`` / ``dvc exp run``):
 

@@ -188,6 +188,44 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
     :func:`~skrd4ad.checkpoint.load_checkpoint`."""
     config = config or EvalConfig()
     out_dir = Path(out_dir)
+    model, ckpt, data, data_notes = _load(checkpoint, data_dir, config, teacher_weights, allow_other_data)
+    maps, scores = compute_maps(model, data.test_images, config)
+    _check_finite(checkpoint, data_dir, "test", maps, scores)
+    scores_np = scores.cpu().numpy()
+    deployed, fallback, n_labelled = _deployed_thresholds(model, ckpt, checkpoint, data, data_dir, config)
+    result = _metrics_and_figures(out_dir, data, maps, scores_np, config)
+    for note in result.notes:
+        log.warning("%s: %s", data_dir, note)
+
+    checkpoint_id = checkpoint_identity(ckpt)
+    provenance = {
+        "checkpoint": str(checkpoint),
+        "checkpoint_id": checkpoint_id,
+        "train_config": ckpt["config"],
+        "teacher": ckpt["teacher"],
+        "evaluate_config": vars(config),
+        "params": params,
+        "dataset": {"class": data.class_name, "source_digest": data.meta.get("source_digest"),
+                    "image_size": data.image_size, "n_test": int(len(data.test_labels)),
+                    "n_anomalous": int(data.test_labels.sum()), "n_val": int(len(data.val_images)),
+                    "n_labelled_anomalies": n_labelled, "image_level_only": bool(data.image_level_only)},
+        "versions": package_versions(),
+        "code": code_provenance(),
+        "notes": [*data_notes, *result.notes],
+    }
+    scalars = {k: float(v) for k, v in result.scalars.items()}
+    record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt, deployed, fallback=fallback)
+    scalars.update(deployed_metrics(scores_np, data.test_labels, record["image_threshold"], maps, data.test_masks,
+                                    record["pixel_threshold"]))
+    _write_outputs(out_dir, data, scores_np, result, provenance, record, scalars,
+                   [companion_path(checkpoint)] if companion else [])
+    log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
+    return scalars
+
+
+def _load(checkpoint: str | Path, data_dir: str | Path, config: EvalConfig, teacher_weights: str | Path | None,
+          allow_other_data: bool) -> tuple[torch.nn.Module, dict[str, Any], PreparedClass, list[str]]:
+    """The checkpoint's model (BatchNorm folded) and the prepared class, checked to belong together."""
     model, ckpt = load_checkpoint(checkpoint, device=config.device, teacher_weights=teacher_weights)
     fold_batchnorm(model)  # inference only: BatchNorm folded into the convolutions
     data = PreparedClass(data_dir)
@@ -196,19 +234,18 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"{data_dir} was prepared at {size} px but {checkpoint} was trained at "
                          f"{ckpt['image_size']} px; prepare the class at the training size")
     data_notes = _check_same_data(checkpoint, ckpt, data_dir, data, allow_other_data)
-    manifest = data.test_manifest
     labels = data.test_labels
-    defect_types = manifest["defect_type"].astype(str).tolist()
     log.info("evaluating %s on %s: %d test images (%d anomalous) at %d px, device %s, %d threads", checkpoint,
              data_dir, len(labels), int(labels.sum()), size, next(model.parameters()).device,
              torch.get_num_threads())
+    return model, ckpt, data, data_notes
 
-    maps, scores = compute_maps(model, data.test_images, config)
-    _check_finite(checkpoint, data_dir, "test", maps, scores)
-    scores_np = scores.cpu().numpy()
-    masks = data.test_masks  # memory-mapped; the metrics read it on the host
-    # the validation images (held out by prepare, never trained on) and any labelled anomalous
-    # images outside the test set: the deployed threshold is chosen on them alone
+
+def _deployed_thresholds(model: torch.nn.Module, ckpt: dict[str, Any], checkpoint: str | Path, data: PreparedClass,
+                         data_dir: str | Path, config: EvalConfig) -> tuple[Any, str | None, int]:
+    """The deployed thresholds, chosen on the validation images (held out by prepare, never trained
+    on) and any labelled anomalous images outside the test set, or None; why the test-set F1-max
+    stands in when there are none (``fallback``); how many labelled anomalous images there were."""
     val_maps = val_scores = anomaly_scores = None
     other_split = _other_split(checkpoint, ckpt, data_dir, data) if len(data.val_images) else None
     if other_split is not None:
@@ -224,15 +261,22 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
             _check_finite(checkpoint, data_dir, "labelled anomalous", None, anomaly_scores)
     deployed = None if val_scores is None else deployed_thresholds(
         val_scores.cpu().numpy(), config.threshold_fpr,
-        val_maps=None if masks is None else val_maps.cpu().numpy(),  # type: ignore[union-attr]
+        val_maps=None if data.test_masks is None else val_maps.cpu().numpy(),  # type: ignore[union-attr]
         anomaly_scores=None if anomaly_scores is None else anomaly_scores.cpu().numpy())
     del val_maps
     if deployed is None and other_split is None:
         log.warning("%s holds %s: the deployed threshold is the test-set F1-max, optimistic on that set; prepare with "
                     "val_fraction > 0 to choose it on held-out images", data_dir, _NO_VALIDATION)
+    fallback = other_split or (None if deployed is not None else _NO_VALIDATION)
+    return deployed, fallback, 0 if anomaly_scores is None else int(len(anomaly_scores))
 
-    # Figures are drawn by worker threads while this thread computes the metrics (Pillow's PNG
-    # encoder and NumPy's sorts release the GIL); they replace ``figures/`` only once both succeed.
+
+def _metrics_and_figures(out_dir: Path, data: PreparedClass, maps: torch.Tensor, scores_np: np.ndarray,
+                         config: EvalConfig) -> Any:
+    """The metrics of the test set, while worker threads draw the figures (Pillow's PNG encoder and
+    NumPy's sorts release the GIL); ``figures/`` is replaced only once both succeed."""
+    masks, labels, manifest = data.test_masks, data.test_labels, data.test_manifest  # masks memory-mapped
+    defect_types = manifest["defect_type"].astype(str).tolist()
     fig_dir = out_dir / "figures"
     pool = ThreadPoolExecutor(max_workers=max(1, min(4, torch.get_num_threads())), thread_name_prefix="figures")
     with StagingDir(out_dir, fig_dir.name, "figures") as stage:  # a killed run's folder goes at the next start
@@ -246,41 +290,23 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
             pool.shutdown(wait=True, cancel_futures=True)
         stage.seal()
         replace_dir(stage.path, fig_dir)
-    for note in result.notes:
-        log.warning("%s: %s", data_dir, note)
+    return result
 
-    checkpoint_id = checkpoint_identity(ckpt)
-    provenance = {
-        "checkpoint": str(checkpoint),
-        "checkpoint_id": checkpoint_id,
-        "train_config": ckpt["config"],
-        "teacher": ckpt["teacher"],
-        "evaluate_config": vars(config),
-        "params": params,
-        "dataset": {"class": data.class_name, "source_digest": data.meta.get("source_digest"),
-                    "image_size": size, "n_test": int(len(labels)), "n_anomalous": int(labels.sum()),
-                    "n_val": int(len(data.val_images)),
-                    "n_labelled_anomalies": 0 if anomaly_scores is None else int(len(anomaly_scores)),
-                    "image_level_only": bool(data.image_level_only)},
-        "versions": package_versions(),
-        "code": code_provenance(),
-        "notes": [*data_notes, *result.notes],
-    }
+
+def _write_outputs(out_dir: Path, data: PreparedClass, scores_np: np.ndarray, result: Any,
+                   provenance: dict[str, Any], record: dict[str, Any], scalars: dict[str, float],
+                   companions: list[Path]) -> None:
+    """Scores, curves, provenance and thresholds, then ``metrics.json`` last (the step's result)."""
+    manifest = data.test_manifest
     _write_csv(out_dir / "scores.csv", pd.DataFrame({
-        "file": manifest["file"], "defect_type": defect_types, "label": labels, "score": scores_np}))
+        "file": manifest["file"], "defect_type": manifest["defect_type"].astype(str).tolist(),
+        "label": data.test_labels, "score": scores_np}))
     for key, name in CURVE_FILES.items():
         frame = result.curves.get(key)
         _write_csv(out_dir / name, frame if frame is not None else pd.DataFrame(columns=CURVE_COLUMNS[key]))
-    scalars = {k: float(v) for k, v in result.scalars.items()}
-    fallback = other_split or (None if deployed is not None else _NO_VALIDATION)
-    record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt, deployed, fallback=fallback)
-    scalars.update(deployed_metrics(scores_np, labels, record["image_threshold"], maps, masks,
-                                    record["pixel_threshold"]))
     write_json_atomic(out_dir / "provenance.json", provenance)
-    write_thresholds(record, out_dir / THRESHOLDS_FILE, *([companion_path(checkpoint)] if companion else []))
-    write_json_atomic(out_dir / "metrics.json", scalars)  # last: the step's result
-    log.info("%s: %s", data_dir, ", ".join(f"{k}={v:.4f}" for k, v in sorted(scalars.items())))
-    return scalars
+    write_thresholds(record, out_dir / THRESHOLDS_FILE, *companions)
+    write_json_atomic(out_dir / "metrics.json", scalars)
 
 
 def _check_finite(checkpoint: str | Path, data_dir: str | Path, which: str, maps: torch.Tensor | None,

@@ -365,8 +365,8 @@ def open_cache(mode: Mode, model: ReverseDistillation, images: np.ndarray, *, ba
     mode = "off" if mode is False else mode
     clean_stale_staging(out_path.parent, out_path.name, STAGING_KIND)
     n = len(images)
-    if mode != "off" and not model.impl.uses_teacher_cache():
-        plan = Plan("off", f"variant {model.impl.name} does not take cached teacher maps "
+    if mode != "off" and not model.plugin.uses_teacher_cache():
+        plan = Plan("off", f"variant {model.plugin.name} does not take cached teacher maps "
                            "(Variant.uses_teacher_cache)")
     else:
         nbytes = 0

@@ -196,7 +196,7 @@ def companion_path(checkpoint: str | os.PathLike[str]) -> Path:
 def pipeline_eval_path(checkpoint: str | os.PathLike[str]) -> Path | None:
     """``.../results/<name>/checkpoints/<variant>/seed<N>/<cls>.pt`` -> the pipeline's
     ``.../results/<name>/eval/<variant>/seed<N>/<cls>/thresholds.json``; None for other paths."""
-    from .pipeline import path, path_regex
+    from .paths import path, path_regex
 
     text = Path(checkpoint).as_posix()
     match = re.search("(?:^|/)" + path_regex("checkpoint") + "$", text)

@@ -15,7 +15,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from skrd4ad import pipeline
+from skrd4ad import paths
+from skrd4ad.params import validate_params
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -62,7 +63,7 @@ def default_params() -> dict:
 
 def write_params(repo: Path, params: dict) -> None:
     """params.yaml with every default filled in (DVC tracks keys only if they are in the file)."""
-    full = pipeline.validate_params(copy.deepcopy(params))
+    full = validate_params(copy.deepcopy(params))
     (repo / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
 
 
@@ -101,9 +102,9 @@ def check_results(repo: Path) -> None:
             assert {"image_precision", "image_recall", "image_f1", "pixel_f1"} <= set(metrics)
             provenance = json.loads((repo / f"results/synthetic/eval/{variant}/seed111/{cls}/provenance.json").read_text())
             assert provenance["train_config"]["variant"] == variant
-    for name in pipeline.aggregate_outputs("synthetic"):
+    for name in paths.aggregate_outputs("synthetic"):
         assert (repo / name).stat().st_size > 0, name
-    for kind in pipeline.PLOT_KINDS:  # one comparison CSV per class: x column, then one column per variant
+    for kind in paths.PLOT_KINDS:  # one comparison CSV per class: x column, then one column per variant
         for cls in ("brick", "grass"):
             plot = pd.read_csv(repo / f"results/synthetic/plots/{kind}/{cls}.csv")
-            assert list(plot.columns) == [pipeline.PLOT_KINDS[kind], "rd4ad", "skrd4ad"], (kind, cls)
+            assert list(plot.columns) == [paths.PLOT_KINDS[kind], "rd4ad", "skrd4ad"], (kind, cls)

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from skrd4ad import pipeline
+from skrd4ad import paths
+from skrd4ad.params import validate_params
 from skrd4ad.aggregate import _label, aggregate, contrast_table
 
 RD, SK = _label("rd4ad"), _label("skrd4ad")  # the registry's display names where it has them
@@ -46,7 +47,7 @@ def _flatten(d: dict, prefix: str = "") -> list[str]:
 
 
 def params() -> dict:
-    return pipeline.validate_params({"data": {"classes": CLASSES}, "model": {"variants": VARIANTS},
+    return validate_params({"data": {"classes": CLASSES}, "model": {"variants": VARIANTS},
                                      "train": {"seeds": SEEDS}})
 
 
@@ -86,7 +87,7 @@ def test_table_means_stds_and_difference(tmp_path: Path) -> None:
     assert stats["classes_b_better"] == 2 and stats["p_holm"] == pytest.approx(4 * 2 / 10001, abs=1e-6)
     tex = (tmp_path / "tables/synthetic.tex").read_text()
     assert tex.startswith(r"\begin{tabular}") and r"$\pm$" in tex
-    for name in pipeline.FIGURE_NAMES:
+    for name in paths.FIGURE_NAMES:
         assert (tmp_path / "figures" / f"synthetic_{name}.png").stat().st_size > 1000
 
     roc = pd.read_csv(results / "plots/roc_image/brick.csv")
@@ -102,7 +103,7 @@ def test_table_means_stds_and_difference(tmp_path: Path) -> None:
 def test_too_few_pairs_give_no_interval(tmp_path: Path) -> None:
     """1 class x 3 seeds = 3 pairs: the table says so instead of printing [min, max]."""
     results = fake_results(tmp_path, value_fn)
-    one_class = pipeline.validate_params({"data": {"classes": ["brick"]}, "model": {"variants": VARIANTS},
+    one_class = validate_params({"data": {"classes": ["brick"]}, "model": {"variants": VARIANTS},
                                           "train": {"seeds": SEEDS}})
     aggregate(one_class, results, tmp_path / "tables", tmp_path / "figures")
     md = (tmp_path / "tables/synthetic.md").read_text()
@@ -118,7 +119,7 @@ def test_report_tag_names_the_tables_figures_and_plots(tmp_path: Path) -> None:
     tables, figures = tmp_path / "tables", tmp_path / "figures"
     tables.mkdir()
     (tables / "synthetic.md").write_text("the default run's table\n")
-    tagged = pipeline.validate_params({"data": {"classes": ["brick"]}, "model": {"variants": VARIANTS},
+    tagged = validate_params({"data": {"classes": ["brick"]}, "model": {"variants": VARIANTS},
                                        "train": {"seeds": SEEDS}, "report": {"tag": "-x"}})
     aggregate(tagged, results, tables, figures)
     assert sorted(p.name for p in tables.iterdir()) == ["synthetic-x.csv", "synthetic-x.json", "synthetic-x.md",
@@ -170,7 +171,7 @@ def test_n_variants_and_declared_contrasts(tmp_path: Path) -> None:
     assert list(diffs) == ["skrd4ad-wide"] and diffs["skrd4ad-wide"]["aupro"] == pytest.approx(-0.03)
     md = (tmp_path / "t2/synthetic.md").read_text()
     assert f"wide higher than {SK}" not in md and f"{SK} lower than wide" in md
-    for name in pipeline.FIGURE_NAMES:
+    for name in paths.FIGURE_NAMES:
         assert (tmp_path / "f2" / f"synthetic_{name}.png").stat().st_size > 1000
 
 
@@ -225,13 +226,96 @@ def test_a_truncated_metrics_file_is_named(tmp_path: Path) -> None:
         aggregate(params(), results, tmp_path / "tables", tmp_path / "figures")
 
 
-@pytest.mark.parametrize("table", ["synthetic.md", "synthetic-rdpp.md"])
-def test_readme_quotes_the_committed_tables(table: str) -> None:
-    """Every table row of a committed run's ``results/tables/<name>.md`` appears in the README as
-    written, so a re-made run whose numbers moved cannot leave the README's table behind."""
+DOC_VARIANTS = {"RD4AD": "rd4ad", "SK-RD4AD": "skrd4ad", "RD++": "rdpp"}
+DOC_LABELS = {name: label for label, name in DOC_VARIANTS.items()}
+DOC_METRICS = {"Image AUROC": "image_auroc", "Pixel AUROC": "pixel_auroc", "AUPRO": "aupro", "AUPRO (seed)": "aupro_seed"}
+
+
+def _doc_contrast(label: str) -> str:
+    """``"SK-RD4AD − RD4AD"`` (or ``"Δ SK-RD4AD − RD4AD"``) -> ``"skrd4ad-rd4ad"``; a variant label -> its name."""
+    parts = label.removeprefix("Δ ").split(" − ")
+    return "-".join(DOC_VARIANTS[p] for p in parts)
+
+
+def _doc_tables(text: str) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """(caption, table name, header cells, body rows) of every table of docs/results.md that directly
+    follows a caption line ``**<metric or contrast>**, from `results/tables/<name>.md`:``."""
+    import re
+
+    tables, caption, lines, i = [], None, text.splitlines(), 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([cell.strip() for cell in lines[i].strip().strip("|").split("|")])
+                i += 1
+            if caption:
+                tables.append((*caption, block[0], block[2:]))
+            caption = None
+            continue
+        match = re.fullmatch(r"\*\*(.+?)\*\*, from `results/tables/([\w.-]+)\.md`:", line)
+        if match:
+            caption = match.groups()
+        elif line.strip():
+            caption = None
+        i += 1
+    return tables
+
+
+@pytest.mark.parametrize("name", ["synthetic", "synthetic-rdpp"])
+def test_results_page_quotes_the_committed_tables(name: str) -> None:
+    """docs/results.md re-arranges a committed run's table (one table per metric, variants as rows,
+    classes as columns; one table per contrast): every (variant, class or mean, metric) of the
+    committed ``results/tables/<name>.csv`` and every contrast statistic of its ``.json`` is shown,
+    as the committed ``<name>.md`` rounds it, so a re-made run whose numbers moved cannot leave the
+    page behind.  The reference is built from the CSV/JSON here, not by the aggregate code."""
+    import csv
+
     repo = Path(__file__).resolve().parents[1]
-    rows = [line for line in (repo / "results/tables" / table).read_text().splitlines() if line.startswith("|")]
-    readme = set((repo / "README.md").read_text().splitlines())
-    assert len(rows) > 4, f"results/tables/{table} has no table"
-    missing = [row[:80] for row in rows if row not in readme]
-    assert not missing, f"README.md does not quote these rows of results/tables/{table}: {missing}"
+    tables = repo / "results/tables"
+    committed = {(r["class"], r["variant"], r["metric"]): r
+                 for r in csv.DictReader((tables / f"{name}.csv").read_text().splitlines())}
+    stats = json.loads((tables / f"{name}.json").read_text())["mean_diff_stats"]
+    md = (tables / f"{name}.md").read_text()
+    n_classes = len({cls for cls, _, _ in committed} - {"Mean"})
+    assert len(committed) >= 16 and stats, f"results/tables/{name}.* hold no run"
+
+    def cell(r: dict[str, str]) -> str:
+        text = f"{100 * float(r['mean']):.2f}"
+        return f"{text} ± {100 * float(r['std']):.2f}" if int(r["n"]) > 1 else text
+
+    expected = {key: cell(r) for key, r in committed.items()}
+    expected_contrasts = {}
+    for pair, per_metric in stats.items():
+        b, a = pair.split("-")
+        for metric, s in per_metric.items():
+            diff = float(committed[("Mean", pair, metric)]["mean"])
+            verdict = ("no detectable difference" if s["p_holm"] >= 0.05 else
+                       f"{DOC_LABELS[b]} {'higher' if diff > 0 else 'lower'} than {DOC_LABELS[a]}")
+            expected_contrasts[(pair, metric)] = [
+                f"{100 * diff:+.2f}", f"[{100 * s['ci95_low']:+.2f}, {100 * s['ci95_high']:+.2f}]", str(s["n_pairs"]),
+                f"{s['n_b_better']} / {s['n_b_worse']}", f"{s['classes_b_better']} of {n_classes}",
+                f"{s['p_holm']:.2g}", verdict]
+    # the rounding above is the committed table's own
+    assert all(f"| {text} |" in md for text in expected.values()), f"results/tables/{name}.md rounds otherwise"
+    assert all(f"| {row[0]} | {row[1]} |" in md for row in expected_contrasts.values())
+
+    shown, shown_contrasts = {}, {}
+    for caption, table, header, rows in _doc_tables((repo / "docs/results.md").read_text()):
+        if table != name:
+            continue
+        if header[0] == "Variant":
+            for row in rows:
+                for cls, text in zip(header[1:], row[1:], strict=True):
+                    shown[(cls, _doc_contrast(row[0]), DOC_METRICS[caption])] = text
+        else:
+            assert header[0] == "Metric", f"docs/results.md: a table of {name} that is neither kind: {header}"
+            for row in rows:
+                shown_contrasts[(_doc_contrast(caption), DOC_METRICS[row[0]])] = row[1:]
+    missing = sorted(set(expected) - set(shown)) + sorted(set(expected_contrasts) - set(shown_contrasts))
+    assert not missing, f"docs/results.md does not show these numbers of results/tables/{name}.*: {missing}"
+    wrong = {key: (text, expected.get(key)) for key, text in shown.items() if text != expected.get(key)}
+    wrong |= {key: (row, expected_contrasts.get(key)) for key, row in shown_contrasts.items()
+              if row != expected_contrasts.get(key)}
+    assert not wrong, f"docs/results.md differs from results/tables/{name}.* (shown, committed): {wrong}"

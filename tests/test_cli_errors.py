@@ -15,7 +15,8 @@ import torch
 import yaml
 from pipeline_fixtures import BIN, ENV, REPO, TINY, make_copy
 
-from skrd4ad import pipeline
+from skrd4ad import paths
+from skrd4ad.errors import ParamsError, format_error
 from skrd4ad.cli import main
 from skrd4ad.data.prepare import prepare_class
 from skrd4ad.data.sources.synthetic.generate import generate
@@ -140,12 +141,12 @@ def test_full_disk_is_one_line(data: dict[str, Path], tmp_path: Path, monkeypatc
 
 
 def test_format_error_is_one_line() -> None:
-    assert pipeline.format_error(pipeline.ParamsError("invalid params:\n  train: bad\n  train.lr: worse")) == (
+    assert format_error(ParamsError("invalid params:\n  train: bad\n  train.lr: worse")) == (
         "invalid params: train: bad; train.lr: worse")
-    assert pipeline.format_error(KeyError("teacher")) == "KeyError: missing key 'teacher'"
-    assert pipeline.format_error(IndexError("list index out of range")) == "IndexError: list index out of range"
+    assert format_error(KeyError("teacher")) == "KeyError: missing key 'teacher'"
+    assert format_error(IndexError("list index out of range")) == "IndexError: list index out of range"
     message = "x.pt does not exist; train first"
-    assert pipeline.format_error(FileNotFoundError(message)) == message
+    assert format_error(FileNotFoundError(message)) == message
 
 
 # ----------------------------------------------------------------------------- stage scripts
@@ -166,7 +167,7 @@ def test_stage_script_under_dvc_ends_with_one_error_line(data: dict[str, Path], 
     params["train"]["lr"] = 1e30
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**params, "train": {**params["train"], "epochz": 3}}))
-    teacher = tmp_path / pipeline.teacher_path("mobilenet_v2")
+    teacher = tmp_path / paths.teacher_path("mobilenet_v2")
     teacher.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(build_teacher("mobilenet_v2", None).state_dict(), teacher)
@@ -204,7 +205,7 @@ def test_failed_snakemake_jobs_write_start_and_error_lines_to_their_logs(tmp_pat
     params["model"]["variants"] = ["rd4ad"]
     params["train"].update(lr=1e30, variant_overrides={"rd4ad": {}})
     repo = make_copy(tmp_path, params)
-    targets = ["data/prepared/parts/brick", pipeline.path("checkpoint", name="parts", variant="rd4ad", seed=111,
+    targets = ["data/prepared/parts/brick", paths.path("checkpoint", name="parts", variant="rd4ad", seed=111,
                                                           cls="grass")]
     proc = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--keep-going", *targets], cwd=repo, env=ENV,
                           capture_output=True, text=True, timeout=600)

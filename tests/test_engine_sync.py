@@ -4,6 +4,8 @@ stage's stamp), and declares the params its script reads."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from pathlib import Path
 
@@ -108,12 +110,13 @@ def test_each_builtin_plugin_owns_its_folder() -> None:
 
 
 def test_dvc_train_params_are_the_ones_snakemake_reruns_on() -> None:
-    from skrd4ad import pipeline
+    from skrd4ad.jobparams import AGGREGATE_PARAM_KEYS, train_config, train_param_keys
+    from skrd4ad.params import merge_params, validate_params
 
     declared = _stages()["train"]["params"]
     for cls, variant in (("brick", "rd4ad"), ("grass", "skrd4ad")):
         keys = [k.replace("${item.cls}", cls).replace("${item.variant}", variant) for k in declared]
-        assert keys == pipeline.train_param_keys(cls, variant)
+        assert keys == train_param_keys(cls, variant)
     assert "train.device" not in declared and "train.checkpoint_every" not in declared
     assert "train.memory_format" not in declared and "train.compile" not in declared  # how, not what, a job trains
     for key in ("train.epochs", "train.lr", "train.consistency_weight", "train.amp", "teacher.source"):
@@ -122,16 +125,17 @@ def test_dvc_train_params_are_the_ones_snakemake_reruns_on() -> None:
 
 def test_dvc_aggregate_params_are_the_ones_snakemake_reruns_on() -> None:
     """dvc.yaml's aggregate stage and Snakemake's aggregate rule (``params: aggregate_params`` of
-    common.smk, which reads pipeline.AGGREGATE_PARAM_KEYS) declare the same keys, report included."""
-    from skrd4ad import pipeline
+    common.smk, which reads AGGREGATE_PARAM_KEYS) declare the same keys, report included."""
+    from skrd4ad.jobparams import AGGREGATE_PARAM_KEYS, train_config, train_param_keys
+    from skrd4ad.params import merge_params, validate_params
 
-    assert _stages()["aggregate"]["params"] == list(pipeline.AGGREGATE_PARAM_KEYS)
-    assert "report" in pipeline.AGGREGATE_PARAM_KEYS
+    assert _stages()["aggregate"]["params"] == list(AGGREGATE_PARAM_KEYS)
+    assert "report" in AGGREGATE_PARAM_KEYS
     rule = (REPO / "workflow/rules/report.smk").read_text().split("rule aggregate:")[1]
     assert re.search(r"\n    params:\n        code=job_code\(\"aggregate\"\),\n        read=aggregate_params,\n", rule)
     common = (REPO / "workflow/rules/common.smk").read_text()
     body = common.split("def aggregate_params(wildcards):")[1].split("\ndef ")[0]
-    assert "pipeline.AGGREGATE_PARAM_KEYS" in body
+    assert "AGGREGATE_PARAM_KEYS" in body
 
 
 def test_every_param_a_training_job_uses_changes_its_rerun_trigger() -> None:
@@ -139,17 +143,18 @@ def test_every_param_a_training_job_uses_changes_its_rerun_trigger() -> None:
     matters); perturb the left-out ones: the model identity stays (so leaving them out is right)."""
     import copy
 
-    from skrd4ad import pipeline
+    from skrd4ad.jobparams import AGGREGATE_PARAM_KEYS, train_config, train_param_keys
+    from skrd4ad.params import merge_params, validate_params
 
-    base = pipeline.validate_params(yaml.safe_load((REPO / "params.yaml").read_text()))
+    base = validate_params(yaml.safe_load((REPO / "params.yaml").read_text()))
     changes = {"train.epochs": 7, "train.batch_size": 3, "train.lr": 0.001, "train.betas": [0.9, 0.99],
                "train.loss": "mse", "train.consistency_weight": 0.5, "train.amp": "bf16",
                "teacher.arch": "resnet18", "teacher.source": "imagenet",
                "train.class_overrides.brick": {"lr": 0.1}, "train.variant_overrides.rd4ad": {"epochs": 2}}
-    assert set(changes) == set(pipeline.train_param_keys("brick", "rd4ad"))
+    assert set(changes) == set(train_param_keys("brick", "rd4ad"))
 
     def identity(params: dict) -> dict:
-        return pipeline.train_config(params, "brick", "rd4ad", 111).model_identity()
+        return train_config(params, "brick", "rd4ad", 111).model_identity()
 
     for key, value in changes.items():
         params = copy.deepcopy(base)
@@ -182,20 +187,22 @@ def test_overlays_merge_as_snakemake_merges_them() -> None:
 
     from snakemake.utils import update_config
 
-    from skrd4ad import pipeline
+    from skrd4ad.jobparams import AGGREGATE_PARAM_KEYS, train_config, train_param_keys
+    from skrd4ad.params import merge_params, validate_params
 
     base = _load(REPO / "params.yaml")
     for names in (["paper.yaml", "mvtec.yaml"], ["paper.yaml", "visa.yaml", "gpu.yaml"], ["mvtec.yaml"]):
         ours, theirs = base, copy.deepcopy(base)
         for name in names:
-            ours = pipeline.merge_params(ours, _load(PRESETS / name))
+            ours = merge_params(ours, _load(PRESETS / name))
             update_config(theirs, _load(PRESETS / name))  # Snakemake's own merge of --configfile files
         assert ours == theirs, names
     assert base == _load(REPO / "params.yaml")  # the base is not modified
 
 
 def test_paper_preset_on_mvtec_is_the_papers_setup(tmp_path: Path) -> None:
-    from skrd4ad import pipeline
+    from skrd4ad.jobparams import AGGREGATE_PARAM_KEYS, train_config, train_param_keys
+    from skrd4ad.params import merge_params, validate_params
     from skrd4ad.cli import main as cli_main
 
     assert cli_main(["params", "--base", str(REPO / "params.yaml"), "--out", str(tmp_path / "p.yaml"),
@@ -205,11 +212,11 @@ def test_paper_preset_on_mvtec_is_the_papers_setup(tmp_path: Path) -> None:
     assert params["prepare"]["image_size"] == 256 and params["train"]["seeds"] == [111]
     assert (params["data"]["dataset"], len(params["data"]["classes"])) == ("mvtec", 15)
     for variant, consistency in (("rd4ad", 0.0), ("skrd4ad", 0.005)):
-        config = pipeline.train_config(params, "carpet", variant, 111)
+        config = train_config(params, "carpet", variant, 111)
         assert (config.epochs, config.batch_size, config.lr, config.betas) == (200, 16, 0.005, (0.5, 0.999))
         assert config.consistency_weight == consistency and config.arch == "wide_resnet50_2"
-    visa = pipeline.merge_params(_load(REPO / "params.yaml"), _load(PRESETS / "visa.yaml"))
-    assert len(pipeline.validate_params(visa)["data"]["classes"]) == 12
+    visa = merge_params(_load(REPO / "params.yaml"), _load(PRESETS / "visa.yaml"))
+    assert len(validate_params(visa)["data"]["classes"]) == 12
     assert cli_main(["params", "--base", str(REPO / "params.yaml"), "--out", str(tmp_path / "q.yaml"),
                      str(tmp_path / "missing.yaml")]) == 1
     assert not (tmp_path / "q.yaml").exists()
@@ -255,10 +262,12 @@ def test_config_fields_are_the_schemas_keys_and_choices() -> None:
     choices are also Literal types in the model code: a test must fail when the two disagree."""
     import dataclasses
 
-    from skrd4ad.config import AMPS, SCHEMA, EvalConfig, TrainConfig
+    from skrd4ad.config import AMPS, EvalConfig, TrainConfig
+    from skrd4ad.params import full_schema
     from skrd4ad.models import variants
     from skrd4ad.models.choices import COMBINES, LOSS_KINDS, SCORE_KINDS, TEACHER_ARCHS
 
+    SCHEMA = full_schema()  # noqa: N806
     props = {s: SCHEMA["properties"][s]["properties"] for s in ("teacher", "train", "evaluate", "model")}
     train_keys = set(props["train"]) - {"seeds", "class_overrides", "variant_overrides"}
     assert {f.name for f in dataclasses.fields(TrainConfig)} == train_keys | {"arch", "variant", "seed",
@@ -284,9 +293,10 @@ def test_cli_and_generator_defaults_are_the_schemas() -> None:
     import inspect
 
     from skrd4ad.cli import build_parser
-    from skrd4ad.config import SCHEMA
     from skrd4ad.data.sources.synthetic.generate import generate
+    from skrd4ad.params import full_schema
 
+    SCHEMA = full_schema()  # noqa: N806
     synthetic = SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"]
     params = inspect.signature(generate).parameters
     assert {k: params[k].default for k in synthetic} == {k: v["default"] for k, v in synthetic.items()}
@@ -309,24 +319,40 @@ def test_snakemake_files_are_snakefmt_clean() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_a_new_setting_needs_only_the_schema(tmp_path: Path) -> None:
-    """A key added to the schema's train section is at once a TrainConfig field with its default,
-    checked against its range, part of the model's identity (so of DVC's train params and
-    Snakemake's rerun trigger) unless marked ``x-changes-model: false``: nothing else to edit."""
-    import importlib.util
+def test_a_new_setting_needs_the_schema_and_one_command(tmp_path: Path) -> None:
+    """A key added to the schema's train section, after `python -m skrd4ad.config --write`, is a
+    TrainConfig field with its default, checked against its range, part of the model's identity
+    (so of DVC's train params and Snakemake's rerun trigger) unless marked ``x-changes-model:
+    false``: nothing else to edit.  Before that command the currency check fails."""
     import shutil
+    import subprocess
+    import sys
 
-    schema = yaml.safe_load((REPO / "skrd4ad" / "params.schema.yaml").read_text())
+    package = tmp_path / "skrd4ad"
+    shutil.copytree(REPO / "skrd4ad", package, ignore=shutil.ignore_patterns("__pycache__"))
+    schema = yaml.safe_load((package / "params.schema.yaml").read_text())
     train = schema["properties"]["train"]["properties"]
     train["new_knob"] = {"type": "integer", "minimum": 0, "default": 3}
     train["new_switch"] = {"type": "boolean", "default": False, "x-changes-model": False}
-    (tmp_path / "params.schema.yaml").write_text(yaml.safe_dump(schema))
-    shutil.copy(REPO / "skrd4ad" / "config.py", tmp_path / "config.py")
-    spec = importlib.util.spec_from_file_location("config_with_new_keys", tmp_path / "config.py")
-    probe = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe)
-    assert probe.TrainConfig().new_knob == 3 and probe.TrainConfig(new_knob=5).new_knob == 5
-    with pytest.raises(probe.ConfigError, match="train.new_knob: -1 is less than the minimum of 0"):
-        probe.TrainConfig(new_knob=-1)
-    identity = probe.TrainConfig().model_identity()
+    (package / "params.schema.yaml").write_text(yaml.safe_dump(schema, sort_keys=False))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    stale = ("from skrd4ad import config; print(config._current_block() == config.render())")
+    run = lambda code: subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                                      text=True, timeout=300)
+    assert run(stale).stdout.split() == ["False"]
+    subprocess.run([sys.executable, "-m", "skrd4ad.config", "--write"], cwd=tmp_path, env=env, check=True, timeout=300)
+    assert "    new_knob: int = _setting('train.new_knob', 3)" in (package / "config.py").read_text()
+    probe = run("""
+import json
+from skrd4ad.config import ConfigError, TrainConfig
+try:
+    TrainConfig(new_knob=-1)
+    error = None
+except ConfigError as exc:
+    error = str(exc)
+print(json.dumps([TrainConfig().new_knob, TrainConfig(new_knob=5).new_knob, error, TrainConfig().model_identity()]))
+""")
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    default, given, error, identity = json.loads(probe.stdout)
+    assert (default, given, error) == (3, 5, "train.new_knob: -1 is less than the minimum of 0")
     assert identity["new_knob"] == 3 and "new_switch" not in identity

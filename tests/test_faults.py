@@ -19,7 +19,8 @@ from skrd4ad.data.prepared import PreparedClass
 from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.evaluate import evaluate
 from skrd4ad.metrics import AuproSeedUndefinedError, aupro_seed, compute_metrics
-from skrd4ad.models.rd4ad import build_model, check_image_size
+from skrd4ad.models.build import build_model
+from skrd4ad.models.rd4ad import check_image_size
 from skrd4ad.models.reference import load_reference_state_dict
 from skrd4ad.predict import predict
 from skrd4ad.train import train
@@ -72,7 +73,7 @@ def test_pipeline_param_allow_empty_masks_reaches_prepare(tmp_path: Path) -> Non
     """prepare.allow_empty_masks in params.yaml is what the prepare stage (both engines) passes on."""
     import importlib.util
 
-    from skrd4ad import pipeline
+    from skrd4ad.params import validate_params
 
     make_mvtec_class(tmp_path, size=(20, 24))
     save_png(tmp_path / "widget/ground_truth/crack/001_mask.png", np.zeros((20, 24), np.uint8))
@@ -80,7 +81,7 @@ def test_pipeline_param_allow_empty_masks_reaches_prepare(tmp_path: Path) -> Non
         "prepare_stage", Path(__file__).resolve().parents[1] / "workflow/scripts/prepare.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    params = pipeline.validate_params({"data": {"classes": ["widget"]}, "prepare": {"image_size": 32}})
+    params = validate_params({"data": {"classes": ["widget"]}, "prepare": {"image_size": 32}})
     assert params["prepare"]["allow_empty_masks"] is False
     with pytest.raises(DatasetError, match="is all zero"):
         stage.run(params, tmp_path, "widget", tmp_path / "out")

@@ -8,7 +8,8 @@ from torch import nn
 
 from skrd4ad.models import variants
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.rd4ad import ARCH_SPECS, build_model
+from skrd4ad.models.build import build_model
+from skrd4ad.models.student import ARCH_SPECS
 
 
 def _randomise_batchnorm(model: nn.Module, seed: int) -> None:

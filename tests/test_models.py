@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from skrd4ad.models import variants
 from skrd4ad.models.anomaly_map import anomaly_map, gaussian_blur, image_scores
 from skrd4ad.models.loss import consistency_term, distillation_loss
-from skrd4ad.models.rd4ad import ARCH_SPECS, build_model
+from skrd4ad.models.build import build_model
+from skrd4ad.models.student import ARCH_SPECS
 from skrd4ad.models.reference import load_reference_state_dict
 
 

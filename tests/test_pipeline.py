@@ -14,12 +14,16 @@ import yaml
 from pipeline_fixtures import (BIN, ENV, REPO, TINY, check_results, default_params, dvc_pending, make_copy, ran_stages, run,
                                write_params)
 
-from skrd4ad import pipeline
+from skrd4ad import paths
+from skrd4ad.contrasts import contrasts
+from skrd4ad.errors import ParamsError
+from skrd4ad.jobparams import train_config
+from skrd4ad.params import merged_params, validate_params
 
 # ----------------------------------------------------------------------------- params
 
 def test_default_params_are_valid_and_complete() -> None:
-    params = pipeline.validate_params(default_params())
+    params = validate_params(default_params())
     assert params["data"]["dataset"] == "synthetic" and params["teacher"]["source"] == "pypi"
 
 
@@ -50,39 +54,39 @@ def test_default_params_are_valid_and_complete() -> None:
 def test_bad_params_fail_naming_the_key(mutate, message: str) -> None:
     params = default_params()
     mutate(params)
-    with pytest.raises(pipeline.ParamsError) as err:
-        pipeline.validate_params(params)
+    with pytest.raises(ParamsError) as err:
+        validate_params(params)
     assert message in str(err.value)
 
 
 def test_contrasts_default_to_every_variant_against_the_baseline() -> None:
-    params = pipeline.validate_params({"data": {"classes": ["brick"]}})
+    params = validate_params({"data": {"classes": ["brick"]}})
     assert params["report"] == {"baseline": "rd4ad", "contrasts": None, "tag": ""}
-    assert pipeline.contrasts(params) == [("rd4ad", "skrd4ad")]
+    assert contrasts(params) == [("rd4ad", "skrd4ad")]
     params["report"]["baseline"] = "skrd4ad"
-    assert pipeline.contrasts(params) == [("skrd4ad", "rd4ad")]
+    assert contrasts(params) == [("skrd4ad", "rd4ad")]
     params["report"]["contrasts"] = [["skrd4ad", "rd4ad"], ["rd4ad", "skrd4ad"]]  # declared: as given
-    assert pipeline.contrasts(params) == [("skrd4ad", "rd4ad"), ("rd4ad", "skrd4ad")]
-    one = pipeline.validate_params({"data": {"classes": ["brick"]}, "model": {"variants": ["skrd4ad"]}})
-    assert pipeline.contrasts(one) == []  # a single variant: nothing to compare, no error
+    assert contrasts(params) == [("skrd4ad", "rd4ad"), ("rd4ad", "skrd4ad")]
+    one = validate_params({"data": {"classes": ["brick"]}, "model": {"variants": ["skrd4ad"]}})
+    assert contrasts(one) == []  # a single variant: nothing to compare, no error
 
 
 def test_defaults_are_filled() -> None:
-    params = pipeline.validate_params({"data": {"classes": ["brick"]}})
+    params = validate_params({"data": {"classes": ["brick"]}})
     assert params["train"]["epochs"] == 200 and params["train"]["lr"] == 0.005
     assert params["teacher"] == {"arch": "mobilenet_v2", "source": "pypi"} and params["prepare"]["image_size"] == 256
     assert params["data"]["synthetic"]["n_train"] == 80
 
 
 def test_train_config_applies_overrides() -> None:
-    params = pipeline.validate_params(copy.deepcopy(TINY))
+    params = validate_params(copy.deepcopy(TINY))
     params["train"]["class_overrides"]["brick"] = {"epochs": 5}
     params["train"]["variant_overrides"]["skrd4ad"] = {"epochs": 3, "consistency_weight": 0.1}
-    assert pipeline.train_config(params, "brick", "skrd4ad", 1).epochs == 5  # class wins
-    assert pipeline.train_config(params, "grass", "skrd4ad", 1).epochs == 3
-    assert pipeline.train_config(params, "grass", "skrd4ad", 1).consistency_weight == 0.1
-    assert pipeline.train_config(params, "grass", "rd4ad", 1).epochs == 1
-    cfg = pipeline.train_config(params, "grass", "rd4ad", 7)
+    assert train_config(params, "brick", "skrd4ad", 1).epochs == 5  # class wins
+    assert train_config(params, "grass", "skrd4ad", 1).epochs == 3
+    assert train_config(params, "grass", "skrd4ad", 1).consistency_weight == 0.1
+    assert train_config(params, "grass", "rd4ad", 1).epochs == 1
+    cfg = train_config(params, "grass", "rd4ad", 7)
     assert cfg.seed == 7 and cfg.teacher_weights == "data/teacher/mobilenet_v2.pth"
 
 
@@ -107,7 +111,7 @@ def test_engines_declare_the_same_outputs() -> None:
     sm, dv = snakemake_outputs(REPO), dvc_outputs(REPO) - DVC_ONLY
     assert sm == dv, f"only Snakemake: {sorted(sm - dv)[:10]}; only DVC: {sorted(dv - sm)[:10]}"
     assert DVC_ONLY <= dvc_outputs(REPO)
-    assert set(pipeline.aggregate_outputs("synthetic")) <= sm
+    assert set(paths.aggregate_outputs("synthetic")) <= sm
     assert "results/synthetic/checkpoints/skrd4ad/seed111/gravel.pt" in sm
 
 
@@ -115,7 +119,7 @@ def test_a_tagged_overlay_adds_jobs_and_tables_beside_the_default_ones(tmp_path:
     """workflow/config/rdpp.yaml: the default run's jobs stay the same jobs, its tables keep their
     names, and the overlay's tables and figures get ``report.tag`` in theirs: in both engines."""
     overlay = REPO / "workflow/config/rdpp.yaml"
-    params = pipeline.merged_params(REPO / "params.yaml", [overlay])
+    params = merged_params(REPO / "params.yaml", [overlay])
     repo = make_copy(tmp_path, params)
     sm, dv = snakemake_outputs(repo), dvc_outputs(repo) - DVC_ONLY
     assert sm == dv, f"only Snakemake: {sorted(sm - dv)[:10]}; only DVC: {sorted(dv - sm)[:10]}"
@@ -185,7 +189,7 @@ def test_dvc_end_to_end_remote_round_trip_and_single_class_change(tmp_path: Path
     # one figure per class and kind, both variants on it; no per-job curve files
     plots = json.loads(run([dvc, "plots", "show", "--json"], repo).stdout)["data"]
     assert sorted(plots) == sorted(f"results/synthetic/plots/{kind}/{cls}.csv"
-                                   for kind in pipeline.PLOT_KINDS for cls in ("brick", "grass")), sorted(plots)
+                                   for kind in paths.PLOT_KINDS for cls in ("brick", "grass")), sorted(plots)
     fields = {row["field"] for row in plots["results/synthetic/plots/roc_image/brick.csv"][0]["content"]["data"]["values"]}
     assert fields == {"rd4ad", "skrd4ad"}
 
@@ -291,7 +295,7 @@ def test_folder_dataset_named_like_a_benchmark_is_copied_not_downloaded(tmp_path
     spec = importlib.util.spec_from_file_location("download_stage", REPO / "workflow/scripts/download.py")
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
-    params = pipeline.validate_params({"data": {"dataset": "folder", "folder": "visa", "name": "visa_local",
+    params = validate_params({"data": {"dataset": "folder", "folder": "visa", "name": "visa_local",
                                                 "classes": ["brick"]}})
     stage.run(params, tmp_path / "data/raw/visa_local")
     assert (tmp_path / "data/raw/visa_local/brick/train/good").is_dir()

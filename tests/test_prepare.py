@@ -15,7 +15,8 @@ from data_fixtures import box_mask, make_mvtec_class, save_png
 from PIL import Image
 
 from skrd4ad.data.layout import DatasetError, scan_class
-from skrd4ad.data.prepare import MANIFEST_COLUMNS, binarise_mask, prepare_class, resize_image, source_digest
+from skrd4ad.data.masks import binarise_mask
+from skrd4ad.data.prepare import MANIFEST_COLUMNS, prepare_class, resize_image, source_digest
 from skrd4ad.data.prepared import IMAGENET_MEAN, IMAGENET_STD, PreparedClass, batch_from, iterate_batches, to_model_input
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from skrd4ad import pipeline
+from skrd4ad.params import merge_params, validate_params
 
 PRESETS = Path(__file__).resolve().parents[1] / "workflow" / "config"
 
@@ -23,19 +23,19 @@ def _load(name: str) -> dict:
 
 
 def test_rdpp_paper_epochs_cover_every_mvtec_class() -> None:
-    merged = pipeline.merge_params(_load("rdpp-paper.yaml"), _load("mvtec.yaml"))
+    merged = merge_params(_load("rdpp-paper.yaml"), _load("mvtec.yaml"))
     epochs = {cls: o["epochs"] for cls, o in merged["train"]["class_overrides"].items()}
     assert epochs == {cls: n for n, classes in AUTHORS_EPOCHS.items() for cls in classes}
     assert sorted(epochs) == sorted(merged["data"]["classes"])
     assert merged["teacher"]["arch"] == "wide_resnet50_2" and merged["prepare"]["image_size"] == 256
     assert merged["train"]["batch_size"] == 16 and "rdpp" in merged["model"]["variants"]
     assert set(merged["model"]["variants"]) <= set(merged["train"]["variant_overrides"])
-    pipeline.validate_params(copy.deepcopy(merged))  # raises ParamsError naming a bad key
+    validate_params(copy.deepcopy(merged))  # raises ParamsError naming a bad key
 
 
 def test_rdpp_overlay_adds_the_variant_to_the_defaults() -> None:
     base = yaml.safe_load((PRESETS.parents[1] / "params.yaml").read_text())
-    merged = pipeline.merge_params(base, _load("rdpp.yaml"))
+    merged = merge_params(base, _load("rdpp.yaml"))
     assert merged["model"]["variants"] == [*base["model"]["variants"], "rdpp"]
     assert set(merged["model"]["variants"]) <= set(merged["train"]["variant_overrides"])
-    pipeline.validate_params(copy.deepcopy(merged))  # raises ParamsError naming a bad key
+    validate_params(copy.deepcopy(merged))  # raises ParamsError naming a bad key

@@ -14,7 +14,7 @@ from test_train import assert_bitwise_equal, student_weights, tiny_config
 
 from skrd4ad.checkpoint import load_checkpoint
 from skrd4ad.models import variants
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.train import make_optimizer, train, train_step
 
 

@@ -70,7 +70,7 @@ def env_with(plugins: Path, *, by_env: bool) -> dict[str, str]:
 def test_toy_source_downloads_prepares_and_is_a_choice(server, tmp_path: Path, by_env: bool) -> None:  # noqa: F811
     env = env_with(toy_plugin(tmp_path, server, entry_point=not by_env), by_env=by_env)
     cli = [sys.executable, "-m", "skrd4ad"]
-    code = ("from skrd4ad.data import sources; from skrd4ad.config import SCHEMA; "
+    code = ("from skrd4ad.data import sources; from skrd4ad.params import full_schema; SCHEMA = full_schema(); "
             "print(sources.names()[-1], SCHEMA['properties']['data']['properties']['dataset']['enum'][-1])")
     assert run_in([sys.executable, "-c", code], tmp_path, env).stdout.split() == ["toy", "toy"]
     assert "| `toy` | Toy set | 1 | yes | - | CC0 (toy) |" in run_in([*cli, "sources"], tmp_path, env).stdout
@@ -100,8 +100,8 @@ def test_toy_source_runs_in_both_engines(server, engine: str, tmp_path: Path) ->
     params["data"] = {"dataset": "toy", "name": "toy", "classes": ["brick"]}
     params["model"]["variants"] = ["rd4ad"]
     params["train"].update(class_overrides={"brick": {}}, variant_overrides={"rd4ad": {}})
-    full = subprocess.run([sys.executable, "-c", "import sys, json; from skrd4ad import pipeline; "
-                           "print(json.dumps(pipeline.validate_params(json.loads(sys.argv[1]))))", json.dumps(params)],
+    full = subprocess.run([sys.executable, "-c", "import sys, json; from skrd4ad.params import validate_params; "
+                           "print(json.dumps(validate_params(json.loads(sys.argv[1]))))", json.dumps(params)],
                           env=env, capture_output=True, text=True, check=True).stdout
     repo = make_copy(tmp_path, TINY)  # (this process has no toy source)
     (repo / "params.yaml").write_text(yaml.safe_dump(json.loads(full), sort_keys=False))

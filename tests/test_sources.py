@@ -47,8 +47,9 @@ def test_registry_is_light_and_feeds_schema_cli_and_pipeline() -> None:
     assert out.splitlines() == [str(sources.names()), "False False"]
     assert sources.names()[0] == "synthetic" and {"mvtec", "visa", "vad", "folder"} <= set(sources.names())
     from skrd4ad.cli import build_parser
-    from skrd4ad.config import SCHEMA
+    from skrd4ad.params import full_schema
 
+    SCHEMA = full_schema()  # noqa: N806
     assert SCHEMA["properties"]["data"]["properties"]["dataset"]["enum"] == list(sources.names())
     download = build_parser()._subparsers._group_actions[0].choices["download"]
     choices = next(a.choices for a in download._actions if a.dest == "dataset")
@@ -66,7 +67,7 @@ NAME_IS_SOMETHING_ELSE = {
     ("skrd4ad/cli.py", "synthetic"),  # the `skrd4ad synthetic` generator command and data.synthetic's schema
     ("skrd4ad/data/__init__.py", "synthetic"),  # lazy imports from the module skrd4ad/data/sources/synthetic/generate.py
     ("skrd4ad/data/sources/__init__.py", "synthetic"),  # the registry lists the embedded default first
-    ("skrd4ad/pipeline.py", "folder"),  # the key data.folder
+    ("skrd4ad/params.py", "folder"),  # the key data.folder
     ("workflow/rules/common.smk", "synthetic"),  # the key data.synthetic
     ("workflow/rules/common.smk", "folder"),  # the key data.folder
 }
@@ -89,7 +90,8 @@ def test_no_dataset_name_outside_its_own_module() -> None:
 
 
 def test_presets_list_their_sources_classes_and_validate() -> None:
-    from skrd4ad import pipeline
+    from skrd4ad.errors import ParamsError
+    from skrd4ad.params import merge_params, validate_params
 
     base = yaml.safe_load((REPO / "params.yaml").read_text())
     paper = yaml.safe_load((REPO / "workflow/config/paper.yaml").read_text())
@@ -101,7 +103,7 @@ def test_presets_list_their_sources_classes_and_validate() -> None:
             continue
         seen.add(kind)
         assert tuple(overlay["data"]["classes"]) == sources.get(kind).classes, preset
-        params = pipeline.validate_params(pipeline.merge_params(pipeline.merge_params(base, paper), overlay))
+        params = validate_params(merge_params(merge_params(base, paper), overlay))
         assert params["model"]["variants"] == ["rd4ad", "skrd4ad"] and params["data"]["name"] == kind
     assert seen == set(sources.downloadable())  # every downloaded source has its preset
 
@@ -114,11 +116,12 @@ def test_readme_table_is_the_registrys() -> None:
 
 
 def test_pipeline_rejects_classes_the_source_does_not_have() -> None:
-    from skrd4ad import pipeline
+    from skrd4ad.errors import ParamsError
+    from skrd4ad.params import merge_params, validate_params
 
     params = {"data": {"dataset": "vad", "classes": ["bottle"]}, "train": {}}
-    with pytest.raises(pipeline.ParamsError, match=r"data.classes: 'bottle' is not a class of vad \(vad\)"):
-        pipeline.validate_params(params)
+    with pytest.raises(ParamsError, match=r"data.classes: 'bottle' is not a class of vad \(vad\)"):
+        validate_params(params)
 
 
 # ------------------------------------------------------------------------------------------ VAD
@@ -281,14 +284,17 @@ def _class_with_train_bad(root: Path) -> Path:
 
 def test_training_reads_only_train_good(tmp_path: Path) -> None:
     """train/bad is an extra set of the VAD source, so in a folder that source fetched (its marker)
-    the layout accepts it, as labelled anomalies only; any other train folder is still refused,
-    naming the accepted ones."""
+    the registry names it and the layout accepts it, as labelled anomalies only; any other train
+    folder is still refused, naming the accepted ones."""
     from skrd4ad.data.layout import scan_class
 
     root = _class_with_train_bad(tmp_path)
     (root / FETCH_MARKER).write_text('{"name": "vad"}')
     want = [("train", 0, "good"), ("train", 0, "good"), ("train", 1, "bad"), ("test", 1, "bad"), ("test", 0, "good")]
-    assert [(s.split, s.label, s.defect_type) for s in scan_class(root, "c")] == want
+    assert sources.extra_train_folders(root) == ("bad",)
+    assert [(s.split, s.label, s.defect_type) for s in scan_class(root, "c", extra_train=("bad",))] == want
+    with pytest.raises(DatasetError, match="one-class training reads only"):
+        scan_class(root, "c")  # the layout alone knows no source: train/good only
     (root / FETCH_MARKER).unlink()  # no marker: the caller names the source's folders
     assert [(s.split, s.label, s.defect_type) for s in scan_class(root, "c", extra_train=("bad",))] == want
     (root / "c" / "train" / "other").mkdir()
@@ -312,7 +318,8 @@ def test_a_source_without_extra_sets_refuses_another_sources_folder(tmp_path: Pa
     message = (f"unexpected {c / 'train' / 'bad'}: one-class training reads only {c / 'train' / 'good'}; "
                f"move anomalous images to {c / 'test'}/<defect>/ and remove anything else (train/bad holds "
                "labelled anomalies only in a dataset fetched by `skrd4ad download --dataset vad`)")
-    for call in (lambda: scan_class(root, "c"), lambda: scan_class(root, "c", extra_train=()),
+    owners = sources.extra_train_owners
+    for call in (lambda: scan_class(root, "c", owners=owners), lambda: scan_class(root, "c", extra_train=(), owners=owners),
                  lambda: prepare_class(root, "c", tmp_path / "prep", image_size=8, progress=False)):
         with pytest.raises(DatasetError) as err:
             call()

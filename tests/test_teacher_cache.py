@@ -21,7 +21,7 @@ from skrd4ad import teacher_cache
 from skrd4ad.data.prepared import PreparedClass, batch_from, iterate_batches, to_model_input
 from skrd4ad.io import HOST_TAG
 from skrd4ad.models.fold import fold_batchnorm
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.models.variants.base import Variant
 from skrd4ad.train import default_state_path, train
 from test_train import student_weights, tiny_config  # the same tiny SK-RD4AD job
@@ -77,7 +77,7 @@ def test_cached_maps_follow_the_autocast_dtype(prepared_brick: Path) -> None:
 @pytest.mark.parametrize("variant", ["rd4ad", pytest.param("skrd4ad", marks=pytest.mark.slow),
                                      pytest.param("rdpp", marks=pytest.mark.slow)])
 def test_cached_training_is_bitwise_the_uncached_on_cpu(prepared_brick: Path, tmp_path: Path, variant: str) -> None:
-    """What the README states: on CPU (float32) the cache changes no bit of the weights; RD++ keeps its
+    """What docs/models.md states: on CPU (float32) the cache changes no bit of the weights; RD++ keeps its
     noise stream.  Batch 4 of 6 images: the last batch of an epoch is smaller."""
     for mode in ("off", "memory", "disk"):
         train(tiny_config(variant=variant, epochs=2, teacher_cache=mode), prepared_brick, tmp_path / f"{mode}.pt",

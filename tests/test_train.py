@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from skrd4ad.config import ConfigError, EvalConfig, TrainConfig, from_dict
-from skrd4ad.models.rd4ad import build_model
+from skrd4ad.models.build import build_model
 from skrd4ad.checkpoint import load_checkpoint
 from skrd4ad.device import resolve_device
 from skrd4ad.train import STATE_FORMAT, default_state_path, train

@@ -338,7 +338,7 @@ def test_a_checkpoint_without_a_recorded_split_falls_back_to_the_oracle(
 
 def test_cli_settings_come_from_the_schema(tmp_path: Path) -> None:
     from skrd4ad.cli import build_parser, main as cli_main
-    from skrd4ad.config import schema_defaults
+    from skrd4ad.schema import defaults as schema_defaults
 
     parser = build_parser()
     args = parser.parse_args(["prepare", "--root", "r", "--classes", "c", "--out", "o"])

@@ -64,7 +64,7 @@ BUILT_IN = ("rd4ad", "skrd4ad", *sorted(p.parent.name for p in (Path(__file__).r
 
 
 def test_registry_sees_a_plug_in_both_ways(tmp_path: Path) -> None:
-    code = ("from skrd4ad.models import variants as v; from skrd4ad.config import SCHEMA; "
+    code = ("from skrd4ad.models import variants as v; from skrd4ad.params import full_schema; SCHEMA = full_schema(); "
             "print(v.names(), v.label('toy'), v.settings_schema('toy')['head_weight']['default'], "
             "SCHEMA['properties']['model']['properties']['variants']['items']['enum'])")
     for by_env in (False, True):
@@ -123,8 +123,8 @@ def test_toy_variant_runs_in_both_engines(engine: str, tmp_path: Path) -> None:
     params["data"]["classes"] = ["brick"]
     params["model"]["variants"] = ["rd4ad", "toy"]
     params["train"].update(class_overrides={"brick": {}}, variant_overrides={"rd4ad": {}, "toy": {"head_weight": 0.1}})
-    full = subprocess.run([sys.executable, "-c", "import sys, json; from skrd4ad import pipeline; "
-                           "print(json.dumps(pipeline.validate_params(json.loads(sys.argv[1]))))", json.dumps(params)],
+    full = subprocess.run([sys.executable, "-c", "import sys, json; from skrd4ad.params import validate_params; "
+                           "print(json.dumps(validate_params(json.loads(sys.argv[1]))))", json.dumps(params)],
                           env=env, capture_output=True, text=True, check=True).stdout
     repo = make_copy(tmp_path, {**TINY, "data": params["data"]})  # (this process has no toy variant)
     (repo / "params.yaml").write_text(yaml.safe_dump(json.loads(full), sort_keys=False))
@@ -146,7 +146,8 @@ def test_toy_variant_runs_in_both_engines(engine: str, tmp_path: Path) -> None:
 NAME_IS_SOMETHING_ELSE = {
     ("skrd4ad/models/variants/__init__.py", "rd4ad"): 1,  # _FIRST: built-ins listed first, in order
     ("skrd4ad/models/variants/__init__.py", "skrd4ad"): 1,  # _FIRST
-    ("skrd4ad/cache.py", "skrd4ad"): 1,  # ~/.cache/skrd4ad
+    ("skrd4ad/config.py", "rd4ad"): 1,  # TrainConfig.variant's default, written from the schema's model.variants
+    ("skrd4ad/user_cache.py", "skrd4ad"): 1,  # ~/.cache/skrd4ad
     ("skrd4ad/cli.py", "skrd4ad"): 3,  # logger, version("skrd4ad"), prog
     ("skrd4ad/export.py", "skrd4ad"): 1,  # package versions recorded in the export
     ("skrd4ad/provenance.py", "skrd4ad"): 3,  # package versions recorded in provenance.json

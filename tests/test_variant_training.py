@@ -19,7 +19,7 @@ from skrd4ad.models.bottleneck import OCBE
 from skrd4ad.models.decoder import Decoder
 from skrd4ad.models.fold import fold_batchnorm
 from skrd4ad.models.loss import distillation_loss
-from skrd4ad.models.rd4ad import ARCH_SPECS
+from skrd4ad.models.student import ARCH_SPECS
 from skrd4ad.models.teacher import build_teacher
 from skrd4ad.train import train
 

@@ -15,6 +15,7 @@ message that names the file and says how to fix it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -94,14 +95,15 @@ def find_mask(gt_dir: Path, image: Path) -> Path | None:
 
 
 def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | None = None,
-               extra_train: tuple[str, ...] | None = None) -> list[Sample]:
+               extra_train: tuple[str, ...] = (), owners: Callable[[str], tuple[str, ...]] | None = None
+               ) -> list[Sample]:
     """List and validate every image of one class: train samples first, then test samples.
 
     ``extra_train``: folders under ``train`` besides ``good`` whose images are labelled anomalies
-    (train samples with label 1, after the normal ones; a source's ``extra_train_folders``);
-    ``None``: those of the source that fetched ``root`` (:func:`skrd4ad.data.sources.extra_train_folders`,
-    e.g. VAD's ``bad`` in a folder written by ``skrd4ad download --dataset vad``), none for any
-    other folder.  Any other folder under ``train`` is refused.
+    (train samples with label 1, after the normal ones; a source's ``extra_train_folders``, which
+    :func:`skrd4ad.data.prepare.prepare_class` looks up for the folder it reads).  Any other folder
+    under ``train`` is refused; ``owners(folder)`` names the sources whose datasets hold such a
+    folder, for the message.
 
     ``image_level_only``: ``True`` ignores masks, ``False`` requires a mask for every anomalous test
     image, ``None`` (auto) means image-level only exactly when the class has no ``ground_truth`` dir.
@@ -121,16 +123,12 @@ def scan_class(root: str | Path, class_name: str, *, image_level_only: bool | No
     good_dir = train_dir / GOOD
     if not good_dir.is_dir():
         raise DatasetError(f"empty train set: {good_dir} does not exist; put the normal training images there")
-    from skrd4ad.data import sources
-
-    if extra_train is None:
-        extra_train = sources.extra_train_folders(root)
     for entry in _visible_entries(train_dir):
         if entry.name != GOOD and not (entry.is_dir() and entry.name in extra_train):
             also = f" (or labelled anomalies in train/{', train/'.join(extra_train)})" if extra_train else ""
-            owners = sources.extra_train_owners(entry.name) if entry.is_dir() else ()
+            holders = owners(entry.name) if owners is not None and entry.is_dir() else ()
             other = (f" (train/{entry.name} holds labelled anomalies only in a dataset fetched by "
-                     f"`skrd4ad download --dataset {' or '.join(owners)}`)") if owners else ""
+                     f"`skrd4ad download --dataset {' or '.join(holders)}`)") if holders else ""
             raise DatasetError(
                 f"unexpected {entry}: one-class training reads only {good_dir}{also}; move anomalous images to "
                 f"{class_dir / 'test'}/<defect>/ and remove anything else{other}"

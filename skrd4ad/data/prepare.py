@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from skrd4ad import __version__
+from skrd4ad.data import sources
 from skrd4ad.data.layout import LABELLED_ANOMALIES, DatasetError, Sample, is_image_level_only, scan_class
+from skrd4ad.data.masks import binarise_mask, mask_scale_note, mask_values
 from skrd4ad.io import (
     DISK_FULL_ERRNOS,
     DiskFullError,
@@ -78,33 +80,6 @@ def to_rgb(img: Image.Image) -> Image.Image:
             arr = arr * 255.0
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
     return img.convert("RGB")
-
-
-def mask_values(img: Image.Image) -> np.ndarray:
-    """Mask values as a 2-D array: colour masks reduce to the max over colour channels (alpha ignored)."""
-    if img.mode in ("RGBA", "LA", "PA"):
-        img = img.convert("RGB" if img.mode == "RGBA" else "L")
-    arr = np.asarray(img)
-    return arr.max(axis=2) if arr.ndim == 3 else arr
-
-
-def binarise_mask(values: np.ndarray) -> np.ndarray:
-    """0/1 uint8 mask: 1 where ``values > 0`` (MVTec's convention: any non-zero pixel is defect).
-
-    A threshold relative to the maximum would keep 1 of 12 pixels of a 0/1 mask with one stray
-    255; :func:`mask_scale_note` says when a mask is not plain {0, max}."""
-    return (values > 0).astype(np.uint8)
-
-
-def mask_scale_note(values: np.ndarray) -> str | None:
-    """Why a mask is suspicious, or ``None`` for a plain two-level mask ({0, v} or all zero): more
-    than two distinct values (scales mixed, e.g. 0/1 with stray 255, or soft/JPEG edges)."""
-    levels = np.unique(values)
-    if len(levels) <= 2:
-        return None
-    shown = ", ".join(str(v) for v in levels[:6].tolist()) + (", ..." if len(levels) > 6 else "")
-    return (f"it has {len(levels)} distinct values ({shown}), not {{0, max}}; every non-zero pixel counts as "
-            "defect: if the low values are noise or a second scale, save the mask as 0/255")
 
 
 def resize_image(img: Image.Image, size: int) -> np.ndarray:
@@ -338,7 +313,58 @@ def prepare_class(
         raise DatasetError(f"image_size={image_size} must be a positive number of pixels")
     if image_level_only is None:
         image_level_only = is_image_level_only(root, class_name)
-    samples = scan_class(root, class_name, image_level_only=image_level_only, extra_train=extra_train)
+    groups = _split_samples(root, class_name, image_level_only, extra_train, val_fraction)
+    n_images = sum(len(g) for g in groups.values())
+    needed = _needed_bytes(n_images - len(groups["test"]), len(groups["test"]), image_size, not image_level_only)
+    tally = _Tally(counts={split: Counter() for split in groups})
+    # Removes what killed runs of this output left, then checks the space before writing anything.
+    with StagingDir(out_dir.parent, out_dir.name, "prepare") as stage:
+        check_free_space(out_dir.parent, needed, out_dir)
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, tqdm(
+            total=n_images, desc=f"prepare {class_name}", unit="img",
+            disable=not (progress and sys.stderr.isatty()),
+        ) as bar:
+            for split, group in groups.items():
+                tally.n_ok[split] = _write_split(split, group, root, stage.path, out_dir, image_size, image_level_only,
+                                                 pool, bar, tally, needed, allow_skip=allow_skip,
+                                                 allow_empty_masks=allow_empty_masks)
+        if tally.n_ok["train"] == 0:
+            raise DatasetError(
+                f"empty train set: every training image of {root / class_name} was skipped as unreadable; "
+                "see the reasons above and replace the files"
+            )
+        manifest = pd.DataFrame(tally.rows, columns=MANIFEST_COLUMNS)
+        _write_small(write_text_atomic, stage.path, out_dir, "manifest.csv",
+                     manifest.to_csv(index=False, lineterminator="\n"), needed)
+        meta = _meta(root, class_name, image_size, image_level_only, manifest, tally,
+                     allow_empty_masks=allow_empty_masks, val_fraction=val_fraction)
+        _write_small(write_json_atomic, stage.path, out_dir, "meta.json", meta, needed)
+        stage.seal()
+        with disk_full_as_error(out_dir, needed):
+            replace_dir(stage.path, out_dir)
+    return out_dir
+
+
+@dataclass
+class _Tally:
+    """What prepare learns while it writes the arrays: the manifest rows, each file's hash (for the
+    source digest), images per (split, defect type), the kept empty masks, images kept per split."""
+
+    counts: dict[str, Counter[str]]
+    rows: list[dict[str, object]] = field(default_factory=list)
+    hashes: list[tuple[str, str]] = field(default_factory=list)
+    empty_masks: list[str] = field(default_factory=list)
+    n_ok: dict[str, int] = field(default_factory=dict)
+
+
+def _split_samples(root: Path, class_name: str, image_level_only: bool, extra_train: tuple[str, ...] | None,
+                   val_fraction: float) -> dict[str, list[Sample]]:
+    """The class's images by output split, in writing order: train, val (with ``val_fraction`` > 0),
+    test, and the labelled anomalies (only when the class has them)."""
+    if extra_train is None:  # those of the source that fetched root (e.g. VAD's train/bad); none for other folders
+        extra_train = sources.extra_train_folders(root)
+    samples = scan_class(root, class_name, image_level_only=image_level_only, extra_train=extra_train,
+                         owners=sources.extra_train_owners)
     train = [s for s in samples if s.split == "train" and s.label == 0]
     held = validation_split([_relative(s.path, root / class_name) for s in train], val_fraction)
     if val_fraction > 0 and not held.any():
@@ -351,116 +377,102 @@ def prepare_class(
     labelled = [s for s in samples if s.split == "train" and s.label == 1]
     if labelled:  # only then: caches of classes without them stay byte-identical
         groups[LABELLED_ANOMALIES] = labelled
-    rows: list[dict[str, object]] = []
-    hashes: list[tuple[str, str]] = []
-    counts: dict[str, Counter[str]] = {split: Counter() for split in groups}
-    n_ok = {split: 0 for split in groups}
-    empty_masks: list[str] = []
-    s = image_size
-    needed = _needed_bytes(len(train) + len(labelled), len(groups["test"]), s, not image_level_only)
-    # Removes what killed runs of this output left, then checks the space before writing anything.
-    with StagingDir(out_dir.parent, out_dir.name, "prepare") as stage:
-        staging = stage.path
-        check_free_space(out_dir.parent, needed, out_dir)
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, tqdm(
-            total=len(samples), desc=f"prepare {class_name}", unit="img",
-            disable=not (progress and sys.stderr.isatty()),
-        ) as bar:
-            for split, group in groups.items():
-                writers: dict[str, _NpyWriter] = {}
-                k = 0
-                try:
-                    with disk_full_as_error(out_dir / f"{split}.npy", needed):
-                        images = _NpyWriter(staging / f"{split}.npy", (len(group), s, s, 3))
-                        writers[f"{split}.npy"] = images
-                    masks = None
-                    if split == "test" and not image_level_only:
-                        with disk_full_as_error(out_dir / "test_masks.npy", needed):
-                            masks = _NpyWriter(staging / "test_masks.npy", (len(group), s, s))
-                            writers["test_masks.npy"] = masks
-                    for sample, dec in zip(group, pool.map(lambda x: _decode(x, s, image_level_only), group)):
-                        bar.update(1)
-                        hashes += [(_relative(p, root), sha) for p, sha in dec.hashes]
-                        row = {
-                            "file": _relative(sample.path, root), "split": split, "index": -1, "label": sample.label,
-                            "defect_type": sample.defect_type, "has_mask": dec.mask is not None,
-                            "status": "ok", "reason": "",
-                        }
-                        if dec.mask_note is not None:
-                            log.warning("mask %s: %s", sample.mask_path, dec.mask_note)
-                        if dec.error is not None:
-                            if not allow_skip:
-                                raise DatasetError(
-                                    f"cannot read {sample.path}: {dec.error}; replace or remove the file, or pass "
-                                    "--allow-skip to skrd4ad prepare (Python: allow_skip=True; the pipeline never "
-                                    "skips) to skip it (it is then listed in manifest.csv as skipped)"
-                                )
-                            row.update(status="skipped", reason=dec.error, has_mask=False)
-                        else:
-                            assert dec.image is not None
-                            if dec.empty_mask:
-                                if not allow_empty_masks:
-                                    raise DatasetError(
-                                        f"mask {sample.mask_path} of anomalous test image {sample.path} is all zero, "
-                                        "so its defect pixels would count as normal; fix the mask, move the image to "
-                                        "test/good if it is normal, or pass --allow-empty-masks "
-                                        "(params: prepare.allow_empty_masks: true) to keep it"
-                                    )
-                                row["reason"] = "empty mask kept (allow_empty_masks)"
-                                empty_masks.append(_relative(sample.mask_path, root))  # type: ignore[arg-type]
-                            with disk_full_as_error(out_dir / f"{split}.npy", needed):
-                                images[k] = dec.image
-                            if masks is not None and dec.mask is not None:
-                                with disk_full_as_error(out_dir / "test_masks.npy", needed):
-                                    masks[k] = dec.mask
-                            row["index"] = k
-                            counts[split][sample.defect_type] += 1
-                            k += 1
-                        rows.append(row)
-                    n_ok[split] = k
-                except BaseException:
-                    for writer in writers.values():
-                        writer.abort()
-                    raise
-                pending = list(writers.items())
-                while pending:
-                    file_name, writer = pending.pop(0)
-                    try:
-                        with disk_full_as_error(out_dir / file_name, needed):
-                            writer.close(k)  # keeps the first k rows (after skipped files)
-                    except BaseException:
-                        for _, other in pending:
-                            other.abort()
-                        raise
-        if n_ok["train"] == 0:
-            raise DatasetError(
-                f"empty train set: every training image of {root / class_name} was skipped as unreadable; "
-                "see the reasons above and replace the files"
-            )
-        manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
-        _write_small(write_text_atomic, staging, out_dir, "manifest.csv",
-                     manifest.to_csv(index=False, lineterminator="\n"), needed)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "class": class_name,
-            "image_size": image_size,
-            "image_level_only": bool(image_level_only),
-            "n_train": n_ok["train"],
-            "n_test": n_ok["test"],
-            **({f"n_{LABELLED_ANOMALIES}": n_ok[LABELLED_ANOMALIES]} if labelled else {}),
-            "n_skipped": int((manifest["status"] == "skipped").sum()),
-            "counts": {split: dict(sorted(c.items())) for split, c in counts.items()},
-            "source_root": str(root.resolve()),
-            "source_digest": source_digest(hashes),
-            "resize": "PIL bilinear with antialiasing; masks nearest, binarised: any non-zero pixel is defect",
-            "skrd4ad_version": __version__,
-        }
-        if allow_empty_masks:  # only then: default caches stay byte-identical to earlier versions
-            meta.update(allow_empty_masks=True, empty_masks=sorted(empty_masks))
-        if val_fraction > 0:  # likewise
-            meta.update(n_val=n_ok["val"], val_fraction=float(val_fraction))
-        _write_small(write_json_atomic, staging, out_dir, "meta.json", meta, needed)
-        stage.seal()
-        with disk_full_as_error(out_dir, needed):
-            replace_dir(staging, out_dir)
-    return out_dir
+    return groups
+
+
+def _write_split(split: str, group: list[Sample], root: Path, staging: Path, out_dir: Path, s: int,
+                 image_level_only: bool, pool: ThreadPoolExecutor, bar: Any, tally: _Tally, needed: int, *,
+                 allow_skip: bool, allow_empty_masks: bool) -> int:
+    """Decode ``group`` on ``pool`` into ``<split>.npy`` (and ``test_masks.npy``) in ``staging``; a
+    manifest row per image into ``tally``.  Returns how many images were kept (not skipped)."""
+    writers: dict[str, _NpyWriter] = {}
+    k = 0
+    try:
+        with disk_full_as_error(out_dir / f"{split}.npy", needed):
+            images = _NpyWriter(staging / f"{split}.npy", (len(group), s, s, 3))
+            writers[f"{split}.npy"] = images
+        masks = None
+        if split == "test" and not image_level_only:
+            with disk_full_as_error(out_dir / "test_masks.npy", needed):
+                masks = _NpyWriter(staging / "test_masks.npy", (len(group), s, s))
+                writers["test_masks.npy"] = masks
+        for sample, dec in zip(group, pool.map(lambda x: _decode(x, s, image_level_only), group)):
+            bar.update(1)
+            tally.hashes += [(_relative(p, root), sha) for p, sha in dec.hashes]
+            row = {
+                "file": _relative(sample.path, root), "split": split, "index": -1, "label": sample.label,
+                "defect_type": sample.defect_type, "has_mask": dec.mask is not None,
+                "status": "ok", "reason": "",
+            }
+            if dec.mask_note is not None:
+                log.warning("mask %s: %s", sample.mask_path, dec.mask_note)
+            if dec.error is not None:
+                if not allow_skip:
+                    raise DatasetError(
+                        f"cannot read {sample.path}: {dec.error}; replace or remove the file, or pass "
+                        "--allow-skip to skrd4ad prepare (Python: allow_skip=True; the pipeline never "
+                        "skips) to skip it (it is then listed in manifest.csv as skipped)"
+                    )
+                row.update(status="skipped", reason=dec.error, has_mask=False)
+            else:
+                assert dec.image is not None
+                if dec.empty_mask:
+                    if not allow_empty_masks:
+                        raise DatasetError(
+                            f"mask {sample.mask_path} of anomalous test image {sample.path} is all zero, "
+                            "so its defect pixels would count as normal; fix the mask, move the image to "
+                            "test/good if it is normal, or pass --allow-empty-masks "
+                            "(params: prepare.allow_empty_masks: true) to keep it"
+                        )
+                    row["reason"] = "empty mask kept (allow_empty_masks)"
+                    tally.empty_masks.append(_relative(sample.mask_path, root))  # type: ignore[arg-type]
+                with disk_full_as_error(out_dir / f"{split}.npy", needed):
+                    images[k] = dec.image
+                if masks is not None and dec.mask is not None:
+                    with disk_full_as_error(out_dir / "test_masks.npy", needed):
+                        masks[k] = dec.mask
+                row["index"] = k
+                tally.counts[split][sample.defect_type] += 1
+                k += 1
+            tally.rows.append(row)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    pending = list(writers.items())
+    while pending:
+        file_name, writer = pending.pop(0)
+        try:
+            with disk_full_as_error(out_dir / file_name, needed):
+                writer.close(k)  # keeps the first k rows (after skipped files)
+        except BaseException:
+            for _, other in pending:
+                other.abort()
+            raise
+    return k
+
+
+def _meta(root: Path, class_name: str, image_size: int, image_level_only: bool, manifest: pd.DataFrame,
+          tally: _Tally, *, allow_empty_masks: bool, val_fraction: float) -> dict[str, Any]:
+    """meta.json: what the cache holds and where it came from (keys only added by opt-ins, so
+    default caches stay byte-identical to earlier versions)."""
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "class": class_name,
+        "image_size": image_size,
+        "image_level_only": bool(image_level_only),
+        "n_train": tally.n_ok["train"],
+        "n_test": tally.n_ok["test"],
+        **({f"n_{LABELLED_ANOMALIES}": tally.n_ok[LABELLED_ANOMALIES]} if LABELLED_ANOMALIES in tally.n_ok else {}),
+        "n_skipped": int((manifest["status"] == "skipped").sum()),
+        "counts": {split: dict(sorted(c.items())) for split, c in tally.counts.items()},
+        "source_root": str(root.resolve()),
+        "source_digest": source_digest(tally.hashes),
+        "resize": "PIL bilinear with antialiasing; masks nearest, binarised: any non-zero pixel is defect",
+        "skrd4ad_version": __version__,
+    }
+    if allow_empty_masks:
+        meta.update(allow_empty_masks=True, empty_masks=sorted(tally.empty_masks))
+    if val_fraction > 0:
+        meta.update(n_val=tally.n_ok["val"], val_fraction=float(val_fraction))
+    return meta

@@ -1,6 +1,6 @@
 """The named choices of the models (architectures, losses, map options; the variants are
 in the registry :mod:`skrd4ad.models.variants`), without
-importing torch: :mod:`skrd4ad.config` and the Snakefile (through :mod:`skrd4ad.pipeline`) read
+importing torch: :mod:`skrd4ad.config` and the Snakefile (through :mod:`skrd4ad.params`) read
 them on every invocation, where importing torch would add seconds."""
 
 from __future__ import annotations

@@ -1,49 +1,15 @@
-"""The full reverse-distillation network: frozen teacher -> the student of a registered variant.
-
->>> model = build_model("resnet18", "skrd4ad", teacher_weights=None)  # random teacher: tests only
->>> t, s = model(torch.zeros(2, 3, 64, 64))
->>> [tuple(f.shape) for f in s]
-[(2, 64, 16, 16), (2, 128, 8, 8), (2, 256, 4, 4)]
-"""
+"""The full reverse-distillation network: frozen teacher -> the student of a variant plug-in
+(built by name with :func:`skrd4ad.models.build.build_model`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import variants
-from .blocks import BasicBlock, Bottleneck, DecoderBasicBlock, DecoderBottleneck, _Block
-from .student import Student
-from .teacher import Teacher, build_teacher
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    """Bottleneck and decoder shape for one teacher architecture."""
-
-    block: type[_Block]
-    decoder_block: type[_Block]
-    bottleneck_blocks: int
-    decoder_layers: tuple[int, int, int]
-    base_width: int = 64
-
-    def student(self, teacher: Teacher) -> Student:
-        """RD4AD's student for ``teacher`` with these shapes: OCBE + decoder (random weights)."""
-        return Student(teacher, self)
-
-
-#: Shapes of the reference RD4AD code for ResNets; mobilenet_v2 uses the small BasicBlock form.
-ARCH_SPECS: dict[str, ArchSpec] = {
-    "resnet18": ArchSpec(BasicBlock, DecoderBasicBlock, 2, (2, 2, 2)),
-    "resnet34": ArchSpec(BasicBlock, DecoderBasicBlock, 3, (3, 4, 6)),
-    "resnet50": ArchSpec(Bottleneck, DecoderBottleneck, 3, (3, 4, 6)),
-    "wide_resnet50_2": ArchSpec(Bottleneck, DecoderBottleneck, 3, (3, 4, 6), base_width=128),
-    "mobilenet_v2": ArchSpec(BasicBlock, DecoderBasicBlock, 2, (2, 2, 2)),
-}
+from .student import ARCH_SPECS, ArchSpec  # noqa: F401  (ArchSpec: importable from here as before)
+from .teacher import Teacher
 
 
 #: Input sides must be multiples of this: the teacher and the bottleneck halve the resolution 5 times.
@@ -62,24 +28,25 @@ def check_image_size(size: int, what: str = "image_size") -> int:
 
 
 class ReverseDistillation(nn.Module):
-    """Frozen teacher + the trained ``student`` of a registered variant
+    """Frozen teacher + the trained ``student`` of a variant plug-in
     (:mod:`skrd4ad.models.variants`).  ``forward(x)`` is the variant's: ``(teacher_maps,
     student_maps)``, both fine to coarse; only the student side carries gradients.
 
-    ``variant``: the variant's name; ``settings``: its own settings (defaults filled in, checked)."""
+    ``plugin``: the variant (a registry entry); ``settings``: its own settings, defaults filled
+    in and checked (:func:`skrd4ad.models.variants.check_settings`).  ``variant`` is its name."""
 
-    def __init__(self, teacher: Teacher, variant: str, settings: dict[str, Any] | None = None) -> None:
+    def __init__(self, teacher: Teacher, plugin: Any, settings: dict[str, Any]) -> None:  # plugin: a variants.base.Variant
         super().__init__()
-        self.impl = variants.get(variant)
-        self.variant = self.impl.name
-        self.settings = variants.check_settings(variant, settings)
+        self.plugin = plugin
+        self.variant = plugin.name
+        self.settings = settings
         spec = ARCH_SPECS.get(teacher.arch)
         if spec is None:
             raise ValueError(f"no bottleneck/decoder spec for teacher {teacher.arch!r}; "
                              f"known: {', '.join(ARCH_SPECS)}")
         self.arch = teacher.arch
         self.teacher = teacher
-        self.student = self.impl.build_student(teacher, spec, self.settings)
+        self.student = plugin.build_student(teacher, spec, settings)
 
     def student_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters: the student's (the teacher is never trained)."""
@@ -100,16 +67,5 @@ class ReverseDistillation(nn.Module):
             if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or min(h, w) < SIZE_MULTIPLE:
                 bad = w if h % SIZE_MULTIPLE == 0 and h >= SIZE_MULTIPLE else h
                 check_image_size(bad, f"input of {h}x{w} px: side")
-        return self.impl.forward(self, x)
+        return self.plugin.forward(self, x)
 
-
-def build_model(arch: str, variant: str, *, teacher_weights: str | Path | None = "imagenet",
-                settings: dict[str, Any] | None = None) -> ReverseDistillation:
-    """Build teacher + the student of ``variant`` (a registered name) for ``arch`` (see ``ARCH_SPECS``).
-
-    ``teacher_weights``: ``"imagenet"``, a local ``.pth`` file, or ``None`` (random: tests only).
-    ``settings``: the variant's own settings.  Student weights are initialised from the global
-    torch RNG (seed it first).
-    """
-    variants.get(variant)
-    return ReverseDistillation(build_teacher(arch, teacher_weights), variant, settings)

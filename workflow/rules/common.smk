@@ -3,12 +3,15 @@ import shutil
 import sys
 from pathlib import Path
 
-from skrd4ad import engines, jobcode, pipeline
+from skrd4ad import engines, jobcode
+from skrd4ad import paths
+from skrd4ad.jobparams import AGGREGATE_PARAM_KEYS, train_param_keys
+from skrd4ad.params import lookup, validate_params
 from skrd4ad.data import sources
 
 # Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
 # Defaults from the schema are filled in, exactly as the DVC stage scripts do.
-pipeline.validate_params(
+validate_params(
     config
 )  # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
 
@@ -46,8 +49,8 @@ onstart:
 
 
 NAME = config["data"]["name"]
-TAG = pipeline.report_tag(config)
-P = pipeline.PATHS
+TAG = paths.report_tag(config)
+P = paths.PATHS
 CLASSES = config["data"]["classes"]
 VARIANTS = config["model"]["variants"]
 SEEDS = config["train"]["seeds"]
@@ -81,18 +84,18 @@ def source_files(wildcards):
 
 def train_config(wildcards):
     """The params one training job depends on, the same keys dvc.yaml declares
-    (``pipeline.train_param_keys``); a param, so changing one class's or one variant's settings
+    (``train_param_keys``); a param, so changing one class's or one variant's settings
     re-runs only those jobs, and where or how often a job saves its state re-runs none.
     """
-    keys = pipeline.train_param_keys(wildcards.cls, wildcards.variant)
-    return {k: pipeline.lookup(config, k) for k in keys}
+    keys = train_param_keys(wildcards.cls, wildcards.variant)
+    return {k: lookup(config, k) for k in keys}
 
 
 def aggregate_params(wildcards):
     """The params the aggregate reads, the same keys dvc.yaml declares
-    (``pipeline.AGGREGATE_PARAM_KEYS``); a param, so a new contrast re-runs the aggregate.
+    (``AGGREGATE_PARAM_KEYS``); a param, so a new contrast re-runs the aggregate.
     """
-    return {k: pipeline.lookup(config, k) for k in pipeline.AGGREGATE_PARAM_KEYS}
+    return {k: lookup(config, k) for k in AGGREGATE_PARAM_KEYS}
 
 
 def job_code(job):
@@ -135,7 +138,7 @@ def eval_gpus(wildcards):
 
 
 def all_outputs():
-    return [engines.PARAMS_CHECK, *pipeline.aggregate_outputs(NAME, TAG)]
+    return [engines.PARAMS_CHECK, *paths.aggregate_outputs(NAME, TAG)]
 
 
 # DVC's first stage, validate_params, has its Snakemake twin in its own file (Snakemake's lint

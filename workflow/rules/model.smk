@@ -1,7 +1,7 @@
 rule train:
     input:
         data=P["prepared"],
-        teacher=str(pipeline.teacher_path(ARCH)),
+        teacher=str(paths.teacher_path(ARCH)),
     output:
         model=P["checkpoint"],
         log=P["train_log"],
@@ -28,7 +28,7 @@ rule evaluate:
         model=P["checkpoint"],
         data=P["prepared"],
     output:
-        **{f.replace(".", "_"): f"{P['eval']}/{f}" for f in pipeline.EVAL_FILES},
+        **{f.replace(".", "_"): f"{P['eval']}/{f}" for f in paths.EVAL_FILES},
         figures=directory(f"{P['eval']}/figures"),
     log:
         "logs/evaluate/{name}/{variant}/seed{seed}/{cls}.log",

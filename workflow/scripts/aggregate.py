@@ -4,7 +4,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from skrd4ad import pipeline
+from skrd4ad import paths
+from skrd4ad.stage import parse_script_args, run_script
 
 
 def run(params: dict[str, Any], results: Path, tables: Path, figures: Path) -> None:
@@ -23,14 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, required=True, help="results/<name>")
     parser.add_argument("--tables", type=Path, required=True)
     parser.add_argument("--figures", type=Path, required=True)
-    args, params = pipeline.parse_script_args(parser, argv)
+    args, params = parse_script_args(parser, argv)
     run(params, args.results, args.tables, args.figures)
 
 
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
-    pipeline.run_script("aggregate", lambda: run(sm.config, Path(pipeline.path("results", name=sm.wildcards.name)),
+    run_script("aggregate", lambda: run(sm.config, Path(paths.path("results", name=sm.wildcards.name)),
                                                  Path(sm.output.md).parent, Path(sm.output.variants).parent),
                         sm.log[0])
 elif __name__ == "__main__":
-    pipeline.run_script("aggregate", main)
+    run_script("aggregate", main)

@@ -14,9 +14,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from skrd4ad import jobcode, pipeline
+from skrd4ad import jobcode
+from skrd4ad.stage import STAGE_LOGGER, out_stage
 
-log = logging.getLogger(f"{pipeline.STAGE_LOGGER}.code")
+log = logging.getLogger(f"{STAGE_LOGGER}.code")
 
 
 def write_stamps(params: dict[str, Any], out: Path) -> None:
@@ -30,4 +31,4 @@ def write_stamps(params: dict[str, Any], out: Path) -> None:
         log.info("%s %s: %d file(s), own code sha256 %s", kind, name, len(stamp["files"]), stamp["own_sha256"][:12])
 
 
-pipeline.out_stage("code", write_stamps, globals())
+out_stage("code", write_stamps, globals())

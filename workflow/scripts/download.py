@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from skrd4ad import pipeline
+from skrd4ad.stage import count_files, out_stage
 from skrd4ad.data import sources
 
 log = logging.getLogger("skrd4ad.stage.download")
@@ -23,10 +23,10 @@ def run(params: dict[str, Any], out: Path) -> None:
     where = f" from {data['folder']}" if source.user_folder else ""
     log.info("fetching dataset %s (%s%s) into %s", data["name"], source.name, where, out)
     source.materialise(data, out)
-    counts = {cls.name: (pipeline.count_files(cls / "train"), pipeline.count_files(cls / "test"))
+    counts = {cls.name: (count_files(cls / "train"), count_files(cls / "test"))
               for cls in sorted(out.iterdir()) if cls.is_dir() and not cls.name.startswith(".")}
     log.info("%s holds %d classes (train / test files): %s", out, len(counts),
              ", ".join(f"{c} {a}/{b}" for c, (a, b) in counts.items()) or "none")
 
 
-pipeline.out_stage("download", run, globals())
+out_stage("download", run, globals())

@@ -5,7 +5,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from skrd4ad import pipeline
+from skrd4ad.jobparams import eval_config
+from skrd4ad.stage import parse_script_args, run_script
 
 
 def run(params: dict[str, Any], model: Path, data: Path, out: Path, threads: int | None = None) -> None:
@@ -17,7 +18,7 @@ def run(params: dict[str, Any], model: Path, data: Path, out: Path, threads: int
 
     if threads:
         torch.set_num_threads(threads)
-    config = pipeline.eval_config(params)
+    config = eval_config(params)
     with gpu_slot() if config.device != "cpu" else contextlib.nullcontext():
         evaluate(model, data, out, config, params=params)
 
@@ -27,13 +28,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, required=True, help="prepared class directory")
     parser.add_argument("--out", type=Path, required=True)
-    args, params = pipeline.parse_script_args(parser, argv)
+    args, params = parse_script_args(parser, argv)
     run(params, args.model, args.data, args.out)
 
 
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
-    pipeline.run_script("evaluate", lambda: run(sm.config, Path(sm.input.model), Path(sm.input.data),
+    run_script("evaluate", lambda: run(sm.config, Path(sm.input.model), Path(sm.input.data),
                                                 Path(sm.output.figures).parent, threads=sm.threads), sm.log[0])
 elif __name__ == "__main__":
-    pipeline.run_script("evaluate", main)
+    run_script("evaluate", main)

@@ -9,7 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from skrd4ad import pipeline
+from skrd4ad.stage import out_stage
 
 log = logging.getLogger("skrd4ad.stage.fetch_teacher")
 
@@ -36,4 +36,4 @@ def _fetch(teacher: dict[str, Any], out: Path) -> None:
     fetch_teacher(teacher["arch"], teacher["source"], out)
 
 
-pipeline.out_stage("fetch_teacher", run, globals())
+out_stage("fetch_teacher", run, globals())

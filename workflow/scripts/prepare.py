@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from skrd4ad import pipeline
+from skrd4ad.stage import count_files, parse_script_args, run_script
 
 log = logging.getLogger("skrd4ad.stage.prepare")
 
@@ -17,7 +17,7 @@ def run(params: dict[str, Any], raw: Path, cls: str, out: Path) -> None:
 
     size = params["prepare"]["image_size"]
     log.info("preparing %s from %s: %d train / %d test files, %d px, %d threads", cls, Path(raw) / cls,
-             pipeline.count_files(Path(raw) / cls / "train"), pipeline.count_files(Path(raw) / cls / "test"), size,
+             count_files(Path(raw) / cls / "train"), count_files(Path(raw) / cls / "test"), size,
              os.cpu_count() or 1)
     prepare_class(raw, cls, out, image_size=size, image_level_only=params["data"]["image_level_only"],
                   allow_empty_masks=params["prepare"]["allow_empty_masks"],
@@ -32,13 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw", type=Path, required=True, help="MVTec-layout dataset root")
     parser.add_argument("--class", dest="cls", required=True)
     parser.add_argument("--out", type=Path, required=True)
-    args, params = pipeline.parse_script_args(parser, argv)
+    args, params = parse_script_args(parser, argv)
     run(params, args.raw, args.cls, args.out)
 
 
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
-    pipeline.run_script("prepare", lambda: run(sm.config, Path(sm.input.raw), sm.wildcards.cls, Path(sm.output[0])),
+    run_script("prepare", lambda: run(sm.config, Path(sm.input.raw), sm.wildcards.cls, Path(sm.output[0])),
                         sm.log[0])
 elif __name__ == "__main__":
-    pipeline.run_script("prepare", main)
+    run_script("prepare", main)

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from skrd4ad import pipeline
+from skrd4ad.jobparams import train_config
+from skrd4ad.stage import parse_script_args, run_script
 
 
 def run(params: dict[str, Any], data: Path, cls: str, variant: str, seed: int, model: Path, log: Path,
@@ -24,7 +25,7 @@ def run(params: dict[str, Any], data: Path, cls: str, variant: str, seed: int, m
     if threads:
         torch.set_num_threads(threads)
         os.environ[JOB_THREADS_ENV] = str(threads)  # jobs that may run beside it share the teacher cache's budget
-    config = pipeline.train_config(params, cls, variant, seed)
+    config = train_config(params, cls, variant, seed)
     # one GPU per concurrent job (Snakemake's --resources gpu=N does not pick devices)
     with gpu_slot() if config.device != "cpu" else contextlib.nullcontext():
         train(config, data, model, log_path=log, progress=False)
@@ -38,14 +39,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--log", type=Path, required=True)
-    args, params = pipeline.parse_script_args(parser, argv)
+    args, params = parse_script_args(parser, argv)
     run(params, args.data, args.cls, args.variant, args.seed, args.model, args.log)
 
 
 if "snakemake" in globals():
     sm = snakemake  # noqa: F821
-    pipeline.run_script("train", lambda: run(
+    run_script("train", lambda: run(
         sm.config, Path(sm.input.data), sm.wildcards.cls, sm.wildcards.variant, int(sm.wildcards.seed),
         Path(sm.output.model), Path(sm.output.log), threads=sm.threads), sm.log[0])
 elif __name__ == "__main__":
-    pipeline.run_script("train", main)
+    run_script("train", main)

@@ -12,9 +12,9 @@ Snakemake validates while parsing the Snakefile; its job only writes the same fi
 import logging
 from pathlib import Path
 
-from skrd4ad import pipeline
+from skrd4ad.stage import STAGE_LOGGER, out_stage
 
-log = logging.getLogger(f"{pipeline.STAGE_LOGGER}.validate_params")
+log = logging.getLogger(f"{STAGE_LOGGER}.validate_params")
 
 
 def write_ok(out: Path) -> None:
@@ -24,4 +24,4 @@ def write_ok(out: Path) -> None:
 
 
 # a bad params.yaml raises ParamsError while the arguments are read: one line, no traceback
-pipeline.out_stage("validate_params", lambda params, out: write_ok(out), globals())
+out_stage("validate_params", lambda params, out: write_ok(out), globals())

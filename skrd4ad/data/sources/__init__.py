@@ -106,10 +106,19 @@ def extra_train_owners(folder: str) -> tuple[str, ...]:
 
 def inject_schema(schema: dict[str, Any]) -> dict[str, Any]:
     """Fill the params schema (in place, and return it) from the registry: the choices of
-    ``data.dataset`` and its description."""
-    dataset = schema["properties"]["data"]["properties"]["dataset"]
-    dataset["enum"] = list(names())
-    dataset["description"] = "; ".join(f"{n}: {s.description or s.label}" for n, s in _registry().items())
+    ``data.dataset`` and its description, and ``data.<name>`` for every source with settings
+    of its own (:attr:`Source.settings`)."""
+    data = schema["properties"]["data"]["properties"]
+    data["dataset"]["enum"] = list(names())
+    data["dataset"]["description"] = "; ".join(f"{n}: {s.description or s.label}" for n, s in _registry().items())
+    for name, source in _registry().items():
+        if source.settings:
+            if name in data:
+                raise ValueError(f"dataset source {name}: its settings would replace the data.{name} key of the "
+                                 "params schema; rename the source")
+            data[name] = {"type": "object", "additionalProperties": False, "default": {},
+                          "description": f"settings of the {source.label or name} source",
+                          "properties": dict(source.settings)}
     return schema
 
 

@@ -64,6 +64,10 @@ class Source:
     extra_sets: ClassVar[dict[str, str]] = {}
     #: True: the dataset is the user's folder ``data.folder`` (other sources ignore it).
     user_folder: ClassVar[bool] = False
+    #: The source's own settings, JSON-schema properties with defaults: params ``data.<name>``
+    #: (:func:`skrd4ad.data.sources.inject_schema` adds them to the params schema), handed to
+    #: :meth:`materialise` as ``data[name]``.
+    settings: ClassVar[dict[str, Any]] = {}
 
     def __repr__(self) -> str:
         return f"<dataset source {self.name}>"
@@ -164,7 +168,7 @@ def binarise_mask_file(src: Path, dst: Path, *, rule: Literal["nonzero", "half_m
     import numpy as np
     from PIL import Image
 
-    from skrd4ad.data.prepare import mask_values
+    from skrd4ad.data.masks import mask_values
     from skrd4ad.io import atomic_path
 
     try:

@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
-    from ..rd4ad import ArchSpec, ReverseDistillation
+    from ..rd4ad import ReverseDistillation
+    from ..student import ArchSpec
     from ..teacher import Teacher
 
 #: The loss terms of the distillation loss (:func:`skrd4ad.models.loss.distillation_loss`), in
@@ -68,7 +69,7 @@ class Variant:
     def build_student(self, teacher: Teacher, spec: ArchSpec, settings: dict[str, Any]) -> nn.Module:
         """The trained part: RD4AD's OCBE bottleneck + decoder (``student.bottleneck``,
         ``student.decoder``; initialised from the global torch RNG in that order), from
-        :meth:`ArchSpec.student <skrd4ad.models.rd4ad.ArchSpec.student>`."""
+        :meth:`ArchSpec.student <skrd4ad.models.student.ArchSpec.student>`."""
         return spec.student(teacher)
 
     def forward(self, model: ReverseDistillation, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:

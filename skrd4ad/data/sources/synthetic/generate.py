@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from skrd4ad.data.layout import GOOD, DatasetError
-from skrd4ad.config import SCHEMA
+from skrd4ad.data.sources.synthetic import SETTINGS
 from skrd4ad.io import StagingDir, atomic_path, replace_dir, writable_dir, write_json_atomic
 
 GENERATOR_VERSION = 1
@@ -339,7 +339,7 @@ def _save_png(path: Path, array: np.ndarray) -> None:
         Image.fromarray(array).save(tmp, format="PNG", compress_level=6)
 
 
-_DEFAULTS = {k: v["default"] for k, v in SCHEMA["properties"]["data"]["properties"]["synthetic"]["properties"].items()}
+_DEFAULTS = {k: v["default"] for k, v in SETTINGS.items()}
 
 
 def generate(

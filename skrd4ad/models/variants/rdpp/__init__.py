@@ -26,7 +26,8 @@ from skrd4ad.models.variants.base import Variant
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor, nn
 
-    from skrd4ad.models.rd4ad import ArchSpec, ReverseDistillation
+    from skrd4ad.models.rd4ad import ReverseDistillation
+    from skrd4ad.models.student import ArchSpec
     from skrd4ad.models.teacher import Teacher
 
 

@@ -1,0 +1,46 @@
+"""The error policy shared by the command line and the stage scripts: which exceptions carry a
+message written for the user, and the one line that shows any exception.
+
+>>> format_error(ParamsError("invalid params:\n  train.lr: -1 is less than the minimum of 0"))
+'invalid params: train.lr: -1 is less than the minimum of 0'
+"""
+
+from __future__ import annotations
+
+import errno
+
+
+class ParamsError(ValueError):
+    """A params file is invalid; the message names the file or key and the problem."""
+
+
+#: Exceptions whose message is written for the user (it names the file or key and the fix):
+#: shown as it is; any other exception is shown with its type name (probably a bug).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, ArithmeticError, EOFError)
+
+
+def format_error(exc: BaseException) -> str:
+    """One line describing ``exc`` for the user (no traceback), shared by the CLI and the stage
+    scripts: its message with line breaks folded into ``; ``, hints for a full disk or memory,
+    and the exception type for unexpected errors."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT) and str(exc).startswith(
+            ("no space left on device while writing", "disk quota exceeded while writing")):  # io.DiskFullError
+        return f"{exc}: free some disk space (or write the outputs elsewhere) and run again"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = f" writing {exc.filename}" if exc.filename else ""
+        return f"no space left on device{where}: free some disk space (or write the outputs elsewhere) and run again"
+    if isinstance(exc, MemoryError):
+        return "out of memory: lower batch_size (or image_size), or close other programs"
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, without importing torch
+        first = str(exc).strip().split(". ")[0]
+        return f"{first}: lower batch_size, use amp bf16, or free the GPU"
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        text = f"KeyError: missing key {exc.args[0]!r}"
+    else:
+        text = str(exc).strip() or type(exc).__name__
+        if not isinstance(exc, USER_ERRORS):
+            text = f"{type(exc).__name__}: {text}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # "invalid params:\n  a: ...\n  b: ..."
+        lines = [f"{lines[0]} {lines[1]}", *lines[2:]]
+    return "; ".join(lines)
