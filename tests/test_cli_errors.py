@@ -274,3 +274,22 @@ def test_bounded_options_accept_their_limits() -> None:
         assert parser.parse_args(["prepare", "--root", "r", "--classes", "c", "--out", "o", "--val-fraction",
                                   value]).val_fraction == float(value)
     assert parser.parse_args(["train", "--data", "d", "--out", "m.pt", "--epochs", "1"]).epochs == 1
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "export"])
+def test_a_failed_command_removes_the_empty_output_folder_it_made(
+        data: dict[str, Path], tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A command that fails (here: a checkpoint or prepared folder that does not exist) leaves no
+    empty ``--out`` folder behind, nor the new parents it made; a folder that existed stays."""
+    out = tmp_path / "new" / "deeper"
+    missing = tmp_path / "missing.pt"
+    argv = {"train": ["train", "--data", str(tmp_path / "no-data"), "--out", str(out / "m.pt"), "--epochs", "1",
+                      "--teacher-weights", "none", "--arch", "resnet18"],
+            "evaluate": ["evaluate", "--checkpoint", str(missing), "--data", str(data["prepared"]), "--out", str(out)],
+            "export": ["export", "--checkpoint", str(missing), "--out", str(out / "m.onnx")]}[command]
+    assert main(argv) == 1
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "new").mkdir()  # existed before: kept
+    assert main(argv) == 1
+    assert (tmp_path / "new").is_dir() and not out.exists()

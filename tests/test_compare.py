@@ -278,3 +278,12 @@ def test_holm_family_is_the_metrics_of_one_variant(trees):
     assert pix.p_value == pytest.approx(2 / 10001) and pix.family == 2
     assert pix.p_holm == pytest.approx(4 / 10001)
     assert "Holm p = 0.0004 over 2 metrics" in pix.verdict()
+
+
+def test_contrast_lists_the_variants_of_the_selected_names(tmp_path, capsys):
+    """--name narrows what the message lists: the other dataset's variants are not offered."""
+    a = make_tree(tmp_path / "A", "A")
+    _write(a, "rdpp", "brick", 1, {"image_auroc": 0.5}, name="other")
+    assert main(["compare", str(a), "--contrast", "rd4ad,rdpp", "--name", "synthetic"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no job of variant 'rdpp'" in err and "variants there with --name synthetic: rd4ad, skrd4ad" in err
