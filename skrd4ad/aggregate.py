@@ -30,13 +30,12 @@ import pandas as pd  # noqa: E402
 from .io import StagingDir, atomic_path, replace_dir, write_json_atomic, write_text_atomic  # noqa: E402
 from .contrasts import contrasts  # noqa: E402
 from .paths import PLOT_KINDS, report_tag, under_results  # noqa: E402
-from .stats import MIN_PAIRS, stratified_difference, with_holm  # noqa: E402
+from .stats import JUDGED_METRICS, MIN_PAIRS, points, stratified_difference, with_holm  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 #: Table columns: metric key -> label.
-METRICS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO",
-           "aupro_seed": "AUPRO (seed)"}
+METRICS = JUDGED_METRICS  # the columns of the table, and each contrast's Holm family
 LEVEL = 0.95  # confidence level of the contrast intervals
 
 Contrast = tuple[str, str]  # (a, b): b - a
@@ -178,9 +177,10 @@ def ci_markdown(ci: pd.DataFrame, level: float = LEVEL) -> str:
                   f"| Metric | Difference | {pct} CI | Pairs | {lb} better / worse | Classes favouring {lb} "
                   "| Holm p | Verdict |", "|---|---|---|---|---|---|---|---|"]
         for row in block.itertuples():
-            interval = ("–" if np.isnan(row.ci_low) else f"[{100 * row.ci_low:+.2f}, {100 * row.ci_high:+.2f}]")
+            interval = ("–" if np.isnan(row.ci_low) else
+                        f"[{points(row.ci_low, signed=True)}, {points(row.ci_high, signed=True)}]")
             holm = "–" if np.isnan(row.p_holm) else f"{row.p_holm:.2g}"
-            lines.append(f"| {METRICS[row.metric]} | {100 * row.mean_diff:+.2f} | {interval} | {row.n_pairs} | "
+            lines.append(f"| {METRICS[row.metric]} | {points(row.mean_diff, signed=True)} | {interval} | {row.n_pairs} | "
                          f"{row.n_better} / {row.n_worse} | {row.classes_better} of {row.n_classes} | {holm} | "
                          f"{row.verdict} |")
     return "\n".join(lines) + "\n" if lines else ""
@@ -250,8 +250,8 @@ def write_plot_data(results: Path, classes: list[str], variants: list[str], seed
 
 
 def _fmt(mean: float, std: float, n: int, with_std: bool) -> str:
-    text = f"{100 * mean:.2f}"
-    return f"{text} ± {100 * std:.2f}" if with_std and n > 1 else text
+    text = points(mean)
+    return f"{text} ± {points(std)}" if with_std and n > 1 else text
 
 
 def table_frame(summary: pd.DataFrame, classes: list[str], variants: list[str],

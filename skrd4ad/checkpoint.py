@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from .config import TrainConfig, changes_model
+from .errors import refused_load
 from .data.prepared import PreparedClass
 from .device import resolve_device
 from .user_cache import cache_teacher, cached_by_sha256, cached_teacher, teacher_cache_dir  # noqa: F401 (re-exported)
@@ -62,7 +63,10 @@ SOURCES = ("pypi",)
 
 
 def short_error(exc: BaseException, limit: int = 160) -> str:
-    """The first sentence of an exception's message, shortened (torch's messages run to paragraphs)."""
+    """The first sentence of an exception's message, shortened (torch's messages run to paragraphs);
+    never torch's advice to load with ``weights_only=False`` (:func:`skrd4ad.errors.refused_load`)."""
+    if "weights_only" in str(exc) or "Weights only load failed" in str(exc):  # torch's advice: never shown
+        return refused_load(exc)
     text = (str(exc).strip().splitlines() or [""])[0].split(". ")[0].strip() or type(exc).__name__
     if isinstance(exc, KeyError):
         text = f"missing key {text}"
@@ -163,13 +167,20 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise
     except DAMAGED_FILE_ERRORS as exc:
         raise ValueError(f"checkpoint {path} cannot be read, it is truncated, corrupt or not a checkpoint "
-                         f"({short_error(exc, 100)}); {retrain}") from exc
+                         f"({short_error(exc, 100)}); {retrain}") from None  # torch's text advises weights_only=False
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a skrd4ad checkpoint (format {CHECKPOINT_FORMAT}); pass a checkpoint "
                          "written by skrd4ad train")
     missing = [k for k in ("teacher", "variant", "student", "image_size", "config") if k not in ckpt]
     if missing:
         raise ValueError(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged; {retrain}")
+    # training records the identity of what it wrote; a file edited since (weights, settings, or the
+    # variant label: SK-RD4AD and RD4AD weights share parameter names, so the weights alone cannot tell)
+    # no longer matches it.  Older checkpoints record none.
+    if ckpt.get(IDENTITY_KEY) and ckpt[IDENTITY_KEY] != model_identity(ckpt):
+        raise ValueError(f"checkpoint {path} was changed after training: its contents (variant "
+                         f"{ckpt.get('variant')!r}, settings or weights) no longer match the identity training "
+                         f"recorded; use the file skrd4ad train wrote, or train again")
     return ckpt
 
 

@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 from . import schema
 from .config import EvalConfig, TrainConfig, field_schema, from_dict
 from .data import sources
+from .models import variants
 from .models.choices import COMBINES, SCORE_KINDS, TEACHER_ARCHS
 from .errors import format_error
 
@@ -73,6 +75,20 @@ def schema_type(key: str, schema: dict[str, Any], python: type) -> Any:
     return convert
 
 
+def _registered(choices: Sequence[str], registered: Sequence[str], hint: str) -> Callable[[str], str]:
+    """An argparse ``type`` for a name from a registry: a name no plug-in registers is a usage error
+    that says how to register one (argparse's ``choices`` reject a registered name not offered here)."""
+
+    def convert(text: str) -> str:
+        if text not in registered:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                             f"{', '.join(map(repr, choices))}; or {hint})")
+        return text
+
+    convert.__name__ = "name"
+    return convert
+
+
 def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Sequence[str] = ()) -> None:
     """One ``--option`` per dataclass field, defaulting to None (= the dataclass default, which is
     the params schema's): its choices (listed by ``--help``), type and range come from the schema."""
@@ -88,7 +104,8 @@ def _add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: Seq
         text = f"default {str(default).lower() if isinstance(default, bool) else default}"
         if "enum" in found:  # values as written in params.yaml (true/false for booleans)
             values = {str(v).lower() if isinstance(v, bool) else str(v): v for v in found["enum"]}
-            parser.add_argument(flag, choices=list(values), type=str, default=None, help=text)
+            kind_of = _registered(list(values), list(values), variants.REGISTER_HINT) if f.name == "variant" else str
+            parser.add_argument(flag, choices=list(values), type=kind_of, default=None, help=text)
             parser.set_defaults(**{f"_convert_{f.name}": values})
         elif kind == "array":
             parser.add_argument(flag, type=float, nargs=found.get("minItems", 2), default=None, help=text)
@@ -356,13 +373,14 @@ def _add_data_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--classes", nargs="*", help="default: all synthetic classes")
     settings = sources.get("synthetic").settings  # the generator's own settings (params data.synthetic)
-    for key in ("seed", "image_size", "n_train", "n_test_good", "n_test_bad"):
+    for key in settings:
         p.add_argument(f"--{key.replace('_', '-')}", type=schema_type(f"data.synthetic.{key}", settings[key], int),
                        default=settings[key]["default"], help="default %(default)s")
     p.set_defaults(func=_cmd_synthetic)
 
     p = add("download", help="download, verify, extract and convert a dataset (MVTec layout) into <root>/<dataset>")
-    p.add_argument("--dataset", choices=sources.downloadable(), required=True)
+    p.add_argument("--dataset", choices=sources.downloadable(), required=True,
+                   type=_registered(sources.downloadable(), sources.names(), sources.REGISTER_HINT))
     p.add_argument("--root", type=Path, required=True)
     p.add_argument("--url", action="append", help="download from this URL instead (a mirror; repeat for several, "
                    "tried in order)")
@@ -459,8 +477,9 @@ def _add_workflow_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--out", type=Path, help="where to write the result (default: the base file)")
     p.set_defaults(func=_cmd_params)
 
-    p = add("compare", help="B - A on every metric, paired over (class, seed) jobs, with bootstrap CIs",
-            description="B − A on every metric, paired over (class, seed) jobs: across two experiments "
+    p = add("compare", help="B - A on the table's metrics, paired over (class, seed) jobs, with bootstrap CIs",
+            description="B − A on the table's quality metrics (image and pixel AUROC, AUPRO, AUPRO (seed)), "
+                        "paired over (class, seed) jobs: across two experiments "
                         "(`skrd4ad compare A B`) or between two variants of one (`skrd4ad compare results "
                         "--contrast BASE,OTHER`: OTHER minus BASE).  Interval: bootstrap of seeds within "
                         "each class (the classes are fixed); verdicts Holm-adjusted over the metrics of each "
@@ -472,7 +491,7 @@ def _add_workflow_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--repo", type=Path, default=Path("."), help="git repository for revisions / exp names")
     p.add_argument("--name", action="append", help="dataset name(s), glob, repeatable or comma-separated")
     p.add_argument("--variant", action="append", help="variant(s), glob, repeatable or comma-separated")
-    p.add_argument("--metric", action="append", help="metric(s), glob (e.g. 'image_auroc*'), repeatable")
+    p.add_argument("--metric", action="append", help="metric(s) among the judged ones, glob (e.g. 'aupro*'), repeatable")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the interval")
     p.add_argument("--seed", type=int, default=0, help="bootstrap random seed")
     fmt = p.add_mutually_exclusive_group()
@@ -506,7 +525,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the exit status: 0, 1 on any error (one line on stderr, the
     traceback too with ``--debug``), 130 when interrupted; usage errors exit 2 (argparse)."""
-    args = build_parser().parse_args(argv)
+    try:
+        parser = build_parser()  # reads the registries: a broken plug-in fails here, for every command
+    except Exception as exc:  # one line (PluginError names the module and where it was registered)
+        from .stage import DEBUG_ENV
+
+        given = sys.argv[1:] if argv is None else argv
+        if "--debug" in given or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            traceback.print_exc(file=sys.stderr)
+        print(f"skrd4ad: error: {format_error(exc)}", file=sys.stderr)
+        return 1
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -6,9 +6,10 @@ order).  Across experiments, jobs ``<name>/eval/<variant>/seed<seed>/<class>/met
 on both sides are paired; within one, the jobs of the two variants with the same (name, class,
 seed).  Per (name, variant or contrast, metric), B − A gets the statistics of the aggregate
 (:func:`skrd4ad.stats.stratified_difference`: bootstrap of seeds within each class, verdicts
-Holm-adjusted over the metrics of that row group).  Keys that are not numbers in any job (the old
-``provenance`` block) are ignored; a key that is a number in some jobs and not in another is an
-error naming that file.
+Holm-adjusted over the metrics of that row group).  The metrics judged are the table's
+(:data:`skrd4ad.stats.JUDGED_METRICS`), so the Holm family and the verdicts are the table's too;
+numbers are printed by the table's rounding rule (:func:`skrd4ad.stats.points`).  A judged key
+that is a number in some jobs and not in another is an error naming that file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import paths
-from .stats import PairedDifference, stratified_difference, with_holm
+from .stats import JUDGED_METRICS, PairedDifference, points, stratified_difference, with_holm
 
 JobKey = tuple[str, str, str, int]  # (name, variant, class, seed)
 
@@ -42,7 +43,6 @@ Jobs = dict[JobKey, dict[str, "float | NotNumber"]]  # job -> {key: value}
 
 #: A job's metrics file, relative to ``results/`` (from the one path table, paths.PATHS).
 _JOB = re.compile(paths.path_regex("eval").removeprefix("results/") + r"/metrics\.json")
-_FIRST = ("image_auroc", "pixel_auroc", "aupro", "aupro_seed", "image_f1_max", "pixel_f1_max")
 FORMS = "an existing results directory, a git revision or a `dvc exp` name"
 
 
@@ -187,8 +187,8 @@ def _describe(jobs: Iterable[JobKey]) -> str:
                      for (n, v), (c, s) in sorted(groups.items()))
 
 
-def _metric_order(metric: str) -> tuple[int, str]:
-    return (_FIRST.index(metric) if metric in _FIRST else len(_FIRST), metric)
+def _metric_order(metric: str) -> int:
+    return list(JUDGED_METRICS).index(metric)
 
 
 def _number(value: float | NotNumber | None, metric: str) -> float | None:
@@ -247,7 +247,7 @@ def _compare_jobs(desc_a: str, desc_b: str, jobs_a: Jobs, jobs_b: Jobs, metrics:
     for name, variant in sorted({k[:2] for k in shared}):
         keys = [k for k in shared if k[:2] == (name, variant)]
         all_metrics = {m for k in keys for side in (jobs_a[k], jobs_b[k]) for m, v in side.items()
-                       if isinstance(v, float) and _selected(m, metrics)}
+                       if m in JUDGED_METRICS and isinstance(v, float) and _selected(m, metrics)}
         group: list[Row] = []
         for metric in sorted(all_metrics, key=_metric_order):
             values = [(k[2], _number(jobs_a[k].get(metric), metric), _number(jobs_b[k].get(metric), metric))
@@ -270,7 +270,8 @@ def _compare_jobs(desc_a: str, desc_b: str, jobs_a: Jobs, jobs_b: Jobs, metrics:
         result.rows += [dataclasses.replace(r, diff=d) for r, d in zip(group, holm)]
     if not result.rows:
         raise CompareError(f"no metric to compare in the {len(shared)} shared job(s)"
-                           + (f" matching --metric {', '.join(metrics)}" if metrics else ""))
+                           + (f" matching --metric {', '.join(metrics)}" if metrics else "")
+                           + f"; compare judges the quality metrics {', '.join(JUDGED_METRICS)}")
     return result
 
 
@@ -292,7 +293,7 @@ def summary(result: CompareResult) -> str:
 def _cells(row: Row) -> list[str]:
     d = row.diff
     if row.fraction:  # percentage points
-        val, dif = (lambda v: f"{100 * v:.2f}"), (lambda v: f"{100 * v:+.2f}")
+        val, dif = points, (lambda v: points(v, signed=True))
     else:
         val, dif = (lambda v: f"{v:.4g}"), (lambda v: f"{v:+.4g}")
     ci = f"[{dif(d.ci_low)}, {dif(d.ci_high)}]" if d.has_interval else "–"

@@ -44,3 +44,19 @@ def format_error(exc: BaseException) -> str:
     if len(lines) > 1 and lines[0].endswith(":"):  # "invalid params:\n  a: ...\n  b: ..."
         lines = [f"{lines[0]} {lines[1]}", *lines[2:]]
     return "; ".join(lines)
+
+
+def refused_load(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in one clause.  Torch's own message
+    advises re-running with ``weights_only=False``: unsafe for a file that names other Python
+    objects (it may run code when unpickled), useless for a damaged one; it is never passed on."""
+    text = str(exc)
+    if "Weights only load failed" not in text and "weights_only" not in text:
+        first = (text.strip().splitlines() or [""])[0].split(". ")[0].strip()
+        return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if "Unsupported global" in text:
+        return ("it holds Python objects besides tensors (a pickle that could run code when loaded), so it was "
+                "not loaded; use weights from a source you trust")
+    after = text.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in text else ""
+    detail = next((line.strip() for line in after.splitlines() if line.strip()), "")  # e.g. "Unsupported operand 103"
+    return f"it is damaged or not a PyTorch weights file ({detail or 'not a valid pickle'})"

@@ -211,7 +211,7 @@ def evaluate(checkpoint: str | Path, data_dir: str | Path, out_dir: str | Path,
                     "n_labelled_anomalies": n_labelled, "image_level_only": bool(data.image_level_only)},
         "versions": package_versions(),
         "code": code_provenance(),
-        "notes": [*data_notes, *result.notes],
+        "notes": [*data_notes, *result.notes, *_empty_curve_notes(result)],
     }
     scalars = {k: float(v) for k, v in result.scalars.items()}
     record = thresholds_record(scalars, vars(config), checkpoint_id, ckpt, deployed, fallback=fallback)
@@ -291,6 +291,13 @@ def _metrics_and_figures(out_dir: Path, data: PreparedClass, maps: torch.Tensor,
         stage.seal()
         replace_dir(stage.path, fig_dir)
     return result
+
+
+def _empty_curve_notes(result: Any) -> list[str]:
+    """Why a curve file holds its header only (an image-level-only class has no pixel curves)."""
+    empty = [CURVE_FILES[key] for key in CURVE_FILES if result.curves.get(key) is None]
+    return [f"{' and '.join(empty)} hold the header only: the test set has no masks (image-level only), so "
+            "no pixel ROC or PRO curve exists"] if empty else []
 
 
 def _write_outputs(out_dir: Path, data: PreparedClass, scores_np: np.ndarray, result: Any,

@@ -43,14 +43,6 @@ def train_param_keys(cls: str, variant: str) -> list[str]:
             f"train.class_overrides.{cls}", f"train.variant_overrides.{variant}"]
 
 
-def lookup(params: Mapping[str, Any], dotted: str) -> Any:
-    """``params["a"]["b"]`` for ``"a.b"``; None where a key is absent."""
-    value: Any = params
-    for part in dotted.split("."):
-        value = value.get(part) if isinstance(value, Mapping) else None
-    return value
-
-
 def eval_config(params: Mapping[str, Any]) -> EvalConfig:
     """The :class:`EvalConfig` from the ``evaluate`` section."""
     return from_dict(EvalConfig, params["evaluate"], "evaluate")

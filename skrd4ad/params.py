@@ -31,6 +31,17 @@ def full_schema() -> dict[str, Any]:
     return sources.inject_schema(variants.inject_schema(schema.load()))
 
 
+def _register_hint(err: Any) -> str:
+    """`` (or register a plug-in: ...)`` for a schema error about a name no registry knows (a variant of
+    ``model.variants`` or a key of ``train.variant_overrides``, ``data.dataset``); else empty."""
+    path = tuple(err.absolute_path)
+    unknown_variant = ((err.validator == "enum" and path[:2] == ("model", "variants"))
+                       or (err.validator == "additionalProperties" and path == ("train", "variant_overrides")))
+    unknown_source = err.validator == "enum" and path == ("data", "dataset")
+    hint = variants.REGISTER_HINT if unknown_variant else sources.REGISTER_HINT if unknown_source else ""
+    return f" (or {hint})" if hint else ""
+
+
 def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     """Validate ``params`` in place against the full schema, fill defaults, check cross-key rules;
     returns ``params``.  Raises :class:`ParamsError` naming the offending key."""
@@ -44,7 +55,7 @@ def validate_params(params: dict[str, Any]) -> dict[str, Any]:
         lines = []
         for err in errors[:10]:
             where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-            lines.append(f"  {where}: {err.message}")
+            lines.append(f"  {where}: {err.message}{_register_hint(err)}")
         raise ParamsError("invalid params:\n" + "\n".join(lines))
     data, train = params["data"], params["train"]
     kind = data["dataset"]
@@ -137,10 +148,18 @@ def merged_params(base: str | Path, overlays: Sequence[str | Path]) -> dict[str,
 
 def write_params(base: str | Path, overlays: list[str | Path], out: str | Path) -> dict[str, Any]:
     """Merge ``overlays`` (in order) onto the params file ``base``, validate, and write the result
-    with every default filled in (DVC tracks a key only when it is in the file) to ``out``."""
+    with every default filled in (DVC tracks a key only when it is in the file) to ``out``.  When
+    ``out`` already holds exactly that (every key present, equal values), it is left as it is: its
+    bytes, which DVC hashes, and its comments do not change."""
     from .io import write_text_atomic
 
     params = merged_params(base, overlays)
+    if Path(out).is_file():
+        try:
+            if _read_mapping(out, "") == params:  # as written: a default it lacks must be written in
+                return params
+        except ParamsError:
+            pass  # not YAML: replaced below
     header = f"# written by `skrd4ad params`: {Path(base).name} + {' + '.join(str(o) for o in overlays)}\n"
     write_text_atomic(out, header + yaml.safe_dump(params, sort_keys=False, default_flow_style=None, width=110))
     return params

@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import format_error
+from .lifeline import LOG_FORMAT, STAGE_LOGGER, TERMINATED, Terminated, attempt_log, die_with_parent, log_completed
 from .params import load_params
+
+__all__ = ["DEBUG_ENV", "STAGE_LOGGER", "parse_script_args", "setup_logging", "run_script", "out_stage", "count_files"]
+
 
 def parse_script_args(parser: argparse.ArgumentParser,
                       argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, Any]]:
@@ -30,8 +34,6 @@ def parse_script_args(parser: argparse.ArgumentParser,
 
 #: Environment variable that makes stage scripts log the traceback of an error on stderr too.
 DEBUG_ENV = "SKRD4AD_DEBUG"
-#: Parent logger of the stage scripts' own lines (``skrd4ad.stage.<stage>``).
-STAGE_LOGGER = "skrd4ad.stage"
 
 
 def setup_logging(log_file: str | Path | None = None, *, debug: bool = False) -> None:
@@ -39,14 +41,15 @@ def setup_logging(log_file: str | Path | None = None, *, debug: bool = False) ->
 
     With a log file, ERROR lines also go to stderr (the console) and the traceback of a failed
     stage goes into the file (DEBUG of :data:`STAGE_LOGGER`); on stderr alone the traceback is
-    logged only with ``debug`` or ``SKRD4AD_DEBUG=1``.  Python warnings are logged too."""
+    logged only with ``debug`` or ``SKRD4AD_DEBUG=1``.  Python warnings are logged too.  The file
+    is appended to after a stopped or failed attempt of the job, below a separator line naming the
+    new attempt, and starts afresh after a completed one (:func:`skrd4ad.lifeline.attempt_log`)."""
     debug = debug or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
-        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers[0].setLevel(logging.ERROR)
-        handlers.insert(0, logging.FileHandler(log_file, mode="w"))
-    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        handlers.insert(0, logging.FileHandler(attempt_log(log_file), mode="a"))
+    formatter = logging.Formatter(LOG_FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)
     root = logging.getLogger()
@@ -64,9 +67,8 @@ def run_script(stage: str, body: Callable[[], object], log_file: str | Path | No
     DEBUG (into the log file; on stderr only with ``--debug`` / ``SKRD4AD_DEBUG=1``), then the one
     line ``ERROR skrd4ad.stage.<stage>: <message>`` (also on the console), and the process exits
     with status 1 (130 when interrupted, 143 on SIGTERM). Under an engine the job dies with it
-    (:func:`skrd4ad.lifeline.die_with_parent`).  Usage errors keep argparse's exit status 2."""
-    from .lifeline import Terminated, die_with_parent
-
+    (:func:`skrd4ad.lifeline.die_with_parent`).  Usage errors keep argparse's exit status 2.  The
+    log file of a failed or stopped run is kept for the next attempt (:func:`setup_logging`)."""
     setup_logging(log_file)
     log = logging.getLogger(f"{STAGE_LOGGER}.{stage}")
     t0 = time.perf_counter()
@@ -76,8 +78,7 @@ def run_script(stage: str, body: Callable[[], object], log_file: str | Path | No
     except SystemExit:
         raise
     except Terminated:
-        log.error("terminated (SIGTERM): stopped; outputs are either complete or absent, training resumes "
-                  "at the next run")
+        log.error("%s", TERMINATED)
         raise SystemExit(143) from None
     except KeyboardInterrupt:
         log.error("interrupted")
@@ -87,6 +88,8 @@ def run_script(stage: str, body: Callable[[], object], log_file: str | Path | No
         log.error("%s", format_error(exc))
         raise SystemExit(1) from None
     log.info("%s done in %.1f s", stage, time.perf_counter() - t0)
+    if log_file:
+        log_completed(log_file)
 
 
 def out_stage(stage: str, run: Callable[[dict[str, Any], Path], None], script_globals: dict[str, Any]) -> None:

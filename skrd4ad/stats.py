@@ -21,6 +21,24 @@ from scipy import stats
 
 MIN_PAIRS = 6  # below this a bootstrap interval over pairs is not worth printing
 
+#: The quality metrics a comparison judges, in reading order, with their labels: the aggregate
+#: table's metrics and ``skrd4ad compare``'s rows.  The Holm family of one variant (or contrast)
+#: is those of them it has; thresholds, deployed-threshold rates and per-defect AUROCs are not judged.
+JUDGED_METRICS = {"image_auroc": "Image AUROC", "pixel_auroc": "Pixel AUROC", "aupro": "AUPRO",
+                  "aupro_seed": "AUPRO (seed)"}
+
+
+def points(value: float, *, signed: bool = False) -> str:
+    """A fraction in percentage points with two decimals: the one rounding rule of every printed
+    percentage (tables, intervals, ``skrd4ad compare``).  The float noise of a mean is dropped first
+    (9 decimals), then halves round up, so 0.75875 prints 75.88 in whatever order it was summed."""
+    from decimal import ROUND_HALF_UP, Decimal
+
+    if not np.isfinite(value):
+        return f"{100 * value:{'+' if signed else ''}}"
+    exact = Decimal(f"{100 * float(value):.9f}").quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return f"{exact:{'+' if signed else ''}.2f}"
+
 # scipy >= 1.15 takes ``rng``; older releases (pyproject allows >= 1.10) only ``random_state``.
 _RNG_ARG = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
 

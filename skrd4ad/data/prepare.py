@@ -466,7 +466,7 @@ def _meta(root: Path, class_name: str, image_size: int, image_level_only: bool, 
         **({f"n_{LABELLED_ANOMALIES}": tally.n_ok[LABELLED_ANOMALIES]} if LABELLED_ANOMALIES in tally.n_ok else {}),
         "n_skipped": int((manifest["status"] == "skipped").sum()),
         "counts": {split: dict(sorted(c.items())) for split, c in tally.counts.items()},
-        "source_root": str(root.resolve()),
+        "source_root": root.as_posix(),  # as given: the pipeline's relative data/raw/<name> is the same in every clone
         "source_digest": source_digest(tally.hashes),
         "resize": "PIL bilinear with antialiasing; masks nearest, binarised: any non-zero pixel is defect",
         "skrd4ad_version": __version__,

@@ -28,6 +28,7 @@ import torch
 import torchvision
 from torch import Tensor, nn
 
+from skrd4ad.errors import refused_load
 from skrd4ad.io import sha256_file
 
 from .choices import TEACHER_ARCHS, TeacherArch  # noqa: F401 (re-exported)
@@ -206,10 +207,9 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/foreign files
         raise ValueError(
-            f"cannot load teacher weights {str(path)!r} with torch.load(weights_only=True): "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; "
+            f"cannot load teacher weights {str(path)!r} with torch.load(weights_only=True): {refused_load(exc)}; "
             "the file is corrupt or not a state dict (refetch it with `skrd4ad fetch-teacher`)"
-        ) from exc
+        ) from None  # torch's text (kept off the chained traceback too) advises weights_only=False
     if not isinstance(obj, Mapping):
         raise ValueError(
             f"teacher weights {str(path)!r} hold a {type(obj).__name__}, expected a state dict"

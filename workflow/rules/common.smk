@@ -5,15 +5,19 @@ from pathlib import Path
 
 from skrd4ad import engines, jobcode
 from skrd4ad import paths
+from skrd4ad.errors import format_error
 from skrd4ad.jobparams import AGGREGATE_PARAM_KEYS, train_param_keys
 from skrd4ad.params import lookup, validate_params
 from skrd4ad.data import sources
 
 # Validate before the DAG is built: unknown keys and bad values fail here, naming the key.
-# Defaults from the schema are filled in, exactly as the DVC stage scripts do.
-validate_params(
-    config
-)  # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
+# Defaults from the schema are filled in, exactly as the DVC stage scripts do.  A bad params
+# file or a plug-in that cannot be loaded is one line, as in the stage scripts (no traceback).
+try:
+    # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
+    validate_params(config)
+except Exception as err:  # a params error, or a plug-in that cannot be loaded
+    sys.exit(f"Error: {format_error(err)}")
 
 # Reruns follow the code of the package that runs (skrd4ad/jobcode.py); dvc.yaml lists this
 # folder's files, so the two must be the same copy (the README's editable install).
@@ -67,7 +71,7 @@ wildcard_constraints:
 
 def download_params(wildcards):
     """The data settings a download depends on (a param, so changing them re-runs it)."""
-    return {k: config["data"][k] for k in ("dataset", "folder", "synthetic")}
+    return {k: config["data"][k] for k in ("dataset", "folder", "synthetic", "mirror")}
 
 
 def source_files(wildcards):

@@ -1,5 +1,9 @@
 """Stage `aggregate`: the comparison table (Markdown, CSV, LaTeX) and figures over all jobs."""
 
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("aggregate", globals())  # first: a SIGTERM during the imports below ends with one line
+
 import argparse
 from pathlib import Path
 from typing import Any

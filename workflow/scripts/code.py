@@ -10,6 +10,10 @@ re-runs the RD++ jobs only, and a stamp written again with the same content re-r
 Snakemake reads the same digests as rule params (``common.smk``) and needs no such stage.
 """
 
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("code", globals())  # first: a SIGTERM during the imports below ends with one line
+
 import logging
 from pathlib import Path
 from typing import Any

@@ -2,9 +2,13 @@
 
 What that means is the dataset source's (``skrd4ad/data/sources/<data.dataset>.py``): generated
 (synthetic), downloaded resumably, verified and converted (mvtec, visa, vad, ...; the archive is
-shared by every data.name), or the user's MVTec-layout folder copied in, so DVC versions exactly
-what was used.  Called by Snakemake (``script:``) and DVC (command line).
+shared by every data.name; from data.mirror when set), or the user's MVTec-layout folder copied
+in, so DVC versions exactly what was used.  Called by Snakemake (``script:``) and DVC (command line).
 """
+
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("download", globals())  # first: a SIGTERM during the imports below ends with one line
 
 import logging
 from pathlib import Path
@@ -20,7 +24,10 @@ def run(params: dict[str, Any], out: Path) -> None:
     data = params["data"]
     out = Path(out)
     source = sources.get(data["dataset"])
-    where = f" from {data['folder']}" if source.user_folder else ""
+    mirror = data.get("mirror")
+    if mirror and not source.downloadable:
+        raise ValueError(f"data.mirror is set, but dataset {source.name} is not downloaded; set data.mirror to null")
+    where = f" from {data['folder']}" if source.user_folder else f" from {', '.join(mirror['urls'])}" if mirror else ""
     log.info("fetching dataset %s (%s%s) into %s", data["name"], source.name, where, out)
     source.materialise(data, out)
     counts = {cls.name: (count_files(cls / "train"), count_files(cls / "test"))

@@ -1,5 +1,9 @@
 """Stage `evaluate`: metrics.json, per-image scores, ROC/PRO curves and heatmap figures."""
 
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("evaluate", globals())  # first: a SIGTERM during the imports below ends with one line
+
 import argparse
 import contextlib
 from pathlib import Path

@@ -5,6 +5,10 @@ reachable); imagenet: torchvision's download; none: a randomly initialised teach
 saved like the others so every later step reads one file (tests only: a random teacher is useless).
 """
 
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("fetch_teacher", globals())  # first: a SIGTERM during the imports below ends with one line
+
 import logging
 from pathlib import Path
 from typing import Any

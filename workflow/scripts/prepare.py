@@ -1,5 +1,9 @@
 """Stage `prepare`: one class validated, resized once and cached as uint8 arrays + manifest."""
 
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("prepare", globals())  # first: a SIGTERM during the imports below ends with one line
+
 import argparse
 import json
 import logging

@@ -3,6 +3,10 @@
 Logs its start line (images, epochs, device, threads), one line per epoch (loss, ETA) and any
 error as one ``ERROR`` line: into Snakemake's log file, or on stderr under DVC."""
 
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("train", globals())  # first: a SIGTERM during the imports below ends with one line
+
 import argparse
 import contextlib
 import os

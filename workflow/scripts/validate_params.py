@@ -9,6 +9,10 @@ Its output is constant, so a valid change re-runs only the stages that read the 
 Snakemake validates while parsing the Snakefile; its job only writes the same file.
 """
 
+from skrd4ad.lifeline import stop_on_sigterm
+
+stop_on_sigterm("validate_params", globals())  # first: a SIGTERM during the imports below ends with one line
+
 import logging
 from pathlib import Path
 

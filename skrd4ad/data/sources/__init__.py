@@ -46,7 +46,10 @@ def _check(source: Source) -> None:
 
 _registry: PluginRegistry[Source] = PluginRegistry(
     kind="source", kinds="dataset sources", attr="SOURCE", base=Source, package=__name__, package_path=__path__,
-    group=ENTRY_POINT_GROUP, env_var=ENV_VAR, first=("synthetic",), check=_check)
+    group=ENTRY_POINT_GROUP, env_var=ENV_VAR, first=("synthetic",), check=_check,
+    readme="Adding a dataset in one file")
+#: How to add a source, for every message about an unknown one (params, CLI).
+REGISTER_HINT = _registry.register_hint
 
 
 def refresh() -> None:
@@ -68,8 +71,7 @@ def get(name: str) -> Source:
     """The source called ``name``; :class:`DatasetError` naming the valid choices otherwise."""
     registry = _registry()
     if name not in registry:
-        raise DatasetError(f"unknown dataset source {name!r}; choose one of {', '.join(registry)} "
-                           "(or register one: README 'Adding a dataset in one file')")
+        raise DatasetError(f"unknown dataset source {name!r}; choose one of {', '.join(registry)} (or {REGISTER_HINT})")
     return registry[name]
 
 
@@ -136,15 +138,16 @@ def markdown_table() -> str:
 
 
 def fetch_dataset(name: str, root: str | Path, *, url: str | None = None, urls: list[str] | None = None,
-                  sha256: str | None = None, progress: bool = True) -> Path:
+                  sha256: str | None = None, progress: bool = True, sha256_key: str = "--sha256") -> Path:
     """Download, verify, extract and convert the source ``name`` into ``<root>/<name>``
-    (:meth:`Source.fetch`); ``url``/``urls`` and ``sha256`` override its locations (mirrors, tests)."""
+    (:meth:`Source.fetch`); ``url``/``urls`` and ``sha256`` override its locations (mirrors, tests);
+    messages name ``sha256_key`` (``skrd4ad download --sha256``) as the setting to fix."""
     source = get(name)
     if not source.downloadable:
         raise DatasetError(f"dataset {name!r} is not downloaded; choose one of {', '.join(downloadable())}")
     given = ([url] if url else []) + list(urls or [])
     locations = tuple(Location(u) for u in given) or None
-    return source.fetch(root, locations=locations, sha256=sha256, progress=progress)
+    return source.fetch(root, locations=locations, sha256=sha256, progress=progress, sha256_key=sha256_key)
 
 
 def dataset_root(source: str, data_dir: str | Path, *, progress: bool = True) -> Path:

@@ -26,7 +26,8 @@ from skrd4ad.plugins import PluginRegistry
 
 from .base import Variant
 
-__all__ = ["Variant", "names", "get", "label", "settings_schema", "check_settings", "inject_schema", "refresh"]
+__all__ = ["REGISTER_HINT", "Variant", "names", "get", "label", "settings_schema", "check_settings", "inject_schema",
+           "refresh"]
 
 ENTRY_POINT_GROUP = "skrd4ad.variants"
 ENV_VAR = "SKRD4AD_VARIANTS"
@@ -35,7 +36,9 @@ _FIRST = ("rd4ad", "skrd4ad")
 
 _registry: PluginRegistry[Variant] = PluginRegistry(
     kind="variant", kinds="variants", attr="VARIANT", base=Variant, package=__name__, package_path=__path__,
-    group=ENTRY_POINT_GROUP, env_var=ENV_VAR, first=_FIRST)
+    group=ENTRY_POINT_GROUP, env_var=ENV_VAR, first=_FIRST, readme="Adding a variant in one file")
+#: How to add a variant, for every message about an unknown one (params, CLI, checkpoints).
+REGISTER_HINT = _registry.register_hint
 
 
 def refresh() -> None:
@@ -52,8 +55,7 @@ def get(name: str) -> Variant:
     """The variant called ``name``; ValueError naming the valid choices otherwise."""
     registry = _registry()
     if name not in registry:
-        raise ValueError(f"unknown model variant {name!r}; choose one of {', '.join(registry)} "
-                         f"(or register one: README 'Adding a variant in one file')")
+        raise ValueError(f"unknown model variant {name!r}; choose one of {', '.join(registry)} (or {REGISTER_HINT})")
     return registry[name]
 
 

@@ -9,16 +9,17 @@ The archive's documented layout, and what it becomes (``<root>/vad/...``, MVTec 
     test/bad                   anomalous           -> vad/test/bad
     test/bad_unseen_defects    anomalous, defect   -> vad/test/bad_unseen_defects
                                types unseen in train/bad (165 images; 1,000 anomalous test images in all)
+    low_shot_train.json        the low-shot benchmark's split (not used)
 
-The converter says what it found (folders, image counts) and refuses, with one line, a layout it
-does not know rather than guess.
+The converter logs what it found (folders, image counts) and refuses, with one line, a layout it
+does not know rather than guess: any other folder or file (``val/``, ``README.txt``), a second
+top-level folder, a missing one.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 from skrd4ad.data.layout import DatasetError, list_images
@@ -31,6 +32,8 @@ CLASS = "vad"
 #: The folders of the archive: required ones, and the documented image counts where known.
 KNOWN_FOLDERS = {"train": ("good", "bad"), "test": ("good", "bad", "bad_unseen_defects")}
 REQUIRED_FOLDERS = ("train/good", "test/good", "test/bad")
+#: Files beside train/ and test/ in the release (github.com/abc-125/vad), left out of the dataset.
+KNOWN_FILES = ("low_shot_train.json",)
 DOCUMENTED_COUNTS = {"train/good": 2000, "train/bad": 1000, "test/good": 1000,
                      "test/bad+test/bad_unseen_defects": 1000, "test/bad_unseen_defects": 165}
 
@@ -56,50 +59,73 @@ class VAD(Source):
         return convert_vad(extracted, work / "converted")
 
 
-def _visible_dirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+def _visible(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.name != "__MACOSX")
+
+
+def _layout() -> str:
+    folders = ", ".join(f"{split}/{kind}" for split, kinds in KNOWN_FOLDERS.items() for kind in kinds)
+    return f"VAD's layout: {folders} and {', '.join(KNOWN_FILES)}, in one top folder"
+
+
+def _unknown(entry: Path) -> DatasetError:
+    return DatasetError(f"unexpected {entry} ({_layout()}); not converting a layout this code does not know "
+                        "(is the archive the VAD release?)")
 
 
 def find_vad_root(folder: Path, depth: int = 3) -> Path:
     """The folder of the extracted archive that holds ``train/`` and ``test/``: ``folder`` itself or
-    the only sub-folder on each level below it (at most ``depth`` levels)."""
+    the only entry on each level below it (at most ``depth`` levels); DatasetError naming a second
+    top-level folder or a stray file on the way."""
     here = folder
     for _ in range(depth + 1):
         if (here / "train").is_dir() and (here / "test").is_dir():
             return here
-        subdirs = _visible_dirs(here)
+        entries = _visible(here)
+        subdirs = [p for p in entries if p.is_dir()]
+        if len(subdirs) > 1:
+            names = ", ".join(p.name for p in subdirs)
+            raise DatasetError(f"{here} holds {len(subdirs)} folders ({names}) and no train/ and test/ ({_layout()}); "
+                               "not converting a layout this code does not know")
         if len(subdirs) != 1:
             break
+        stray = [p for p in entries if not p.is_dir()]
+        if stray:
+            raise _unknown(stray[0])
         here = subdirs[0]
-    raise DatasetError(f"{folder}: no folder with train/ and test/ found (VAD's layout: train/good, train/bad, "
-                       "test/good, test/bad, test/bad_unseen_defects); is the archive the VAD release?")
+    raise DatasetError(f"{folder}: no folder with train/ and test/ found ({_layout()}); "
+                       "is the archive the VAD release?")
 
 
 def scan_vad(root: Path) -> dict[str, int]:
     """Image count of every folder ``<split>/<kind>`` of the VAD layout at ``root``; DatasetError
-    naming the first unknown or missing folder (or a stray file)."""
+    naming the first unknown entry (folder or file) or missing folder."""
+    for entry in _visible(root):
+        if not (entry.is_dir() and entry.name in KNOWN_FOLDERS or entry.is_file() and entry.name in KNOWN_FILES):
+            raise _unknown(entry)
     counts: dict[str, int] = {}
-    known = ", ".join(f"{split}/{kind}" for split, kinds in KNOWN_FOLDERS.items() for kind in kinds)
     for split, kinds in KNOWN_FOLDERS.items():
-        for entry in sorted(p for p in (root / split).iterdir() if not p.name.startswith(".")):
+        for entry in _visible(root / split):
             if not entry.is_dir() or entry.name not in kinds:
-                raise DatasetError(f"VAD archive: unexpected {split}/{entry.name} in {root}; the known layout is "
-                                   f"{known}: not converting a layout this code does not know")
+                raise _unknown(entry)
             counts[f"{split}/{entry.name}"] = len(list_images(entry))
     missing = [f for f in REQUIRED_FOLDERS if not counts.get(f)]
     if missing:
-        raise DatasetError(f"VAD archive: {missing[0]} is missing or empty in {root}; the known layout is {known}")
+        raise DatasetError(f"{root / missing[0]} is missing or empty ({_layout()}); is the archive the VAD release?")
     return counts
 
 
 def convert_vad(extracted: str | Path, dest: str | Path) -> Path:
     """Move the extracted VAD archive into MVTec layout ``<dest>/vad/{train,test}/...``; return ``dest``.
-    Prints what it found (folders and image counts, against the documented ones)."""
+    Logs what it found (folders and image counts, against the documented ones)."""
     extracted, dest = Path(extracted), Path(dest)
     root = find_vad_root(extracted)
     counts = scan_vad(root)
     found = ", ".join(f"{k} {n}" for k, n in counts.items())
-    print(f"VAD archive ({root.relative_to(extracted) if root != extracted else '.'}): {found}", file=sys.stderr)
+    log.info("VAD archive (%s): %s", root.relative_to(extracted) if root != extracted else ".", found)
+    left_out = [f for f in KNOWN_FILES if (root / f).exists()]
+    if left_out:
+        log.info("VAD archive: %s left out (not used)", ", ".join(left_out))
     combined = dict(counts, **{"test/bad+test/bad_unseen_defects":
                                counts.get("test/bad", 0) + counts.get("test/bad_unseen_defects", 0)})
     differ = [f"{k} {combined.get(k, 0)} (documented {n})" for k, n in DOCUMENTED_COUNTS.items()
