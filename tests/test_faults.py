@@ -11,6 +11,8 @@ import pytest
 import torch
 from data_fixtures import make_mvtec_class, save_png
 
+from skrd4ad.checkpoint import IDENTITY_KEY, model_identity
+
 from skrd4ad.cli import main as cli_main
 from skrd4ad.config import EvalConfig, TrainConfig
 from skrd4ad.data.layout import DatasetError
@@ -97,6 +99,7 @@ def test_nan_checkpoint_is_an_error_in_predict_and_evaluate(trained: dict[str, P
     ckpt = torch.load(trained["model"], map_location="cpu", weights_only=True)
     ckpt["student"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
                        for k, v in ckpt["student"].items()}
+    ckpt[IDENTITY_KEY] = model_identity(ckpt)  # as a diverged training writes it (an edited file is refused)
     bad = tmp_path / "nan_model.pt"
     torch.save(ckpt, bad)
     with pytest.raises(ValueError, match=r"nan_model.pt gives non-finite \(NaN/inf\) anomaly maps or scores on 5 "

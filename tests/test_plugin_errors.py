@@ -157,7 +157,7 @@ def test_both_engines_name_the_broken_plugin_and_the_unregistered_name(tmp_path:
     proc = run([sys.executable, "workflow/scripts/validate_params.py", "--params", "bad.yaml", "--out", "ok"], repo, ENV)
     assert proc.returncode == 1 and proc.stderr.rstrip().endswith(f"ERROR skrd4ad.stage.validate_params: {message}")
     proc = run([str(BIN / "snakemake"), "-n", "--cores", "1", "--configfile", "bad.yaml"], repo, ENV)
-    assert proc.returncode != 0 and f"  {message.split(': ', 1)[1]}" in proc.stdout + proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode != 0 and message in (proc.stdout + proc.stderr).splitlines(), proc.stderr[-3000:]  # one line
 
 
 def test_the_hints_name_the_group_the_variable_and_the_readme_section() -> None:

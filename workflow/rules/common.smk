@@ -17,7 +17,8 @@ try:
     # against skrd4ad/params.schema.yaml (workflow/schemas/ links to it)
     validate_params(config)
 except Exception as err:  # a params error, or a plug-in that cannot be loaded
-    sys.exit(f"Error: {format_error(err)}")
+    # the one line, as the stage scripts and the CLI print it
+    sys.exit(format_error(err))
 
 # Reruns follow the code of the package that runs (skrd4ad/jobcode.py); dvc.yaml lists this
 # folder's files, so the two must be the same copy (the README's editable install).
