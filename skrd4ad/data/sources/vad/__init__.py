@@ -32,7 +32,7 @@ CLASS = "vad"
 #: The folders of the archive: required ones, and the documented image counts where known.
 KNOWN_FOLDERS = {"train": ("good", "bad"), "test": ("good", "bad", "bad_unseen_defects")}
 REQUIRED_FOLDERS = ("train/good", "test/good", "test/bad")
-#: Files beside train/ and test/ in the release (github.com/abc-125/vad), left out of the dataset.
+#: Files beside train/ and test/ in the release (the dataset tree in github.com/abc-125/vad README.md at a9ffd97, its latest commit), left out of the dataset.
 KNOWN_FILES = ("low_shot_train.json",)
 DOCUMENTED_COUNTS = {"train/good": 2000, "train/bad": 1000, "test/good": 1000,
                      "test/bad+test/bad_unseen_defects": 1000, "test/bad_unseen_defects": 165}
